@@ -1,0 +1,40 @@
+# Squall developer entry points. `make test` is the one CI runs.
+SHELL := /usr/bin/env bash
+CARGO ?= cargo
+
+.PHONY: all build run test lint fmt testenv dev-cluster bench crds
+
+all: build
+
+build:
+	$(CARGO) build --workspace
+
+## Run word count in one process (Storm's LocalCluster).
+run:
+	$(CARGO) run --release -p squall-examples -- local examples/word-count/topology.yaml --duration 10s
+
+## Provision the test control plane (etcd, kube-apiserver, kube-controller-manager, helm) into a cache.
+testenv:
+	@bash tests/testenv/provision.sh
+
+## The whole test suite. Provisions what it needs first.
+test: testenv
+	source <(bash tests/testenv/provision.sh --print-env) && $(CARGO) test --workspace --all-targets
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## A control plane plus node agent in the foreground, for trying things by hand.
+dev-cluster: testenv
+	source <(bash tests/testenv/provision.sh --print-env) && $(CARGO) run -p squall-testenv --bin dev-cluster
+
+## Regenerate crds/topology.yaml from the Rust types.
+crds:
+	$(CARGO) run -q -p squall-api --bin crdgen > crds/topology.yaml
+
+bench:
+	$(CARGO) run --release -p squall-examples --bin squall-bench

@@ -1,0 +1,1 @@
+//! Test environment (see issue 3).
