@@ -1,0 +1,241 @@
+//! Semantic validation of a topology graph.
+//!
+//! Every error names the exact field (`spec.streams[1].grouping.fields[0]`), so the
+//! operator can put it in a condition and local mode can print it verbatim.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use crate::catalog::ComponentCatalog;
+use crate::topology::{ComponentKind, GroupingType, TopologySpec};
+
+/// Component ids that the runtime reserves for its own tasks.
+pub const SYSTEM_ID_PREFIX: &str = "__";
+
+/// One problem with a manifest, located by its field path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// A JSON-path-like location, e.g. `spec.bolts[2].parallelism`.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// All the problems found in one manifest.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ValidationErrors(pub Vec<FieldError>);
+
+impl fmt::Display for ValidationErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        write!(f, "invalid topology: {}", parts.join("; "))
+    }
+}
+
+impl ValidationErrors {
+    /// Whether any error is located at or below `field`.
+    pub fn mentions(&self, field: &str) -> bool {
+        self.0.iter().any(|e| e.field.starts_with(field))
+    }
+}
+
+/// Check a spec's graph; with a catalog, also check component names, kinds, streams and fields.
+pub fn validate(
+    spec: &TopologySpec,
+    catalog: Option<&ComponentCatalog>,
+) -> Result<(), ValidationErrors> {
+    let mut errs = Vec::new();
+    let mut err = |field: String, message: String| errs.push(FieldError { field, message });
+
+    if spec.spouts.is_empty() {
+        err(
+            "spec.spouts".into(),
+            "a topology needs at least one spout".into(),
+        );
+    }
+    if spec.workers < 1 {
+        err("spec.workers".into(), "must be at least 1".into());
+    }
+    if spec.message_timeout_seconds < 1 {
+        err(
+            "spec.messageTimeoutSeconds".into(),
+            "must be at least 1".into(),
+        );
+    }
+    if spec.max_spout_pending < 1 {
+        err("spec.maxSpoutPending".into(), "must be at least 1".into());
+    }
+
+    // Ids: unique across spouts and bolts, not reserved, sane characters.
+    let mut seen: BTreeMap<&str, String> = BTreeMap::new();
+    for (list, comps) in [("spouts", &spec.spouts), ("bolts", &spec.bolts)] {
+        for (i, c) in comps.iter().enumerate() {
+            let at = format!("spec.{list}[{i}]");
+            if c.id.is_empty() {
+                err(format!("{at}.id"), "must not be empty".into());
+            } else if c.id.starts_with(SYSTEM_ID_PREFIX) {
+                err(
+                    format!("{at}.id"),
+                    format!("ids starting with '{SYSTEM_ID_PREFIX}' are reserved"),
+                );
+            } else if !c
+                .id
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "_.-".contains(ch))
+            {
+                err(
+                    format!("{at}.id"),
+                    format!("'{}' may only use letters, digits, '_', '.', '-'", c.id),
+                );
+            }
+            if let Some(first) = seen.get(c.id.as_str()) {
+                err(
+                    format!("{at}.id"),
+                    format!("duplicate id '{}' (first used at {first})", c.id),
+                );
+            } else {
+                seen.insert(&c.id, at.clone());
+            }
+            if c.parallelism < 1 {
+                err(format!("{at}.parallelism"), "must be at least 1".into());
+            }
+            if let Some(tasks) = c.tasks {
+                if tasks < 1 {
+                    err(format!("{at}.tasks"), "must be at least 1".into());
+                } else if c.parallelism > tasks {
+                    err(
+                        format!("{at}.parallelism"),
+                        format!(
+                            "{} exceeds tasks ({tasks}); an executor needs at least one task",
+                            c.parallelism
+                        ),
+                    );
+                }
+            }
+            if c.tick_frequency_seconds == Some(0) {
+                err(
+                    format!("{at}.tickFrequencySeconds"),
+                    "must be at least 1".into(),
+                );
+            }
+            if let Some(cat) = catalog {
+                let want = if list == "spouts" {
+                    ComponentKind::Spout
+                } else {
+                    ComponentKind::Bolt
+                };
+                match cat.get(&c.component) {
+                    None => err(
+                        format!("{at}.component"),
+                        format!(
+                            "unknown component '{}'; this binary provides: {}",
+                            c.component,
+                            cat.names().join(", ")
+                        ),
+                    ),
+                    Some(decl) if decl.kind != want => err(
+                        format!("{at}.component"),
+                        format!("'{}' is a {:?}, not a {want:?}", c.component, decl.kind)
+                            .to_lowercase(),
+                    ),
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+
+    // Streams: known endpoints, declared stream and fields, well-formed groupings.
+    let mut subscriptions = BTreeSet::new();
+    for (i, s) in spec.streams.iter().enumerate() {
+        let at = format!("spec.streams[{i}]");
+        let source = spec.component(&s.from);
+        if source.is_none() {
+            err(
+                format!("{at}.from"),
+                format!("unknown component id '{}'", s.from),
+            );
+        }
+        match spec.component(&s.to) {
+            None => err(
+                format!("{at}.to"),
+                format!("unknown component id '{}'", s.to),
+            ),
+            Some((ComponentKind::Spout, _)) => err(
+                format!("{at}.to"),
+                format!("'{}' is a spout; only bolts consume streams", s.to),
+            ),
+            Some(_) => {}
+        }
+        if !subscriptions.insert((&s.from, &s.stream, &s.to)) {
+            err(
+                format!("{at}"),
+                format!(
+                    "'{}' already subscribes to stream '{}' of '{}'",
+                    s.to, s.stream, s.from
+                ),
+            );
+        }
+        let keyed = matches!(
+            s.grouping.kind,
+            GroupingType::Fields | GroupingType::PartialKey
+        );
+        if keyed && s.grouping.fields.is_empty() {
+            err(
+                format!("{at}.grouping.fields"),
+                format!("a {:?} grouping needs at least one field", s.grouping.kind),
+            );
+        }
+        if !keyed && !s.grouping.fields.is_empty() {
+            err(
+                format!("{at}.grouping.fields"),
+                format!("a {:?} grouping takes no fields", s.grouping.kind),
+            );
+        }
+        // What the source declares is only known with a catalog.
+        let declared = source
+            .zip(catalog)
+            .and_then(|((_, comp), cat)| cat.get(&comp.component))
+            .map(|decl| decl.outputs.get(&s.stream).ok_or(decl));
+        match declared {
+            Some(Err(decl)) => {
+                let streams: Vec<&str> = decl.outputs.keys().map(String::as_str).collect();
+                err(
+                    format!("{at}.stream"),
+                    format!(
+                        "'{}' does not declare stream '{}' (it declares: {})",
+                        s.from,
+                        s.stream,
+                        streams.join(", ")
+                    ),
+                );
+            }
+            Some(Ok(fields)) => {
+                for (j, f) in s.grouping.fields.iter().enumerate() {
+                    if !fields.contains(f) {
+                        err(
+                            format!("{at}.grouping.fields[{j}]"),
+                            format!(
+                                "stream '{}' of '{}' has no field '{f}' (it declares: {})",
+                                s.stream,
+                                s.from,
+                                fields.join(", ")
+                            ),
+                        );
+                    }
+                }
+            }
+            None => {}
+        }
+    }
+
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(ValidationErrors(errs))
+    }
+}

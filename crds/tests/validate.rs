@@ -1,0 +1,184 @@
+//! Every class of invalid manifest gets an error that names the exact field.
+
+use std::collections::BTreeMap;
+
+use squall_api::{ComponentCatalog, ComponentDecl, ComponentKind, TopologySpec, validate};
+
+const WORD_COUNT: &str = r#"
+apiVersion: squall.dev/v1alpha1
+kind: Topology
+metadata: {name: word-count}
+spec:
+  image: squall-examples:dev
+  workers: 2
+  spouts:
+    - {id: sentences, component: RandomSentenceSpout, parallelism: 2}
+  bolts:
+    - {id: split, component: SplitSentence, parallelism: 2}
+    - {id: count, component: WordCount, parallelism: 2, tasks: 4}
+  streams:
+    - {from: sentences, to: split, grouping: {type: SHUFFLE}}
+    - {from: split, to: count, grouping: {type: FIELDS, fields: [word]}}
+"#;
+
+fn catalog() -> ComponentCatalog {
+    let decl = |kind, fields: &[&str]| ComponentDecl {
+        kind,
+        outputs: BTreeMap::from([(
+            "default".to_string(),
+            fields.iter().map(|f| f.to_string()).collect(),
+        )]),
+    };
+    ComponentCatalog {
+        components: BTreeMap::from([
+            (
+                "RandomSentenceSpout".to_string(),
+                decl(ComponentKind::Spout, &["sentence"]),
+            ),
+            (
+                "SplitSentence".to_string(),
+                decl(ComponentKind::Bolt, &["word"]),
+            ),
+            (
+                "WordCount".to_string(),
+                decl(ComponentKind::Bolt, &["word", "count"]),
+            ),
+        ]),
+    }
+}
+
+fn spec() -> TopologySpec {
+    let (name, spec) = TopologySpec::from_manifest(WORD_COUNT).expect("parses");
+    assert_eq!(name.as_deref(), Some("word-count"));
+    spec
+}
+
+/// Apply `edit` to the valid word count and expect an error at exactly `field`.
+fn expect_error(edit: impl FnOnce(&mut TopologySpec), field: &str, words: &str) {
+    let mut s = spec();
+    edit(&mut s);
+    let errs = validate(&s, Some(&catalog())).expect_err("must be rejected");
+    let hit = errs.0.iter().find(|e| e.field == field);
+    assert!(hit.is_some(), "expected an error at {field}, got: {errs}");
+    let msg = hit.map(|e| e.message.clone()).unwrap_or_default();
+    assert!(
+        msg.contains(words),
+        "message for {field} should mention {words:?}: {msg}"
+    );
+}
+
+#[test]
+fn the_valid_manifest_passes() {
+    validate(&spec(), Some(&catalog())).expect("valid");
+    // Defaults from the schema are applied when a bare spec is parsed.
+    let s = spec();
+    assert!(s.active);
+    assert_eq!(s.message_timeout_seconds, 30);
+    assert_eq!(s.acker_count(), 2);
+    assert_eq!(s.streams[0].stream, "default");
+}
+
+#[test]
+fn unknown_from_to_and_stream() {
+    expect_error(
+        |s| s.streams[0].from = "nope".into(),
+        "spec.streams[0].from",
+        "nope",
+    );
+    expect_error(
+        |s| s.streams[1].to = "nada".into(),
+        "spec.streams[1].to",
+        "nada",
+    );
+    expect_error(
+        |s| s.streams[1].stream = "words".into(),
+        "spec.streams[1].stream",
+        "words",
+    );
+    expect_error(
+        |s| s.streams[0].to = "sentences".into(),
+        "spec.streams[0].to",
+        "spout",
+    );
+}
+
+#[test]
+fn fields_grouping_on_an_undeclared_field() {
+    expect_error(
+        |s| s.streams[1].grouping.fields = vec!["word".into(), "colour".into()],
+        "spec.streams[1].grouping.fields[1]",
+        "colour",
+    );
+}
+
+#[test]
+fn duplicate_ids() {
+    expect_error(
+        |s| s.bolts[1].id = "split".into(),
+        "spec.bolts[1].id",
+        "duplicate",
+    );
+    expect_error(
+        |s| s.bolts[0].id = "sentences".into(),
+        "spec.bolts[0].id",
+        "duplicate",
+    );
+}
+
+#[test]
+fn parallelism_bounds() {
+    expect_error(
+        |s| s.bolts[0].parallelism = 0,
+        "spec.bolts[0].parallelism",
+        "at least 1",
+    );
+    expect_error(
+        |s| s.bolts[1].parallelism = 5,
+        "spec.bolts[1].parallelism",
+        "exceeds tasks",
+    );
+}
+
+#[test]
+fn no_spouts() {
+    expect_error(|s| s.spouts.clear(), "spec.spouts", "at least one spout");
+}
+
+#[test]
+fn unknown_component_and_wrong_kind() {
+    expect_error(
+        |s| s.bolts[0].component = "SplitSentences".into(),
+        "spec.bolts[0].component",
+        "SplitSentences",
+    );
+    expect_error(
+        |s| s.spouts[0].component = "WordCount".into(),
+        "spec.spouts[0].component",
+        "bolt",
+    );
+}
+
+#[test]
+fn reserved_ids() {
+    expect_error(
+        |s| s.bolts[0].id = "__acker".into(),
+        "spec.bolts[0].id",
+        "reserved",
+    );
+}
+
+#[test]
+fn without_a_catalog_only_the_graph_is_checked() {
+    let mut s = spec();
+    s.bolts[0].component = "Whatever".into();
+    validate(&s, None).expect("component names need the catalog");
+}
+
+#[test]
+fn broken_yaml_is_an_error_not_a_panic() {
+    assert!(TopologySpec::from_manifest("spouts: [").is_err());
+    assert!(TopologySpec::from_manifest("kind: Topology\nspec: {spouts: 3}").is_err());
+    let err = TopologySpec::from_manifest("spouts: [{id: a, component: X, parallelism: -1}]")
+        .expect_err("negative");
+    assert!(err.to_string().contains("parallelism"), "{err}");
+}
