@@ -1,0 +1,71 @@
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+
+/// k8s.io/kubernetes release the control plane is built from (keep in sync with provision.sh).
+pub const K8S_VERSION: &str = "v1.33.13";
+/// etcd release (keep in sync with provision.sh).
+pub const ETCD_VERSION: &str = "v3.6.16";
+/// helm release (keep in sync with provision.sh).
+pub const HELM_VERSION: &str = "v3.22.0";
+/// Name of the cache entry provision.sh builds into.
+pub const CACHE_KEY: &str = "k8s-v1.33.13_etcd-v3.6.16_helm-v3.22.0";
+
+/// The directory holding the provisioned binaries: `$SQUALL_TESTENV_BIN`, else
+/// the default cache path (`${SQUALL_TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/squall-testenv}/<CACHE_KEY>/bin`).
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SQUALL_TESTENV_BIN").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    let root = if let Some(c) = std::env::var_os("SQUALL_TESTENV_CACHE").filter(|d| !d.is_empty()) {
+        PathBuf::from(c)
+    } else if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        PathBuf::from(x).join("squall-testenv")
+    } else {
+        let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+        home.join(".cache").join("squall-testenv")
+    };
+    root.join(CACHE_KEY).join("bin")
+}
+
+/// The path of a provisioned binary (`etcd`, `kube-apiserver`,
+/// `kube-controller-manager`, `helm`); a clear error telling to run
+/// `make testenv` when it is missing.
+pub fn binary(name: &str) -> Result<PathBuf> {
+    let path = bin_dir().join(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Error::BinaryMissing {
+            name: name.to_string(),
+            path,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The versions here must match the ones provision.sh builds, or the
+    /// default cache path would point at nothing.
+    #[test]
+    fn versions_match_provision_script() {
+        let script =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/provision.sh")).unwrap();
+        for (var, val) in [
+            ("K8S_VERSION", K8S_VERSION),
+            ("ETCD_VERSION", ETCD_VERSION),
+            ("HELM_VERSION", HELM_VERSION),
+        ] {
+            assert!(
+                script.contains(&format!("{var}=\"{val}\"")),
+                "provision.sh does not set {var}=\"{val}\""
+            );
+        }
+        assert_eq!(
+            CACHE_KEY,
+            format!("k8s-{K8S_VERSION}_etcd-{ETCD_VERSION}_helm-{HELM_VERSION}")
+        );
+    }
+}

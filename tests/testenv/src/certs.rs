@@ -1,0 +1,111 @@
+//! CA, serving, client certificates and the service-account key, with rcgen.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+
+use crate::error::{IoContext, Result};
+
+/// Paths of the generated PKI files.
+#[derive(Debug, Clone)]
+pub(crate) struct Pki {
+    pub ca_cert: PathBuf,
+    pub ca_key: PathBuf,
+    pub serving_cert: PathBuf,
+    pub serving_key: PathBuf,
+    pub admin_cert: PathBuf,
+    pub admin_key: PathBuf,
+    pub sa_key: PathBuf,
+    pub sa_pub: PathBuf,
+    pub admin_cert_pem: String,
+    pub admin_key_pem: String,
+}
+
+fn write(path: &Path, data: &str) -> Result<()> {
+    std::fs::write(path, data).ctx(|| format!("write {}", path.display()))
+}
+
+/// Generates everything into `dir`.
+pub(crate) fn generate(dir: &Path) -> Result<Pki> {
+    // CA
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "squall-testenv-ca");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let ca_pem = ca_cert.pem();
+    let ca_key_pem = ca_key.serialize_pem();
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    // kube-apiserver serving cert
+    let serving_key = KeyPair::generate()?;
+    let mut sp = CertificateParams::new(vec![
+        "localhost".to_string(),
+        "kubernetes".to_string(),
+        "kubernetes.default".to_string(),
+        "kubernetes.default.svc".to_string(),
+        "kubernetes.default.svc.cluster.local".to_string(),
+    ])?;
+    sp.subject_alt_names
+        .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+    sp.subject_alt_names
+        .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))));
+    sp.distinguished_name
+        .push(DnType::CommonName, "kube-apiserver");
+    sp.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    sp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let serving = sp.signed_by(&serving_key, &issuer)?;
+
+    // admin client identity (system:masters)
+    let admin_key = KeyPair::generate()?;
+    let mut ap = CertificateParams::new(Vec::<String>::new())?;
+    ap.distinguished_name
+        .push(DnType::CommonName, "squall-testenv-admin");
+    ap.distinguished_name
+        .push(DnType::OrganizationName, "system:masters");
+    ap.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    ap.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let admin = ap.signed_by(&admin_key, &issuer)?;
+
+    // service-account token signing key
+    let sa_key = KeyPair::generate()?;
+
+    let pki = Pki {
+        ca_cert: dir.join("ca.crt"),
+        ca_key: dir.join("ca.key"),
+        serving_cert: dir.join("apiserver.crt"),
+        serving_key: dir.join("apiserver.key"),
+        admin_cert: dir.join("admin.crt"),
+        admin_key: dir.join("admin.key"),
+        sa_key: dir.join("sa.key"),
+        sa_pub: dir.join("sa.pub"),
+        admin_cert_pem: admin.pem(),
+        admin_key_pem: admin_key.serialize_pem(),
+    };
+    write(&pki.ca_cert, &ca_pem)?;
+    write(&pki.ca_key, &ca_key_pem)?;
+    write(&pki.serving_cert, &serving.pem())?;
+    write(&pki.serving_key, &serving_key.serialize_pem())?;
+    write(&pki.admin_cert, &pki.admin_cert_pem)?;
+    write(&pki.admin_key, &pki.admin_key_pem)?;
+    write(&pki.sa_key, &sa_key.serialize_pem())?;
+    write(&pki.sa_pub, &sa_key.public_key_pem())?;
+    Ok(pki)
+}

@@ -1,0 +1,422 @@
+//! kube-apiserver + kube-controller-manager on top of a private etcd.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use kube::api::{Api, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+use crate::bins::binary;
+use crate::certs::{self, Pki};
+use crate::error::{Error, IoContext, Result};
+use crate::etcd::Etcd;
+use crate::node_agent::{NodeAgent, NodeAgentConfig};
+use crate::process::{ManagedProcess, free_port};
+use crate::tempdir::TempDir;
+
+const APISERVER_TIMEOUT: Duration = Duration::from_secs(90);
+const KCM_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// A running control plane: etcd, kube-apiserver (TLS, RBAC, service-account
+/// tokens) and kube-controller-manager. Everything is stopped and its
+/// temporary directories removed on drop, also when a test panics (then the
+/// tails of the component logs are printed to stderr).
+pub struct ControlPlane {
+    // Field order = drop order.
+    controller_manager: ManagedProcess,
+    apiserver: ManagedProcess,
+    etcd: Etcd,
+    client: kube::Client,
+    server_url: String,
+    kubeconfig: PathBuf,
+    pki: Pki,
+    dir: TempDir,
+}
+
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlane")
+            .field("server_url", &self.server_url)
+            .field("kubeconfig", &self.kubeconfig)
+            .field("etcd", &self.etcd.client_url())
+            .finish()
+    }
+}
+
+impl ControlPlane {
+    /// Starts etcd, kube-apiserver and kube-controller-manager, waits for
+    /// `/readyz` and for the `default` service account (the controllers run),
+    /// and writes an admin kubeconfig.
+    pub async fn start() -> Result<ControlPlane> {
+        let etcd = Etcd::start().await?;
+        let mut last = None;
+        for _ in 0..3 {
+            match Self::start_apiserver(&etcd).await {
+                Ok(parts) => return Self::finish(etcd, parts).await,
+                Err(e @ Error::BinaryMissing { .. }) => return Err(e),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::Invalid("kube-apiserver did not start".into())))
+    }
+
+    async fn start_apiserver(
+        etcd: &Etcd,
+    ) -> Result<(ManagedProcess, kube::Client, String, PathBuf, Pki, TempDir)> {
+        let bin = binary("kube-apiserver")?;
+        // Fail early, before anything runs, if the controller manager is missing too.
+        binary("kube-controller-manager")?;
+        let dir = TempDir::new("k8s")?;
+        let pki_dir = dir.path().join("pki");
+        std::fs::create_dir_all(&pki_dir).ctx(|| format!("mkdir {}", pki_dir.display()))?;
+        let pki = certs::generate(&pki_dir)?;
+        let port = free_port()?;
+        let server_url = format!("https://127.0.0.1:{port}");
+        let mut cmd = Command::new(bin);
+        cmd.arg(format!("--etcd-servers={}", etcd.client_url()))
+            .arg("--bind-address=127.0.0.1")
+            .arg("--advertise-address=127.0.0.1")
+            .arg(format!("--secure-port={port}"))
+            .arg(format!("--cert-dir={}", pki_dir.display()))
+            .arg(format!("--tls-cert-file={}", pki.serving_cert.display()))
+            .arg(format!(
+                "--tls-private-key-file={}",
+                pki.serving_key.display()
+            ))
+            .arg(format!("--client-ca-file={}", pki.ca_cert.display()))
+            .arg(format!(
+                "--service-account-key-file={}",
+                pki.sa_pub.display()
+            ))
+            .arg(format!(
+                "--service-account-signing-key-file={}",
+                pki.sa_key.display()
+            ))
+            .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
+            .arg("--authorization-mode=RBAC")
+            .arg("--service-cluster-ip-range=10.0.0.0/24")
+            .arg("--endpoint-reconciler-type=none")
+            .arg("--allow-privileged=true")
+            .arg("--enable-priority-and-fairness=false")
+            .arg("--profiling=false")
+            .arg("--v=1")
+            .current_dir(dir.path());
+        let mut apiserver = ManagedProcess::start(
+            "kube-apiserver",
+            cmd,
+            &dir.path().join("kube-apiserver.log"),
+        )?;
+
+        let kubeconfig = dir.path().join("kubeconfig");
+        write_kubeconfig(
+            &kubeconfig,
+            &server_url,
+            &pki.ca_cert,
+            KubeconfigUser::ClientCert {
+                cert: &pki.admin_cert,
+                key: &pki.admin_key,
+            },
+        )?;
+        let client = client_from_kubeconfig(&kubeconfig).await?;
+
+        // Wait for /readyz.
+        let deadline = Instant::now() + APISERVER_TIMEOUT;
+        loop {
+            apiserver.check_alive()?;
+            let req = http_get("/readyz")?;
+            let detail = match client.request_text(req).await {
+                Ok(body) if body.trim() == "ok" => break,
+                Ok(body) => format!("/readyz: {body}"),
+                Err(e) => format!("/readyz: {e}"),
+            };
+            if Instant::now() >= deadline {
+                return Err(Error::NotReady {
+                    component: "kube-apiserver".into(),
+                    timeout: APISERVER_TIMEOUT,
+                    detail: format!("{detail}; log:\n{}", apiserver.log_tail(30)),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok((apiserver, client, server_url, kubeconfig, pki, dir))
+    }
+
+    async fn finish(
+        etcd: Etcd,
+        (apiserver, client, server_url, kubeconfig, pki, dir): (
+            ManagedProcess,
+            kube::Client,
+            String,
+            PathBuf,
+            Pki,
+            TempDir,
+        ),
+    ) -> Result<ControlPlane> {
+        let bin = binary("kube-controller-manager")?;
+        let mut cmd = Command::new(bin);
+        cmd.arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .arg(format!(
+                "--authentication-kubeconfig={}",
+                kubeconfig.display()
+            ))
+            .arg(format!(
+                "--authorization-kubeconfig={}",
+                kubeconfig.display()
+            ))
+            .arg(format!(
+                "--service-account-private-key-file={}",
+                pki.sa_key.display()
+            ))
+            .arg(format!("--root-ca-file={}", pki.ca_cert.display()))
+            .arg(format!(
+                "--cluster-signing-cert-file={}",
+                pki.ca_cert.display()
+            ))
+            .arg(format!(
+                "--cluster-signing-key-file={}",
+                pki.ca_key.display()
+            ))
+            .arg("--use-service-account-credentials=false")
+            .arg("--leader-elect=false")
+            .arg("--secure-port=0")
+            .arg("--controllers=*")
+            .arg("--concurrent-gc-syncs=5")
+            .arg("--v=1")
+            .current_dir(dir.path());
+        let controller_manager = ManagedProcess::start(
+            "kube-controller-manager",
+            cmd,
+            &dir.path().join("kube-controller-manager.log"),
+        )?;
+        let mut cp = ControlPlane {
+            controller_manager,
+            apiserver,
+            etcd,
+            client,
+            server_url,
+            kubeconfig,
+            pki,
+            dir,
+        };
+        // The service-account controller creating `default` shows the
+        // controllers run (and pods can be created: admission needs it).
+        let deadline = Instant::now() + KCM_TIMEOUT;
+        loop {
+            cp.controller_manager.check_alive()?;
+            cp.apiserver.check_alive()?;
+            let sas: Api<ServiceAccount> = Api::namespaced(cp.client.clone(), "default");
+            if sas.get_opt("default").await?.is_some() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::NotReady {
+                    component: "kube-controller-manager".into(),
+                    timeout: KCM_TIMEOUT,
+                    detail: format!(
+                        "no `default` service account yet; log:\n{}",
+                        cp.controller_manager.log_tail(30)
+                    ),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(cp)
+    }
+
+    /// An admin (`system:masters`) client.
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
+    /// The admin kubeconfig (works with kubectl and helm).
+    pub fn kubeconfig_path(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// `https://127.0.0.1:<port>`.
+    pub fn server_url(&self) -> &str {
+        &self.server_url
+    }
+
+    /// The cluster CA certificate (PEM file).
+    pub fn ca_cert_path(&self) -> &Path {
+        &self.pki.ca_cert
+    }
+
+    /// The etcd behind the apiserver.
+    pub fn etcd(&self) -> &Etcd {
+        &self.etcd
+    }
+
+    /// The control plane's temporary directory (kubeconfig, pki, logs).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// kube-apiserver's log file.
+    pub fn apiserver_log(&self) -> &Path {
+        self.apiserver.log_path()
+    }
+
+    /// kube-controller-manager's log file.
+    pub fn controller_manager_log(&self) -> &Path {
+        self.controller_manager.log_path()
+    }
+
+    /// `kubectl --kubeconfig <admin kubeconfig>`; add args and run it.
+    pub fn kubectl(&self) -> Command {
+        let mut c = Command::new("kubectl");
+        c.arg(format!("--kubeconfig={}", self.kubeconfig.display()));
+        c
+    }
+
+    /// `helm` from the cache, with KUBECONFIG set and helm's cache/config/data
+    /// dirs inside this control plane's temporary directory.
+    pub fn helm(&self) -> Result<Command> {
+        let mut c = Command::new(binary("helm")?);
+        let home = self.dir.path().join("helm");
+        c.env("KUBECONFIG", &self.kubeconfig)
+            .env("HELM_CACHE_HOME", home.join("cache"))
+            .env("HELM_CONFIG_HOME", home.join("config"))
+            .env("HELM_DATA_HOME", home.join("data"));
+        Ok(c)
+    }
+
+    /// Creates a namespace and waits (up to 30 s) for its `default` service
+    /// account, without which pods are rejected.
+    pub async fn create_namespace(&self, name: &str) -> Result<()> {
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}
+        }))?;
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        match api.create(&PostParams::default(), &ns).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+        let sas: Api<ServiceAccount> = Api::namespaced(self.client.clone(), name);
+        let timeout = Duration::from_secs(30);
+        let deadline = Instant::now() + timeout;
+        while sas.get_opt("default").await?.is_none() {
+            if Instant::now() >= deadline {
+                return Err(Error::NotReady {
+                    component: format!("service account default in namespace {name}"),
+                    timeout,
+                    detail: "not created by kube-controller-manager".into(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
+    /// Whether kube-apiserver and kube-controller-manager still run.
+    pub fn check_alive(&mut self) -> Result<()> {
+        self.apiserver.check_alive()?;
+        self.controller_manager.check_alive()
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- squall-testenv: kube-apiserver log (tail) ----\n{}\n---- kube-controller-manager log (tail) ----\n{}\n----",
+                self.apiserver.log_tail(25),
+                self.controller_manager.log_tail(25)
+            );
+        }
+    }
+}
+
+pub(crate) fn http_get(path: &str) -> Result<http::Request<Vec<u8>>> {
+    http::Request::get(path)
+        .body(Vec::new())
+        .map_err(|e| Error::Invalid(format!("request {path}: {e}")))
+}
+
+pub(crate) enum KubeconfigUser<'a> {
+    ClientCert { cert: &'a Path, key: &'a Path },
+    Token(&'a str),
+}
+
+/// Writes a kubeconfig (as JSON, which is YAML) with one cluster/user/context.
+pub(crate) fn write_kubeconfig(
+    path: &Path,
+    server: &str,
+    ca: &Path,
+    user: KubeconfigUser<'_>,
+) -> Result<()> {
+    let user = match user {
+        KubeconfigUser::ClientCert { cert, key } => serde_json::json!({
+            "client-certificate": cert, "client-key": key,
+        }),
+        KubeconfigUser::Token(t) => serde_json::json!({ "token": t }),
+    };
+    let cfg = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "squall-testenv", "cluster": {"server": server, "certificate-authority": ca}}],
+        "users": [{"name": "squall-testenv", "user": user}],
+        "contexts": [{"name": "squall-testenv", "context": {"cluster": "squall-testenv", "user": "squall-testenv"}}],
+        "current-context": "squall-testenv",
+    });
+    let text = serde_json::to_string_pretty(&cfg)?;
+    std::fs::write(path, text).ctx(|| format!("write {}", path.display()))
+}
+
+/// A client from a kubeconfig file.
+pub(crate) async fn client_from_kubeconfig(path: &Path) -> Result<kube::Client> {
+    let kc = Kubeconfig::read_from(path)?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// A control plane plus a node agent running pods as local processes.
+/// Dropping it stops the pods first, then the control plane.
+#[derive(Debug)]
+pub struct TestCluster {
+    // Field order = drop order: pods go before the apiserver.
+    agent: NodeAgent,
+    control_plane: ControlPlane,
+}
+
+impl TestCluster {
+    /// Control plane + node agent with [`NodeAgentConfig::default`] (one node,
+    /// image mapping from [`crate::ImageMap::from_env`]).
+    pub async fn start() -> Result<TestCluster> {
+        Self::start_with(NodeAgentConfig::default()).await
+    }
+
+    /// Control plane + node agent with the given config.
+    pub async fn start_with(config: NodeAgentConfig) -> Result<TestCluster> {
+        let control_plane = ControlPlane::start().await?;
+        let agent = NodeAgent::start(&control_plane, config).await?;
+        Ok(TestCluster {
+            agent,
+            control_plane,
+        })
+    }
+
+    /// The control plane.
+    pub fn control_plane(&self) -> &ControlPlane {
+        &self.control_plane
+    }
+
+    /// The node agent.
+    pub fn agent(&self) -> &NodeAgent {
+        &self.agent
+    }
+
+    /// An admin client.
+    pub fn client(&self) -> kube::Client {
+        self.control_plane.client()
+    }
+
+    /// The admin kubeconfig.
+    pub fn kubeconfig_path(&self) -> &Path {
+        self.control_plane.kubeconfig_path()
+    }
+}

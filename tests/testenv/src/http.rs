@@ -1,0 +1,43 @@
+//! A minimal plain-HTTP GET, enough for etcd's /health and readiness probes.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// GETs `path` from `addr` (HTTP/1.0); returns (status code, body).
+pub(crate) async fn get(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(String, String)],
+    timeout: Duration,
+) -> std::io::Result<(u16, String)> {
+    let fut = async {
+        let mut s = TcpStream::connect(addr).await?;
+        let mut req =
+            format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: squall-testenv\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("Connection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let code = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse::<u16>().ok())
+            .ok_or_else(|| std::io::Error::other("malformed HTTP response"))?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Ok((code, body))
+    };
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "HTTP GET timed out"))?
+}
