@@ -118,6 +118,7 @@ impl ControlPlane {
                 cert: &pki.admin_cert,
                 key: &pki.admin_key,
             },
+            None,
         )?;
         let client = client_from_kubeconfig(&kubeconfig).await?;
 
@@ -324,8 +325,8 @@ impl Drop for ControlPlane {
         if std::thread::panicking() {
             eprintln!(
                 "---- squall-testenv: kube-apiserver log (tail) ----\n{}\n---- kube-controller-manager log (tail) ----\n{}\n----",
-                self.apiserver.log_tail(25),
-                self.controller_manager.log_tail(25)
+                self.apiserver.log_tail(12),
+                self.controller_manager.log_tail(12)
             );
         }
     }
@@ -348,6 +349,7 @@ pub(crate) fn write_kubeconfig(
     server: &str,
     ca: &Path,
     user: KubeconfigUser<'_>,
+    namespace: Option<&str>,
 ) -> Result<()> {
     let user = match user {
         KubeconfigUser::ClientCert { cert, key } => serde_json::json!({
@@ -360,7 +362,7 @@ pub(crate) fn write_kubeconfig(
         "kind": "Config",
         "clusters": [{"name": "squall-testenv", "cluster": {"server": server, "certificate-authority": ca}}],
         "users": [{"name": "squall-testenv", "user": user}],
-        "contexts": [{"name": "squall-testenv", "context": {"cluster": "squall-testenv", "user": "squall-testenv"}}],
+        "contexts": [{"name": "squall-testenv", "context": {"cluster": "squall-testenv", "user": "squall-testenv", "namespace": namespace.unwrap_or("default")}}],
         "current-context": "squall-testenv",
     });
     let text = serde_json::to_string_pretty(&cfg)?;

@@ -1,5 +1,7 @@
 //! The control plane and a bare etcd come up, answer, and go away cleanly.
 
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;

@@ -431,7 +431,6 @@ fn node_status(shared: &Shared) -> NodeStatus {
             message: Some("squall-testenv node agent is posting ready status".into()),
             last_heartbeat_time: Some(now.clone()),
             last_transition_time: Some(now),
-            ..Default::default()
         }]),
         node_info: Some(NodeSystemInfo {
             architecture: std::env::consts::ARCH.into(),
@@ -516,6 +515,7 @@ async fn tick(
     let api: Api<Pod> = Api::all(shared.client.clone());
     let pods = api.list(&ListParams::default()).await?;
     let mut seen = std::collections::HashSet::new();
+    let mut to_finish = Vec::new();
     for pod in pods.items {
         let Some(uid) = pod.metadata.uid.clone() else {
             continue;
@@ -535,7 +535,12 @@ async fn tick(
                 let mut w = workers.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some(h) = w.get(&uid) {
                     h.tx.send_replace(Some(pod));
-                } else if !is_finished(&pod) {
+                } else if is_finished(&pod) {
+                    // A finished pod (no processes) being deleted: finish it.
+                    if pod.metadata.deletion_timestamp.is_some() {
+                        to_finish.push(pod);
+                    }
+                } else {
                     let (tx, rx) = watch::channel(Some(pod));
                     let task = tokio::spawn(pod::run_pod(shared.clone(), rx));
                     w.insert(uid, PodWorkerHandle { tx, task });
@@ -543,6 +548,9 @@ async fn tick(
             }
             Some(_) => {}
         }
+    }
+    for pod in &to_finish {
+        finish_deletion(shared, pod).await;
     }
     let mut w = workers.lock().unwrap_or_else(|p| p.into_inner());
     w.retain(|uid, h| {
@@ -557,6 +565,24 @@ async fn tick(
         true
     });
     Ok(())
+}
+
+async fn finish_deletion(shared: &Shared, pod: &Pod) {
+    let (Some(ns), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name) else {
+        return;
+    };
+    let api: Api<Pod> = Api::namespaced(shared.client.clone(), ns);
+    let dp = kube::api::DeleteParams {
+        grace_period_seconds: Some(0),
+        preconditions: Some(kube::api::Preconditions {
+            uid: pod.metadata.uid.clone(),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    if let Err(e) = api.delete(name, &dp).await {
+        tracing::debug!("finish deletion of {ns}/{name}: {e}");
+    }
 }
 
 fn wants_us(pod: &Pod) -> bool {

@@ -381,10 +381,24 @@ impl PodWorker {
     ) -> Result<(PathBuf, Vec<String>, Vec<(String, String)>, PathBuf), (String, Msg)> {
         let image = spec.image.clone().unwrap_or_default();
         let image_bin = self.shared.config.images.resolve(&image);
-        let env = self
+        let mut env = self
             .container_env(spec)
             .await
             .map_err(|m| ("CreateContainerConfigError".to_string(), m))?;
+        // The image's binary directory is on PATH, as an image's would be.
+        if let Some(bin) = image_bin {
+            let dir = bin
+                .parent()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default();
+            let path = match env.iter().find(|(k, _)| k == "PATH") {
+                Some((_, p)) if !p.is_empty() => format!("{dir}:{p}"),
+                _ => format!("{dir}:/usr/local/bin:/usr/bin:/bin"),
+            };
+            env.retain(|(k, _)| k != "PATH" && k != "SQUALL_IMAGE_BINARY");
+            env.push(("PATH".into(), path));
+            env.push(("SQUALL_IMAGE_BINARY".into(), bin.display().to_string()));
+        }
         let mounts = self.mounts(spec);
         let vars: HashMap<&str, &str> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let fix = |s: &str| rewrite_mounts(&expand(s, &vars), &mounts);
@@ -639,6 +653,7 @@ impl PodWorker {
                     &self.shared.server_url,
                     &self.shared.ca_cert,
                     KubeconfigUser::Token(&token),
+                    Some(&self.ns),
                 )
                 .map_err(|e| e.to_string())?;
                 kubeconfig = Some(kc);
