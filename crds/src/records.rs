@@ -160,6 +160,9 @@ pub struct ComponentStats {
     /// Spout messages replayed after a fail or timeout.
     #[serde(default)]
     pub replayed: u64,
+    /// Spout tuples emitted with a message id: the tuple trees started.
+    #[serde(default)]
+    pub roots: u64,
 }
 
 /// A worker's stats, published by its supervisor. Counters are totals since start.

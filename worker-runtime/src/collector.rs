@@ -1,0 +1,373 @@
+//! Output collectors: how spouts and bolts emit, ack and fail (DESIGN §4).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use smallvec::SmallVec;
+use squall_api::{DEFAULT_STREAM, GroupingType, TaskId};
+
+use crate::grouping::{Grouper, Targets};
+use crate::layout::Layout;
+use crate::metrics::{ExecMetrics, now_ns};
+use crate::transfer::{Msg, Outbox};
+use crate::tuple::{Anchors, Tuple, Values};
+
+/// A small, fast, non-cryptographic generator for edge and root ids (xorshift64*).
+pub(crate) struct Rng(u64);
+
+impl Rng {
+    pub(crate) fn seeded(seed: u64) -> Rng {
+        Rng(crate::tuple::mix(seed, now_ns() ^ u64::from(std::process::id())) | 1)
+    }
+    /// A random id that is never 0 (0 means "complete" to the acker).
+    #[inline]
+    pub(crate) fn id(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d) | 1
+    }
+}
+
+/// Why an emit did not go out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EmitError {
+    #[error("stream '{0}' is not declared by this component")]
+    UnknownStream(String),
+    #[error("task {task} does not subscribe to stream '{stream}' with a DIRECT grouping")]
+    NotDirect { task: TaskId, stream: String },
+}
+
+/// Per-executor emit machinery shared by both collectors.
+pub(crate) struct Emitter {
+    pub(crate) layout: Arc<Layout>,
+    pub(crate) component: usize,
+    /// By stream, by subscription.
+    groupers: Vec<Vec<Grouper>>,
+    default_stream: Option<usize>,
+    pub(crate) outbox: Outbox,
+    pub(crate) rng: Rng,
+    pub(crate) metrics: ExecMetrics,
+    /// Emit errors so far (logged once each kind).
+    pub(crate) errors: u64,
+}
+
+impl Emitter {
+    pub(crate) fn new(layout: Arc<Layout>, component: usize, slot: u32, outbox: Outbox, seed: u64) -> Emitter {
+        let groupers = layout.groupers(component, slot, seed);
+        let default_stream = layout.streams[component].iter().position(|s| s.fields.stream == DEFAULT_STREAM);
+        Emitter {
+            layout,
+            component,
+            groupers,
+            default_stream,
+            outbox,
+            rng: Rng::seeded(seed),
+            metrics: ExecMetrics::default(),
+            errors: 0,
+        }
+    }
+
+    fn stream(&self, name: &str) -> Result<usize, EmitError> {
+        if name == DEFAULT_STREAM {
+            return self.default_stream.ok_or_else(|| EmitError::UnknownStream(name.to_string()));
+        }
+        self.layout.streams[self.component]
+            .iter()
+            .position(|s| s.fields.stream == name)
+            .ok_or_else(|| EmitError::UnknownStream(name.to_string()))
+    }
+
+    /// Target tasks for an emit (or the checked direct task).
+    fn targets(&mut self, stream: usize, direct: Option<TaskId>, values: &[crate::tuple::Value]) -> Result<Targets, EmitError> {
+        let mut out = Targets::new();
+        match direct {
+            None => {
+                for g in &mut self.groupers[stream] {
+                    g.choose(values, &mut out);
+                }
+            }
+            Some(task) => {
+                let ok = self.groupers[stream]
+                    .iter()
+                    .any(|g| g.kind() == GroupingType::Direct && g.tasks().binary_search(&task).is_ok());
+                if !ok {
+                    let stream = self.layout.streams[self.component][stream].fields.stream.clone();
+                    return Err(EmitError::NotDirect { task, stream });
+                }
+                out.push(task);
+            }
+        }
+        Ok(out)
+    }
+
+    #[inline]
+    fn acker_for(&self, root: u64) -> TaskId {
+        let a = &self.layout.acker_tasks;
+        a[(root % a.len() as u64) as usize]
+    }
+
+    fn note_error(&mut self, e: &EmitError) {
+        self.errors += 1;
+        if self.errors.is_power_of_two() {
+            tracing::warn!(component = self.layout.component_id(self.component), error = %e, count = self.errors, "emit dropped");
+        }
+    }
+
+    /// Send one tuple per target; the last target gets the values without a copy.
+    fn send_tuples(
+        &mut self,
+        stream: usize,
+        targets: &Targets,
+        mut values: Values,
+        source_task: TaskId,
+        mut anchors_for: impl FnMut(&mut Rng) -> Anchors,
+    ) {
+        let fields = self.layout.streams[self.component][stream].fields;
+        self.metrics.emitted += 1;
+        self.metrics.transferred += targets.len() as u64;
+        for (i, &t) in targets.iter().enumerate() {
+            let vals = if i + 1 == targets.len() { std::mem::take(&mut values) } else { values.clone() };
+            let anchors = anchors_for(&mut self.rng);
+            self.outbox.push(t, Msg::Tuple(Tuple::new(vals, fields, source_task, anchors)));
+        }
+    }
+}
+
+/// An open tuple tree of a spout task.
+pub(crate) struct Pending {
+    pub(crate) msg_id: u64,
+    pub(crate) start_ns: u64,
+    pub(crate) deadline_ns: u64,
+}
+
+/// Acking state of one spout task.
+pub(crate) struct SpoutTaskState {
+    pub(crate) task: TaskId,
+    pub(crate) pending: HashMap<u64, Pending>,
+    /// (deadline, root) in emit order; stale entries are skipped lazily.
+    pub(crate) timeouts: VecDeque<(u64, u64)>,
+    /// Message ids that failed and may be emitted again (to count replays).
+    pub(crate) failed_ids: HashSet<u64>,
+    /// With acking off, message ids to ack right after `next_tuple` returns.
+    pub(crate) immediate_acks: Vec<u64>,
+}
+
+/// Cap on remembered failed message ids, so a spout that never replays cannot grow it forever.
+const MAX_FAILED_IDS: usize = 1 << 20;
+
+impl SpoutTaskState {
+    pub(crate) fn new(task: TaskId) -> Self {
+        SpoutTaskState {
+            task,
+            pending: HashMap::new(),
+            timeouts: VecDeque::new(),
+            failed_ids: HashSet::new(),
+            immediate_acks: Vec::new(),
+        }
+    }
+
+    pub(crate) fn remember_failed(&mut self, msg_id: u64) {
+        if self.failed_ids.len() < MAX_FAILED_IDS {
+            self.failed_ids.insert(msg_id);
+        }
+    }
+}
+
+/// What a spout emits through (Storm's `SpoutOutputCollector`).
+pub struct SpoutCollector<'a> {
+    pub(crate) em: &'a mut Emitter,
+    pub(crate) st: &'a mut SpoutTaskState,
+    pub(crate) emitted: usize,
+}
+
+impl SpoutCollector<'_> {
+    /// Emit on the default stream. With a message id the tuple is tracked: the
+    /// spout's `ack` or `fail` is called with it once the tree completes or fails.
+    /// Returns the number of target tasks.
+    pub fn emit(&mut self, values: Values, msg_id: Option<u64>) -> usize {
+        self.emit_inner(DEFAULT_STREAM, None, values, msg_id, None).unwrap_or(0)
+    }
+
+    /// Emit on a named stream.
+    pub fn emit_stream(&mut self, stream: &str, values: Values, msg_id: Option<u64>) -> Result<usize, EmitError> {
+        self.emit_inner(stream, None, values, msg_id, None)
+    }
+
+    /// Emit to one task of a bolt that subscribes to `stream` with a DIRECT grouping.
+    pub fn emit_direct(&mut self, task: TaskId, stream: &str, values: Values, msg_id: Option<u64>) -> Result<usize, EmitError> {
+        self.emit_inner(stream, Some(task), values, msg_id, None)
+    }
+
+    /// Emit a tracked tuple whose complete latency counts from `scheduled_ns` (on
+    /// [`crate::metrics::now_ns`]'s clock) rather than from now. A load generator
+    /// uses this so that falling behind its schedule shows up as latency.
+    pub fn emit_scheduled(&mut self, values: Values, msg_id: u64, scheduled_ns: u64) -> usize {
+        self.emit_inner(DEFAULT_STREAM, None, values, Some(msg_id), Some(scheduled_ns)).unwrap_or(0)
+    }
+
+    /// Open tuple trees of this task.
+    pub fn pending(&self) -> usize {
+        self.st.pending.len()
+    }
+
+    fn emit_inner(
+        &mut self,
+        stream: &str,
+        direct: Option<TaskId>,
+        values: Values,
+        msg_id: Option<u64>,
+        start_ns: Option<u64>,
+    ) -> Result<usize, EmitError> {
+        let em = &mut *self.em;
+        let stream = em.stream(stream).inspect_err(|e| em.note_error(e))?;
+        let targets = em.targets(stream, direct, &values).inspect_err(|e| em.note_error(e))?;
+        self.emitted += 1;
+        let task = self.st.task;
+        let Some(msg_id) = msg_id else {
+            em.send_tuples(stream, &targets, values, task, |_| Anchors::new());
+            return Ok(targets.len());
+        };
+        em.metrics.roots += 1;
+        if self.st.failed_ids.remove(&msg_id) {
+            em.metrics.replayed += 1;
+        }
+        if !em.layout.acking {
+            em.send_tuples(stream, &targets, values, task, |_| Anchors::new());
+            self.st.immediate_acks.push(msg_id);
+            return Ok(targets.len());
+        }
+        let root = em.rng.id();
+        let mut xor = 0u64;
+        em.send_tuples(stream, &targets, values, task, |rng| {
+            let edge = rng.id();
+            xor ^= edge;
+            smallvec::smallvec![(root, edge)]
+        });
+        let acker = em.acker_for(root);
+        em.outbox.push(acker, Msg::AckInit { root, val: xor, spout_task: task });
+        let now = now_ns();
+        let deadline_ns = now + em.layout.timeout_ns;
+        self.st.pending.insert(root, Pending { msg_id, start_ns: start_ns.unwrap_or(now), deadline_ns });
+        self.st.timeouts.push_back((deadline_ns, root));
+        Ok(targets.len())
+    }
+}
+
+/// What a bolt emits, acks and fails through (Storm's `OutputCollector`).
+pub struct BoltCollector<'a> {
+    pub(crate) em: &'a mut Emitter,
+    pub(crate) task: TaskId,
+    /// Start time of the tuple being executed; acks of it are timed when it returns.
+    pub(crate) exec_start_ns: u64,
+    pub(crate) acked_current: u32,
+}
+
+impl BoltCollector<'_> {
+    /// Emit on the default stream, anchored to `anchors` (empty = unanchored).
+    pub fn emit(&mut self, anchors: &[&Tuple], values: Values) -> usize {
+        self.emit_inner(DEFAULT_STREAM, None, anchors, values).unwrap_or(0)
+    }
+
+    /// Emit on a named stream, anchored to `anchors`.
+    pub fn emit_stream(&mut self, stream: &str, anchors: &[&Tuple], values: Values) -> Result<usize, EmitError> {
+        self.emit_inner(stream, None, anchors, values)
+    }
+
+    /// Emit to one task of a bolt that subscribes to `stream` with a DIRECT grouping.
+    pub fn emit_direct(&mut self, task: TaskId, stream: &str, anchors: &[&Tuple], values: Values) -> Result<usize, EmitError> {
+        self.emit_inner(stream, Some(task), anchors, values)
+    }
+
+    fn emit_inner(
+        &mut self,
+        stream: &str,
+        direct: Option<TaskId>,
+        anchors: &[&Tuple],
+        values: Values,
+    ) -> Result<usize, EmitError> {
+        let em = &mut *self.em;
+        let stream = em.stream(stream).inspect_err(|e| em.note_error(e))?;
+        let targets = em.targets(stream, direct, &values).inspect_err(|e| em.note_error(e))?;
+        let acking = em.layout.acking && anchors.iter().any(|a| !a.anchors.is_empty());
+        if !acking {
+            em.send_tuples(stream, &targets, values, self.task, |_| Anchors::new());
+        } else {
+            // One fresh edge per (anchor, new tuple): XORed into the anchor's ack
+            // value and into the new tuple's id for each of the anchor's roots.
+            em.send_tuples(stream, &targets, values, self.task, |rng| {
+                let mut ids = Anchors::new();
+                for a in anchors {
+                    if a.anchors.is_empty() {
+                        continue;
+                    }
+                    let edge = rng.id();
+                    a.ack_val.set(a.ack_val.get() ^ edge);
+                    for &(root, _) in &a.anchors {
+                        match ids.iter_mut().find(|(r, _)| *r == root) {
+                            Some((_, v)) => *v ^= edge,
+                            None => ids.push((root, edge)),
+                        }
+                    }
+                }
+                ids
+            });
+        }
+        Ok(targets.len())
+    }
+
+    /// The tuple is fully processed.
+    pub fn ack(&mut self, input: &Tuple) {
+        self.em.metrics.acked += 1;
+        self.time_process(input);
+        if !self.em.layout.acking {
+            return;
+        }
+        let extra = input.ack_val.get();
+        let roots: SmallVec<[(u64, u64); 2]> = input.anchors.iter().copied().collect();
+        for (root, edge) in roots {
+            let acker = self.em.acker_for(root);
+            self.em.outbox.push(acker, Msg::Ack { root, val: edge ^ extra });
+        }
+    }
+
+    /// The tuple could not be processed: its trees fail and their spouts may replay.
+    pub fn fail(&mut self, input: &Tuple) {
+        self.em.metrics.failed += 1;
+        self.time_process(input);
+        if !self.em.layout.acking {
+            return;
+        }
+        for &(root, _) in &input.anchors {
+            let acker = self.em.acker_for(root);
+            self.em.outbox.push(acker, Msg::Fail { root });
+        }
+    }
+
+    /// Restart the message timeout of the input's trees (for slow or long-held tuples).
+    pub fn reset_timeout(&mut self, input: &Tuple) {
+        if !self.em.layout.acking {
+            return;
+        }
+        for &(root, _) in &input.anchors {
+            let acker = self.em.acker_for(root);
+            self.em.outbox.push(acker, Msg::Reset { root });
+        }
+    }
+
+    /// Log an error on behalf of the component.
+    pub fn report_error(&mut self, error: &dyn std::fmt::Display) {
+        tracing::error!(component = self.em.layout.component_id(self.em.component), task = self.task, %error, "bolt reported an error");
+    }
+
+    fn time_process(&mut self, input: &Tuple) {
+        let started = input.started_ns.get();
+        if started == self.exec_start_ns {
+            self.acked_current += 1;
+        } else if started != 0 {
+            self.em.metrics.record_process(now_ns().saturating_sub(started));
+        }
+    }
+}

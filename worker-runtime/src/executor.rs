@@ -1,0 +1,388 @@
+//! Executors: one thread each, running one or more tasks of one component.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::time::Duration;
+
+use squall_api::TaskId;
+
+use crate::acker::{AckerOutcome, AckerState};
+use crate::collector::{BoltCollector, Emitter, SpoutCollector, SpoutTaskState};
+use crate::component::{Bolt, Spout};
+use crate::metrics::{MetricsSlot, now_ns};
+use crate::transfer::{Batch, Msg};
+use crate::tuple::Tuple;
+
+/// Commands shared by all executors of a worker.
+#[derive(Debug)]
+pub struct WorkerControl {
+    pub active: AtomicBool,
+    pub shutdown: AtomicBool,
+}
+
+impl WorkerControl {
+    pub fn new(active: bool) -> Arc<Self> {
+        Arc::new(WorkerControl { active: AtomicBool::new(active), shutdown: AtomicBool::new(false) })
+    }
+}
+
+/// What a spout executor reports about its progress, for draining and finite runs.
+#[derive(Debug, Default)]
+pub struct SpoutProgress {
+    /// Open tuple trees over the executor's tasks.
+    pub pending: AtomicUsize,
+    /// Every task's spout reports `is_done`.
+    pub done: AtomicBool,
+}
+
+const PUBLISH_NS: u64 = 1_000_000_000;
+/// Longest a waiting executor sleeps before it looks at its control flags again.
+const IDLE_WAIT: Duration = Duration::from_millis(20);
+/// `next_tuple` calls per task between looks at the input queue.
+const SPOUT_BURST: usize = 64;
+
+/// The parts every executor has.
+pub(crate) struct ExecutorCore {
+    pub(crate) emitter: Emitter,
+    pub(crate) rx: Receiver<Batch>,
+    pub(crate) control: Arc<WorkerControl>,
+    pub(crate) metrics: MetricsSlot,
+    pub(crate) first_task: TaskId,
+    last_publish_ns: u64,
+}
+
+impl ExecutorCore {
+    pub(crate) fn new(
+        emitter: Emitter,
+        rx: Receiver<Batch>,
+        control: Arc<WorkerControl>,
+        metrics: MetricsSlot,
+        first_task: TaskId,
+    ) -> Self {
+        ExecutorCore { emitter, rx, control, metrics, first_task, last_publish_ns: 0 }
+    }
+
+    fn publish_if_due(&mut self, now: u64) {
+        if now.saturating_sub(self.last_publish_ns) >= PUBLISH_NS {
+            self.publish(now);
+        }
+    }
+
+    fn publish(&mut self, now: u64) {
+        self.last_publish_ns = now;
+        self.emitter.metrics.at_ns = now;
+        let mut slot = self.metrics.lock().unwrap_or_else(|p| p.into_inner());
+        slot.clone_from(&self.emitter.metrics);
+    }
+
+    fn stopping(&self) -> bool {
+        self.control.shutdown.load(Ordering::Relaxed)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Spouts
+
+pub(crate) struct SpoutExecutor {
+    pub(crate) core: ExecutorCore,
+    pub(crate) tasks: Vec<(Box<dyn Spout>, SpoutTaskState)>,
+    pub(crate) progress: Arc<SpoutProgress>,
+}
+
+impl SpoutExecutor {
+    pub(crate) fn run(mut self) {
+        let mut active = false;
+        let max_pending = self.core.emitter.layout.max_pending;
+        loop {
+            if self.core.stopping() {
+                break;
+            }
+            // Acks first: they free pending slots and must never back up.
+            loop {
+                match self.core.rx.try_recv() {
+                    Ok(batch) => self.handle(batch),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => return self.close(),
+                }
+            }
+            let want_active = self.core.control.active.load(Ordering::Relaxed);
+            if want_active != active {
+                active = want_active;
+                for (spout, _) in &mut self.tasks {
+                    if active { spout.activate() } else { spout.deactivate() }
+                }
+            }
+            let now = now_ns();
+            self.expire(now);
+
+            let mut emitted = 0;
+            if active && !self.core.emitter.outbox.congested() {
+                for (spout, st) in &mut self.tasks {
+                    for _ in 0..SPOUT_BURST {
+                        if st.pending.len() >= max_pending {
+                            break;
+                        }
+                        let mut out = SpoutCollector { em: &mut self.core.emitter, st, emitted: 0 };
+                        spout.next_tuple(&mut out);
+                        let n = out.emitted;
+                        // With acking off, a tracked emit is complete at once.
+                        for id in st.immediate_acks.drain(..) {
+                            self.core.emitter.metrics.acked += 1;
+                            spout.ack(id);
+                        }
+                        if n == 0 {
+                            break;
+                        }
+                        emitted += n;
+                    }
+                }
+            }
+            self.report_progress();
+            let now = now_ns();
+            self.core.publish_if_due(now);
+            if emitted == 0 {
+                // Nothing to do: send what we have, then wait for acks or the next poll.
+                self.core.emitter.outbox.flush(now);
+                // Storm's spout wait strategy: a short sleep, cut short by an arriving ack.
+                let wait = Duration::from_millis(1);
+                match self.core.rx.recv_timeout(wait) {
+                    Ok(batch) => self.handle(batch),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => return self.close(),
+                }
+            } else {
+                self.core.emitter.outbox.flush_if_lingering(now);
+            }
+        }
+        self.close();
+    }
+
+    fn report_progress(&self) {
+        let pending = self.tasks.iter().map(|(_, st)| st.pending.len()).sum();
+        self.progress.pending.store(pending, Ordering::Relaxed);
+        let done = self.tasks.iter().all(|(s, st)| s.is_done() && st.pending.is_empty());
+        self.progress.done.store(done, Ordering::Relaxed);
+    }
+
+    fn handle(&mut self, batch: Batch) {
+        let now = now_ns();
+        let first = self.core.first_task;
+        for env in batch {
+            let Some((spout, st)) = self.tasks.get_mut(env.task.wrapping_sub(first) as usize) else { continue };
+            let m = &mut self.core.emitter.metrics;
+            match env.msg {
+                Msg::SpoutAck { root } => {
+                    if let Some(p) = st.pending.remove(&root) {
+                        m.acked += 1;
+                        m.record_complete(now.saturating_sub(p.start_ns));
+                        spout.ack(p.msg_id);
+                    }
+                }
+                Msg::SpoutFail { root } => {
+                    if let Some(p) = st.pending.remove(&root) {
+                        m.failed += 1;
+                        st.remember_failed(p.msg_id);
+                        spout.fail(p.msg_id);
+                    }
+                }
+                Msg::SpoutReset { root } => {
+                    if let Some(p) = st.pending.get_mut(&root) {
+                        p.deadline_ns = now + self.core.emitter.layout.timeout_ns;
+                        st.timeouts.push_back((p.deadline_ns, root));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Fail trees whose timeout has passed.
+    fn expire(&mut self, now: u64) {
+        for (spout, st) in &mut self.tasks {
+            while let Some(&(deadline, root)) = st.timeouts.front() {
+                if deadline > now {
+                    break;
+                }
+                st.timeouts.pop_front();
+                // A reset pushes a later deadline; only the current one counts.
+                if st.pending.get(&root).is_some_and(|p| p.deadline_ns == deadline)
+                    && let Some(p) = st.pending.remove(&root)
+                {
+                    self.core.emitter.metrics.failed += 1;
+                    st.remember_failed(p.msg_id);
+                    spout.fail(p.msg_id);
+                }
+            }
+        }
+    }
+
+    fn close(mut self) {
+        self.core.emitter.outbox.flush(now_ns());
+        self.report_progress();
+        for (spout, _) in &mut self.tasks {
+            spout.close();
+        }
+        self.core.publish(now_ns());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bolts
+
+pub(crate) struct BoltExecutor {
+    pub(crate) core: ExecutorCore,
+    pub(crate) bolts: Vec<Box<dyn Bolt>>,
+    pub(crate) tick_ns: Option<u64>,
+}
+
+impl BoltExecutor {
+    pub(crate) fn run(mut self) {
+        let mut next_tick = self.tick_ns.map(|t| now_ns() + t);
+        loop {
+            if self.core.stopping() {
+                break;
+            }
+            let now = now_ns();
+            if let (Some(at), Some(every)) = (next_tick, self.tick_ns)
+                && now >= at
+            {
+                next_tick = Some(at + every);
+                for i in 0..self.bolts.len() {
+                    self.execute(i, Tuple::tick(), now_ns());
+                }
+            }
+            self.core.publish_if_due(now);
+            let wait = next_tick.map_or(IDLE_WAIT, |at| Duration::from_nanos(at.saturating_sub(now)).min(IDLE_WAIT));
+            match self.core.rx.recv_timeout(wait) {
+                Ok(batch) => {
+                    self.process(batch);
+                    // Keep going while input is waiting; send partial batches once it runs dry.
+                    loop {
+                        match self.core.rx.try_recv() {
+                            Ok(batch) => self.process(batch),
+                            Err(_) => break,
+                        }
+                    }
+                    self.core.emitter.outbox.flush(now_ns());
+                }
+                Err(RecvTimeoutError::Timeout) => self.core.emitter.outbox.flush(now_ns()),
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        self.core.emitter.outbox.flush(now_ns());
+        for b in &mut self.bolts {
+            b.cleanup();
+        }
+        self.core.publish(now_ns());
+    }
+
+    fn process(&mut self, batch: Batch) {
+        let mut t = now_ns();
+        let first = self.core.first_task;
+        for env in batch {
+            if let Msg::Tuple(tuple) = env.msg {
+                let idx = env.task.wrapping_sub(first) as usize;
+                if idx < self.bolts.len() {
+                    t = self.execute(idx, tuple, t);
+                }
+            }
+        }
+        self.core.emitter.outbox.flush_if_lingering(t);
+    }
+
+    /// Execute one tuple that starts at `start`; returns the time it ended, which is
+    /// the next tuple's start, so each tuple costs one clock read.
+    #[inline]
+    fn execute(&mut self, idx: usize, tuple: Tuple, start: u64) -> u64 {
+        tuple.started_ns.set(start);
+        let task = self.core.first_task + idx as TaskId;
+        let mut out = BoltCollector { em: &mut self.core.emitter, task, exec_start_ns: start, acked_current: 0 };
+        self.bolts[idx].execute(tuple, &mut out);
+        let acked = out.acked_current;
+        let end = now_ns();
+        let took = end.saturating_sub(start);
+        let m = &mut self.core.emitter.metrics;
+        m.record_execute(took);
+        for _ in 0..acked {
+            m.record_process(took);
+        }
+        end
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ackers
+
+pub(crate) struct AckerExecutor {
+    pub(crate) core: ExecutorCore,
+    pub(crate) states: Vec<AckerState>,
+}
+
+impl AckerExecutor {
+    pub(crate) fn run(mut self) {
+        let rotate_every = self.core.emitter.layout.timeout_ns.max(1);
+        let mut next_rotate = now_ns() + rotate_every;
+        loop {
+            if self.core.stopping() {
+                break;
+            }
+            let now = now_ns();
+            if now >= next_rotate {
+                next_rotate = now + rotate_every;
+                for s in &mut self.states {
+                    s.rotate();
+                }
+            }
+            self.core.publish_if_due(now);
+            let wait = if self.core.emitter.outbox.congested() { Duration::from_millis(1) } else { IDLE_WAIT };
+            match self.core.rx.recv_timeout(wait) {
+                Ok(batch) => {
+                    self.process(batch);
+                    while let Ok(batch) = self.core.rx.try_recv() {
+                        self.process(batch);
+                    }
+                    self.core.emitter.outbox.flush(now_ns());
+                }
+                Err(RecvTimeoutError::Timeout) => self.core.emitter.outbox.flush(now_ns()),
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        self.core.emitter.outbox.flush(now_ns());
+        self.core.publish(now_ns());
+    }
+
+    fn process(&mut self, batch: Batch) {
+        let first = self.core.first_task;
+        let start = now_ns();
+        let n = batch.len() as u64;
+        for env in batch {
+            let Some(state) = self.states.get_mut(env.task.wrapping_sub(first) as usize) else { continue };
+            let outcome = match env.msg {
+                Msg::AckInit { root, val, spout_task } => state.init(root, val, spout_task),
+                Msg::Ack { root, val } => state.ack(root, val),
+                Msg::Fail { root } => state.fail(root),
+                Msg::Reset { root } => state.reset(root),
+                _ => None,
+            };
+            let m = &mut self.core.emitter.metrics;
+            match outcome {
+                None => continue,
+                Some(AckerOutcome::Complete { root, spout_task }) => {
+                    m.acked += 1;
+                    self.core.emitter.outbox.push(spout_task, Msg::SpoutAck { root });
+                }
+                Some(AckerOutcome::Failed { root, spout_task }) => {
+                    m.failed += 1;
+                    self.core.emitter.outbox.push(spout_task, Msg::SpoutFail { root });
+                }
+                Some(AckerOutcome::Reset { root, spout_task }) => {
+                    self.core.emitter.outbox.push(spout_task, Msg::SpoutReset { root });
+                }
+            }
+        }
+        let m = &mut self.core.emitter.metrics;
+        m.executed += n;
+        m.busy_ns += now_ns().saturating_sub(start);
+    }
+}

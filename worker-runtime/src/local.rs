@@ -1,0 +1,263 @@
+//! Local mode: a whole topology in one process, like Storm's LocalCluster.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use squall_api::records::ComponentStats;
+use squall_api::{PhysicalPlan, PlannedKind, TopologySpec};
+
+use crate::component::Registry;
+use crate::layout::{Layout, LayoutError};
+use crate::metrics::{ComponentMetrics, ExecMetrics, MetricsHub, render_prometheus};
+use crate::transfer::TransferConfig;
+use crate::worker::{StartError, Worker};
+
+/// How a local run behaves.
+#[derive(Debug, Clone)]
+pub struct LocalOptions {
+    /// Stop after this long (`None`: run until the spouts are done or interrupted).
+    pub duration: Option<Duration>,
+    /// How often to print the live table (`None`: never).
+    pub report_every: Option<Duration>,
+    /// Print the live table to stderr instead of stdout (stdout then holds only the summary).
+    pub table_to_stderr: bool,
+    /// Serve Prometheus metrics here.
+    pub metrics_addr: Option<SocketAddr>,
+    pub transfer: TransferConfig,
+    /// Set from outside (Ctrl-C) to stop the run early.
+    pub interrupt: Option<Arc<AtomicBool>>,
+}
+
+impl Default for LocalOptions {
+    fn default() -> Self {
+        LocalOptions {
+            duration: None,
+            report_every: Some(Duration::from_secs(5)),
+            table_to_stderr: false,
+            metrics_addr: None,
+            transfer: TransferConfig::default(),
+            interrupt: None,
+        }
+    }
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize, PartialEq, Default)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+/// The end-of-run summary; `--json` prints it as the last line.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Summary {
+    pub topology: String,
+    /// Tuple trees completed (spout `ack` calls).
+    pub acked: u64,
+    /// Tuple trees failed or timed out (spout `fail` calls).
+    pub failed: u64,
+    /// Spout tuples emitted with a message id, replays included.
+    pub emitted: u64,
+    /// Of `emitted`, those that replayed a failed message id.
+    pub replayed: u64,
+    pub duration_s: f64,
+    pub acked_per_s: f64,
+    pub complete_latency_ms: Percentiles,
+    /// Why the run ended: `limit` (spouts done), `duration`, or `interrupt`.
+    pub stopped_by: String,
+    /// Trees still open when the run was torn down (0 after a clean drain).
+    pub open_at_end: usize,
+    pub components: BTreeMap<String, ComponentStats>,
+}
+
+/// Why a local run could not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error("cannot serve metrics: {0}")]
+    Metrics(std::io::Error),
+}
+
+/// Run `spec` in this process until its spouts are done, the duration passes, or it is interrupted.
+pub fn run(registry: &Registry, name: &str, spec: TopologySpec, opts: &LocalOptions) -> Result<Summary, LocalError> {
+    let plan = PhysicalPlan::compute(&spec);
+    let layout = Arc::new(Layout::new(name, spec, plan, registry)?);
+    let hub = MetricsHub::new();
+    let slots: Vec<u32> = (0..layout.plan.workers).collect();
+    let worker = Worker::start(layout.clone(), registry, &slots, None, opts.transfer, hub.clone())?;
+
+    if let Some(addr) = opts.metrics_addr {
+        let hub = hub.clone();
+        let topology = name.to_string();
+        let handler: crate::http::Handler = Arc::new(move |path| match path {
+            "/metrics" => {
+                let stats = stats_of(&hub.collect(), None);
+                Some((crate::http::PROMETHEUS, render_prometheus(&[("topology", &topology)], &stats)))
+            }
+            "/healthz" | "/readyz" => Some(("text/plain", "ok\n".to_string())),
+            _ => None,
+        });
+        let bound = crate::http::serve(addr, handler).map_err(LocalError::Metrics)?;
+        tracing::info!(%bound, "serving Prometheus metrics on /metrics");
+    }
+
+    let started = Instant::now();
+    let mut last_report = Instant::now();
+    let mut last = hub.collect();
+    let stopped_by = loop {
+        std::thread::sleep(Duration::from_millis(50));
+        if opts.interrupt.as_ref().is_some_and(|f| f.load(Ordering::Relaxed)) {
+            break "interrupt";
+        }
+        if opts.duration.is_some_and(|d| started.elapsed() >= d) {
+            break "duration";
+        }
+        if worker.spouts_done() && worker.pending() == 0 {
+            break "limit";
+        }
+        if let Some(every) = opts.report_every
+            && last_report.elapsed() >= every
+        {
+            let now = hub.collect();
+            let table = render_table(&now, &last, last_report.elapsed(), started.elapsed());
+            print_table(&table, opts.table_to_stderr);
+            last = now;
+            last_report = Instant::now();
+        }
+    };
+
+    // Deactivate, then let open trees complete or time out.
+    worker.set_active(false);
+    let drain_deadline = Instant::now() + Duration::from_nanos(layout.timeout_ns) + Duration::from_secs(1);
+    while worker.pending() > 0 && Instant::now() < drain_deadline {
+        if stopped_by != "interrupt" && opts.interrupt.as_ref().is_some_and(|f| f.load(Ordering::Relaxed)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let elapsed = started.elapsed();
+    let open_at_end = worker.pending();
+    worker.shutdown();
+
+    let fin = hub.collect();
+    Ok(summarize(name, &fin, elapsed, stopped_by, open_at_end))
+}
+
+/// Per-component stats over a window (`since = None`: since the start).
+pub fn stats_of(
+    now: &BTreeMap<String, ComponentMetrics>,
+    since: Option<(&BTreeMap<String, ComponentMetrics>, u64)>,
+) -> BTreeMap<String, ComponentStats> {
+    now.iter()
+        .map(|(id, c)| {
+            let (m, window) = match since.and_then(|(prev, w)| prev.get(id).map(|p| (p, w))) {
+                Some((p, w)) => (c.metrics.since(&p.metrics), w),
+                None => (c.metrics.clone(), c.metrics.at_ns),
+            };
+            (id.clone(), m.to_stats(window, c.executors))
+        })
+        .collect()
+}
+
+fn summarize(
+    name: &str,
+    fin: &BTreeMap<String, ComponentMetrics>,
+    elapsed: Duration,
+    stopped_by: &str,
+    open_at_end: usize,
+) -> Summary {
+    let mut spouts = ExecMetrics::default();
+    for c in fin.values().filter(|c| c.kind == PlannedKind::Spout) {
+        spouts.merge(&c.metrics);
+    }
+    let h = &spouts.complete_us;
+    let complete = if h.len() > 0 {
+        Percentiles {
+            p50: h.value_at_quantile(0.5) as f64 / 1000.0,
+            p99: h.value_at_quantile(0.99) as f64 / 1000.0,
+            max: h.max() as f64 / 1000.0,
+        }
+    } else {
+        Percentiles::default()
+    };
+    let secs = elapsed.as_secs_f64();
+    Summary {
+        topology: name.to_string(),
+        acked: spouts.acked,
+        failed: spouts.failed,
+        emitted: spouts.roots,
+        replayed: spouts.replayed,
+        duration_s: secs,
+        acked_per_s: if secs > 0.0 { spouts.acked as f64 / secs } else { 0.0 },
+        complete_latency_ms: complete,
+        stopped_by: stopped_by.to_string(),
+        open_at_end,
+        components: stats_of(fin, None),
+    }
+}
+
+/// The live table: one row per component, rates over the last window.
+pub fn render_table(
+    now: &BTreeMap<String, ComponentMetrics>,
+    prev: &BTreeMap<String, ComponentMetrics>,
+    window: Duration,
+    uptime: Duration,
+) -> String {
+    let w = window.as_secs_f64().max(1e-9);
+    let stats = stats_of(now, Some((prev, window.as_nanos() as u64)));
+    let mut out = format!(
+        "--- {:>6.1}s {:<16} {:>6} {:>11} {:>11} {:>10} {:>9} {:>11} {:>10} {:>10} {:>8}\n",
+        uptime.as_secs_f64(),
+        "component",
+        "kind",
+        "emitted/s",
+        "transfer/s",
+        "acked/s",
+        "failed/s",
+        "executed/s",
+        "exec p99",
+        "compl p99",
+        "capacity"
+    );
+    for (id, s) in &stats {
+        let kind = now.get(id).map_or("?", |c| match c.kind {
+            PlannedKind::Spout => "spout",
+            PlannedKind::Bolt => "bolt",
+            PlannedKind::Acker => "acker",
+        });
+        let ms = |l: Option<squall_api::records::LatencySummary>| l.map_or("-".to_string(), |l| format!("{:.2}ms", l.p99));
+        out.push_str(&format!(
+            "          {:<16} {:>6} {:>11.0} {:>11.0} {:>10.0} {:>9.0} {:>11.0} {:>10} {:>10} {:>8.2}\n",
+            id,
+            kind,
+            s.emitted as f64 / w,
+            s.transferred as f64 / w,
+            s.acked as f64 / w,
+            s.failed as f64 / w,
+            s.executed as f64 / w,
+            ms(s.execute_latency_ms),
+            ms(s.complete_latency_ms),
+            s.capacity
+        ));
+    }
+    out
+}
+
+fn print_table(table: &str, to_stderr: bool) {
+    if to_stderr {
+        let _ = std::io::stderr().write_all(table.as_bytes());
+    } else {
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(table.as_bytes());
+        let _ = out.flush();
+    }
+}

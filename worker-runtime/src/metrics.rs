@@ -1,0 +1,251 @@
+//! Storm-UI metrics: counters and HDR latency histograms per executor.
+//!
+//! An executor owns its metrics outright (no atomics or locks on the hot path) and
+//! publishes a copy to a shared slot about once a second. Readers (the live table,
+//! `/metrics`, the final summary, the supervisor) merge the published copies by
+//! component. Histograms are cumulative; a window is the difference of two copies.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
+use squall_api::records::{ComponentStats, LatencySummary};
+use squall_api::PlannedKind;
+
+/// Nanoseconds on the process-wide monotonic clock.
+pub fn now_ns() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// Latencies are recorded in microseconds, from 1 µs to one hour, to 3 significant digits.
+fn histogram() -> Histogram<u64> {
+    // The bounds are constants that hdrhistogram accepts.
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+}
+
+/// One executor's metrics.
+#[derive(Clone)]
+pub struct ExecMetrics {
+    pub emitted: u64,
+    pub transferred: u64,
+    pub acked: u64,
+    pub failed: u64,
+    pub executed: u64,
+    pub replayed: u64,
+    /// Spout tuples emitted with a message id (tuple trees started).
+    pub roots: u64,
+    /// Nanoseconds spent inside `execute` (for capacity).
+    pub busy_ns: u64,
+    pub execute_us: Histogram<u64>,
+    pub process_us: Histogram<u64>,
+    pub complete_us: Histogram<u64>,
+    /// When this copy was published.
+    pub at_ns: u64,
+}
+
+impl Default for ExecMetrics {
+    fn default() -> Self {
+        ExecMetrics {
+            emitted: 0,
+            transferred: 0,
+            acked: 0,
+            failed: 0,
+            executed: 0,
+            replayed: 0,
+            roots: 0,
+            busy_ns: 0,
+            execute_us: histogram(),
+            process_us: histogram(),
+            complete_us: histogram(),
+            at_ns: now_ns(),
+        }
+    }
+}
+
+fn record(h: &mut Histogram<u64>, ns: u64) {
+    h.saturating_record((ns / 1000).max(1));
+}
+
+impl ExecMetrics {
+    #[inline]
+    pub fn record_execute(&mut self, ns: u64) {
+        self.executed += 1;
+        self.busy_ns += ns;
+        record(&mut self.execute_us, ns);
+    }
+    #[inline]
+    pub fn record_process(&mut self, ns: u64) {
+        record(&mut self.process_us, ns);
+    }
+    #[inline]
+    pub fn record_complete(&mut self, ns: u64) {
+        record(&mut self.complete_us, ns);
+    }
+
+    pub fn merge(&mut self, other: &ExecMetrics) {
+        self.emitted += other.emitted;
+        self.transferred += other.transferred;
+        self.acked += other.acked;
+        self.failed += other.failed;
+        self.executed += other.executed;
+        self.replayed += other.replayed;
+        self.roots += other.roots;
+        self.busy_ns += other.busy_ns;
+        // Same bounds on both sides, so adding cannot fail.
+        let _ = self.execute_us.add(&other.execute_us);
+        let _ = self.process_us.add(&other.process_us);
+        let _ = self.complete_us.add(&other.complete_us);
+        self.at_ns = self.at_ns.max(other.at_ns);
+    }
+
+    /// `self - earlier`: the activity in between.
+    pub fn since(&self, earlier: &ExecMetrics) -> ExecMetrics {
+        let mut d = self.clone();
+        d.emitted -= earlier.emitted.min(d.emitted);
+        d.transferred -= earlier.transferred.min(d.transferred);
+        d.acked -= earlier.acked.min(d.acked);
+        d.failed -= earlier.failed.min(d.failed);
+        d.executed -= earlier.executed.min(d.executed);
+        d.replayed -= earlier.replayed.min(d.replayed);
+        d.roots -= earlier.roots.min(d.roots);
+        d.busy_ns -= earlier.busy_ns.min(d.busy_ns);
+        // Counts only grow, so subtracting an earlier copy of the same histogram succeeds.
+        let _ = d.execute_us.subtract(&earlier.execute_us);
+        let _ = d.process_us.subtract(&earlier.process_us);
+        let _ = d.complete_us.subtract(&earlier.complete_us);
+        d
+    }
+
+    /// As the stats record, with capacity computed over `window_ns`.
+    pub fn to_stats(&self, window_ns: u64, executors: usize) -> ComponentStats {
+        let summary = |h: &Histogram<u64>| {
+            (h.len() > 0).then(|| LatencySummary {
+                count: h.len(),
+                mean: h.mean() / 1000.0,
+                p50: h.value_at_quantile(0.5) as f64 / 1000.0,
+                p99: h.value_at_quantile(0.99) as f64 / 1000.0,
+                max: h.max() as f64 / 1000.0,
+            })
+        };
+        let capacity = if window_ns == 0 || executors == 0 {
+            0.0
+        } else {
+            self.busy_ns as f64 / (window_ns as f64 * executors as f64)
+        };
+        ComponentStats {
+            emitted: self.emitted,
+            transferred: self.transferred,
+            acked: self.acked,
+            failed: self.failed,
+            executed: self.executed,
+            execute_latency_ms: summary(&self.execute_us),
+            process_latency_ms: summary(&self.process_us),
+            complete_latency_ms: summary(&self.complete_us),
+            capacity,
+            replayed: self.replayed,
+            roots: self.roots,
+        }
+    }
+}
+
+/// Where an executor publishes its metrics.
+pub type MetricsSlot = Arc<Mutex<ExecMetrics>>;
+
+/// Metrics of one component, merged over its executors.
+#[derive(Clone)]
+pub struct ComponentMetrics {
+    pub kind: PlannedKind,
+    pub executors: usize,
+    pub metrics: ExecMetrics,
+}
+
+/// All executors' published metrics in one process.
+#[derive(Clone, Default)]
+pub struct MetricsHub {
+    slots: Arc<Mutex<Vec<(String, PlannedKind, MetricsSlot)>>>,
+}
+
+impl MetricsHub {
+    pub fn new() -> Self {
+        MetricsHub::default()
+    }
+
+    /// A slot for a new executor of `component`.
+    pub fn register(&self, component: &str, kind: PlannedKind) -> MetricsSlot {
+        let slot: MetricsSlot = Arc::default();
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((component.to_string(), kind, slot.clone()));
+        slot
+    }
+
+    /// The latest published metrics, merged by component.
+    pub fn collect(&self) -> BTreeMap<String, ComponentMetrics> {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: BTreeMap<String, ComponentMetrics> = BTreeMap::new();
+        for (component, kind, slot) in slots.iter() {
+            let m = slot.lock().unwrap_or_else(|p| p.into_inner());
+            match out.get_mut(component) {
+                Some(c) => {
+                    c.metrics.merge(&m);
+                    c.executors += 1;
+                }
+                None => {
+                    out.insert(component.clone(), ComponentMetrics { kind: *kind, executors: 1, metrics: m.clone() });
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Render component stats in the Prometheus text format.
+pub fn render_prometheus(labels: &[(&str, &str)], stats: &BTreeMap<String, ComponentStats>) -> String {
+    let base: String = labels.iter().map(|(k, v)| format!("{k}=\"{}\",", escape(v))).collect();
+    let mut out = String::new();
+    let counters: [(&str, &str, fn(&ComponentStats) -> u64); 7] = [
+        ("squall_emitted_total", "Tuples emitted.", |s| s.emitted),
+        ("squall_transferred_total", "Tuples sent to target tasks.", |s| s.transferred),
+        ("squall_acked_total", "Tuples acked (bolts) or trees completed (spouts).", |s| s.acked),
+        ("squall_failed_total", "Tuples failed (bolts) or trees failed or timed out (spouts).", |s| s.failed),
+        ("squall_executed_total", "Tuples executed by bolts.", |s| s.executed),
+        ("squall_replayed_total", "Spout messages emitted again after a failure.", |s| s.replayed),
+        ("squall_roots_total", "Tuple trees started by spouts.", |s| s.roots),
+    ];
+    for (name, help, get) in counters {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (c, s) in stats {
+            let _ = writeln!(out, "{name}{{{base}component=\"{}\"}} {}", escape(c), get(s));
+        }
+    }
+    let _ = writeln!(out, "# HELP squall_capacity Fraction of time executors spent executing.\n# TYPE squall_capacity gauge");
+    for (c, s) in stats {
+        let _ = writeln!(out, "squall_capacity{{{base}component=\"{}\"}} {}", escape(c), s.capacity);
+    }
+    let lat: [(&str, fn(&ComponentStats) -> Option<LatencySummary>); 3] = [
+        ("squall_execute_latency_seconds", |s| s.execute_latency_ms),
+        ("squall_process_latency_seconds", |s| s.process_latency_ms),
+        ("squall_complete_latency_seconds", |s| s.complete_latency_ms),
+    ];
+    for (name, get) in lat {
+        let _ = writeln!(out, "# TYPE {name} summary");
+        for (c, s) in stats {
+            let Some(l) = get(s) else { continue };
+            let c = escape(c);
+            for (q, v) in [("0.5", l.p50), ("0.99", l.p99), ("1", l.max)] {
+                let _ = writeln!(out, "{name}{{{base}component=\"{c}\",quantile=\"{q}\"}} {}", v / 1000.0);
+            }
+            let _ = writeln!(out, "{name}_sum{{{base}component=\"{c}\"}} {}", l.mean * l.count as f64 / 1000.0);
+            let _ = writeln!(out, "{name}_count{{{base}component=\"{c}\"}} {}", l.count);
+        }
+    }
+    out
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}

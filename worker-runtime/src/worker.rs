@@ -1,0 +1,199 @@
+//! A worker: the executors of one or more slots, running in this process.
+//!
+//! Local mode runs every slot of a plan in one worker; a worker pod runs one slot
+//! and reaches the others through a [`RemoteSink`].
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+
+use squall_api::{PlannedKind, TaskId};
+
+use crate::acker::AckerState;
+use crate::collector::{Emitter, SpoutTaskState};
+use crate::component::{ComponentError, Factory, Registry, TopologyContext};
+use crate::executor::{AckerExecutor, BoltExecutor, ExecutorCore, SpoutExecutor, SpoutProgress, WorkerControl};
+use crate::layout::Layout;
+use crate::metrics::MetricsHub;
+use crate::transfer::{Batch, Dest, Outbox, RemoteSink, Routes, SendMode, TransferConfig, queue};
+
+/// Why a worker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("component '{component}' (task {task}): {source}")]
+    Component { component: String, task: TaskId, source: ComponentError },
+    #[error("component '{0}' is not registered in this binary")]
+    Unregistered(String),
+    #[error("could not start an executor thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// Running executors and the handles to steer them.
+pub struct Worker {
+    pub layout: Arc<Layout>,
+    pub control: Arc<WorkerControl>,
+    pub metrics: MetricsHub,
+    spouts: Vec<Arc<SpoutProgress>>,
+    threads: Vec<JoinHandle<()>>,
+    /// Senders into this worker's executor queues, by task id (for batches arriving from peers).
+    inbound: Arc<Inbound>,
+}
+
+/// Where batches for this worker's tasks go.
+pub struct Inbound {
+    pub dest: Vec<Dest>,
+    pub queues: Vec<std::sync::mpsc::SyncSender<Batch>>,
+}
+
+impl Worker {
+    /// Build and start the executors of `slots`. Components are constructed and
+    /// opened before any thread starts, so a bad component fails the start cleanly.
+    pub fn start(
+        layout: Arc<Layout>,
+        registry: &Registry,
+        slots: &[u32],
+        remote: Option<Arc<dyn RemoteSink>>,
+        transfer: TransferConfig,
+        metrics: MetricsHub,
+    ) -> Result<Worker, StartError> {
+        let plan = &layout.plan;
+        let mine: Vec<usize> = (0..plan.executors.len()).filter(|&i| slots.contains(&plan.executors[i].slot)).collect();
+
+        // Queues for local executors, and where every task lives.
+        let mut senders = Vec::with_capacity(mine.len());
+        let mut receivers = Vec::with_capacity(mine.len());
+        for _ in &mine {
+            let (tx, rx) = queue(&transfer);
+            senders.push(tx);
+            receivers.push(rx);
+        }
+        let mut dest = vec![Dest::Nowhere; plan.task_count() as usize + 1];
+        for (qi, &ei) in mine.iter().enumerate() {
+            for t in plan.executors[ei].tasks() {
+                dest[t as usize] = Dest::Local(qi);
+            }
+        }
+        if remote.is_some() {
+            for e in plan.executors.iter().filter(|e| !slots.contains(&e.slot)) {
+                for t in e.tasks() {
+                    dest[t as usize] = Dest::Remote(e.slot);
+                }
+            }
+        }
+        let routes = Arc::new(Routes {
+            dest: dest.clone(),
+            local: senders.clone(),
+            remote,
+            remote_slots: plan.workers as usize,
+        });
+        let inbound = Arc::new(Inbound { dest, queues: senders });
+
+        let control = WorkerControl::new(layout.spec.active);
+        let mut spouts = Vec::new();
+        let mut runnables: Vec<(String, Box<dyn FnOnce() + Send>)> = Vec::new();
+        for (&ei, rx) in mine.iter().zip(receivers) {
+            let ex = &plan.executors[ei];
+            let comp = &plan.components[ex.component];
+            let mode = if comp.kind == PlannedKind::Bolt { SendMode::Block } else { SendMode::Overflow };
+            let outbox = Outbox::new(routes.clone(), mode, transfer);
+            let emitter = Emitter::new(layout.clone(), ex.component, ex.slot, outbox, ei as u64 * 7919 + 1);
+            let slot = metrics.register(&comp.id, comp.kind);
+            let core = ExecutorCore::new(emitter, rx, control.clone(), slot, ex.first_task);
+            let name = format!("{}-{}", comp.id, ex.first_task);
+            let ctx = |task: TaskId| TopologyContext {
+                topology: layout.topology.clone(),
+                component_id: comp.id.clone(),
+                task_id: task,
+                task_index: task - comp.first_task,
+                component_tasks: comp.task_count,
+                slot: ex.slot,
+                config: layout.configs[ex.component].clone(),
+            };
+            let fail = |task, source| StartError::Component { component: comp.id.clone(), task, source };
+            match comp.kind {
+                PlannedKind::Acker => {
+                    let states = ex.tasks().map(|_| AckerState::new()).collect();
+                    let exec = AckerExecutor { core, states };
+                    runnables.push((name, Box::new(move || exec.run())));
+                }
+                PlannedKind::Spout => {
+                    let implementation = &layout.implementations[ex.component];
+                    let Some(Factory::Spout(make)) = registry.components.get(implementation).map(|r| &r.factory) else {
+                        return Err(StartError::Unregistered(implementation.clone()));
+                    };
+                    let mut tasks = Vec::new();
+                    for t in ex.tasks() {
+                        let c = ctx(t);
+                        let mut spout = make(&c).map_err(|e| fail(t, e))?;
+                        spout.open(&c).map_err(|e| fail(t, e))?;
+                        tasks.push((spout, SpoutTaskState::new(t)));
+                    }
+                    let progress = Arc::new(SpoutProgress::default());
+                    spouts.push(progress.clone());
+                    let exec = SpoutExecutor { core, tasks, progress };
+                    runnables.push((name, Box::new(move || exec.run())));
+                }
+                PlannedKind::Bolt => {
+                    let implementation = &layout.implementations[ex.component];
+                    let Some(Factory::Bolt(make)) = registry.components.get(implementation).map(|r| &r.factory) else {
+                        return Err(StartError::Unregistered(implementation.clone()));
+                    };
+                    let mut bolts = Vec::new();
+                    for t in ex.tasks() {
+                        let c = ctx(t);
+                        let mut bolt = make(&c).map_err(|e| fail(t, e))?;
+                        bolt.prepare(&c).map_err(|e| fail(t, e))?;
+                        bolts.push(bolt);
+                    }
+                    let exec = BoltExecutor { core, bolts, tick_ns: layout.tick_ns[ex.component] };
+                    runnables.push((name, Box::new(move || exec.run())));
+                }
+            }
+        }
+
+        let mut threads = Vec::with_capacity(runnables.len());
+        for (name, run) in runnables {
+            match std::thread::Builder::new().name(name).spawn(run) {
+                Ok(h) => threads.push(h),
+                Err(e) => {
+                    control.shutdown.store(true, Ordering::Relaxed);
+                    for h in threads {
+                        let _ = h.join();
+                    }
+                    return Err(StartError::Thread(e));
+                }
+            }
+        }
+        Ok(Worker { layout, control, metrics, spouts, threads, inbound })
+    }
+
+    /// Activate or deactivate the spouts.
+    pub fn set_active(&self, active: bool) {
+        self.control.active.store(active, Ordering::Relaxed);
+    }
+
+    /// Open tuple trees over all spout tasks of this worker.
+    pub fn pending(&self) -> usize {
+        self.spouts.iter().map(|p| p.pending.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Every spout of this worker is finished and has no open tree.
+    pub fn spouts_done(&self) -> bool {
+        self.spouts.iter().all(|p| p.done.load(Ordering::Relaxed))
+    }
+
+    /// Where batches from peers should go.
+    pub fn inbound(&self) -> Arc<Inbound> {
+        self.inbound.clone()
+    }
+
+    /// Stop every executor and wait for the threads (components are closed/cleaned up).
+    pub fn shutdown(self) {
+        self.control.shutdown.store(true, Ordering::Relaxed);
+        for h in self.threads {
+            if h.join().is_err() {
+                tracing::error!("an executor thread panicked");
+            }
+        }
+    }
+}
