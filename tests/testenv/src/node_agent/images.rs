@@ -72,7 +72,13 @@ impl ImageMap {
         if let Some(d) = std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
             return PathBuf::from(d);
         }
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target")
+        // tests/testenv → the workspace root.
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+        manifest
+            .parent()
+            .and_then(Path::parent)
+            .unwrap_or(manifest)
+            .join("target")
     }
 
     /// [`WORKSPACE_IMAGES`] → `<target>/<profile>/<name>`, where profile is
