@@ -178,7 +178,8 @@ mod tests {
             outcomes.extend(acker.ack(1, 0xABCD));
             let fails_seen = outcomes.iter().filter(|o| matches!(o, AckerOutcome::Failed { .. })).count();
             prop_assert_eq!(fails_seen, 1);
-            prop_assert!(!outcomes.iter().any(|o| matches!(o, AckerOutcome::Complete { .. })));
+            let completed = outcomes.iter().any(|o| matches!(o, AckerOutcome::Complete { .. }));
+            prop_assert!(!completed, "a failed tree never completes");
         }
     }
 

@@ -179,12 +179,12 @@ fn summarize(
     for c in fin.values().filter(|c| c.kind == PlannedKind::Spout) {
         spouts.merge(&c.metrics);
     }
-    let h = &spouts.complete_us;
+    let h = &spouts.complete_ns;
     let complete = if h.len() > 0 {
         Percentiles {
-            p50: h.value_at_quantile(0.5) as f64 / 1000.0,
-            p99: h.value_at_quantile(0.99) as f64 / 1000.0,
-            max: h.max() as f64 / 1000.0,
+            p50: h.value_at_quantile(0.5) as f64 / 1e6,
+            p99: h.value_at_quantile(0.99) as f64 / 1e6,
+            max: h.max() as f64 / 1e6,
         }
     } else {
         Percentiles::default()
@@ -234,7 +234,7 @@ pub fn render_table(
             PlannedKind::Bolt => "bolt",
             PlannedKind::Acker => "acker",
         });
-        let ms = |l: Option<squall_api::records::LatencySummary>| l.map_or("-".to_string(), |l| format!("{:.2}ms", l.p99));
+        let ms = |l: Option<squall_api::records::LatencySummary>| l.map_or("-".to_string(), |l| format_ms(l.p99));
         out.push_str(&format!(
             "          {:<16} {:>6} {:>11.0} {:>11.0} {:>10.0} {:>9.0} {:>11.0} {:>10} {:>10} {:>8.2}\n",
             id,
@@ -259,5 +259,16 @@ fn print_table(table: &str, to_stderr: bool) {
         let mut out = std::io::stdout().lock();
         let _ = out.write_all(table.as_bytes());
         let _ = out.flush();
+    }
+}
+
+/// A latency in milliseconds, in the unit that reads best.
+pub fn format_ms(ms: f64) -> String {
+    if ms >= 1.0 {
+        format!("{ms:.2}ms")
+    } else if ms >= 0.001 {
+        format!("{:.1}µs", ms * 1000.0)
+    } else {
+        format!("{:.0}ns", ms * 1e6)
     }
 }

@@ -20,10 +20,10 @@ pub fn now_ns() -> u64 {
     EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
-/// Latencies are recorded in microseconds, from 1 µs to one hour, to 3 significant digits.
+/// Latencies are recorded in nanoseconds, up to one hour, to 3 significant digits.
 fn histogram() -> Histogram<u64> {
-    // The bounds are constants that hdrhistogram accepts.
-    Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+    // Constant, valid bounds: this cannot fail.
+    Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid histogram bounds")
 }
 
 /// One executor's metrics.
@@ -39,9 +39,9 @@ pub struct ExecMetrics {
     pub roots: u64,
     /// Nanoseconds spent inside `execute` (for capacity).
     pub busy_ns: u64,
-    pub execute_us: Histogram<u64>,
-    pub process_us: Histogram<u64>,
-    pub complete_us: Histogram<u64>,
+    pub execute_ns: Histogram<u64>,
+    pub process_ns: Histogram<u64>,
+    pub complete_ns: Histogram<u64>,
     /// When this copy was published.
     pub at_ns: u64,
 }
@@ -57,16 +57,16 @@ impl Default for ExecMetrics {
             replayed: 0,
             roots: 0,
             busy_ns: 0,
-            execute_us: histogram(),
-            process_us: histogram(),
-            complete_us: histogram(),
+            execute_ns: histogram(),
+            process_ns: histogram(),
+            complete_ns: histogram(),
             at_ns: now_ns(),
         }
     }
 }
 
 fn record(h: &mut Histogram<u64>, ns: u64) {
-    h.saturating_record((ns / 1000).max(1));
+    h.saturating_record(ns.max(1));
 }
 
 impl ExecMetrics {
@@ -74,15 +74,15 @@ impl ExecMetrics {
     pub fn record_execute(&mut self, ns: u64) {
         self.executed += 1;
         self.busy_ns += ns;
-        record(&mut self.execute_us, ns);
+        record(&mut self.execute_ns, ns);
     }
     #[inline]
     pub fn record_process(&mut self, ns: u64) {
-        record(&mut self.process_us, ns);
+        record(&mut self.process_ns, ns);
     }
     #[inline]
     pub fn record_complete(&mut self, ns: u64) {
-        record(&mut self.complete_us, ns);
+        record(&mut self.complete_ns, ns);
     }
 
     pub fn merge(&mut self, other: &ExecMetrics) {
@@ -95,9 +95,9 @@ impl ExecMetrics {
         self.roots += other.roots;
         self.busy_ns += other.busy_ns;
         // Same bounds on both sides, so adding cannot fail.
-        let _ = self.execute_us.add(&other.execute_us);
-        let _ = self.process_us.add(&other.process_us);
-        let _ = self.complete_us.add(&other.complete_us);
+        let _ = self.execute_ns.add(&other.execute_ns);
+        let _ = self.process_ns.add(&other.process_ns);
+        let _ = self.complete_ns.add(&other.complete_ns);
         self.at_ns = self.at_ns.max(other.at_ns);
     }
 
@@ -113,9 +113,9 @@ impl ExecMetrics {
         d.roots -= earlier.roots.min(d.roots);
         d.busy_ns -= earlier.busy_ns.min(d.busy_ns);
         // Counts only grow, so subtracting an earlier copy of the same histogram succeeds.
-        let _ = d.execute_us.subtract(&earlier.execute_us);
-        let _ = d.process_us.subtract(&earlier.process_us);
-        let _ = d.complete_us.subtract(&earlier.complete_us);
+        let _ = d.execute_ns.subtract(&earlier.execute_ns);
+        let _ = d.process_ns.subtract(&earlier.process_ns);
+        let _ = d.complete_ns.subtract(&earlier.complete_ns);
         d
     }
 
@@ -124,10 +124,10 @@ impl ExecMetrics {
         let summary = |h: &Histogram<u64>| {
             (h.len() > 0).then(|| LatencySummary {
                 count: h.len(),
-                mean: h.mean() / 1000.0,
-                p50: h.value_at_quantile(0.5) as f64 / 1000.0,
-                p99: h.value_at_quantile(0.99) as f64 / 1000.0,
-                max: h.max() as f64 / 1000.0,
+                mean: h.mean() / 1e6,
+                p50: h.value_at_quantile(0.5) as f64 / 1e6,
+                p99: h.value_at_quantile(0.99) as f64 / 1e6,
+                max: h.max() as f64 / 1e6,
             })
         };
         let capacity = if window_ns == 0 || executors == 0 {
@@ -141,9 +141,9 @@ impl ExecMetrics {
             acked: self.acked,
             failed: self.failed,
             executed: self.executed,
-            execute_latency_ms: summary(&self.execute_us),
-            process_latency_ms: summary(&self.process_us),
-            complete_latency_ms: summary(&self.complete_us),
+            execute_latency_ms: summary(&self.execute_ns),
+            process_latency_ms: summary(&self.process_ns),
+            complete_latency_ms: summary(&self.complete_ns),
             capacity,
             replayed: self.replayed,
             roots: self.roots,
