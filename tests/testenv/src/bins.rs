@@ -32,7 +32,11 @@ pub fn bin_dir() -> PathBuf {
 /// `kube-controller-manager`, `helm`); a clear error telling to run
 /// `make testenv` when it is missing.
 pub fn binary(name: &str) -> Result<PathBuf> {
-    let path = bin_dir().join(name);
+    binary_in(&bin_dir(), name)
+}
+
+fn binary_in(dir: &std::path::Path, name: &str) -> Result<PathBuf> {
+    let path = dir.join(name);
     if path.is_file() {
         Ok(path)
     } else {
@@ -49,6 +53,16 @@ mod tests {
 
     /// The versions here must match the ones provision.sh builds, or the
     /// default cache path would point at nothing.
+    #[test]
+    fn missing_binary_says_to_run_make_testenv() {
+        let err = binary_in(std::path::Path::new("/nonexistent/bin"), "etcd").unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("make testenv") && msg.contains("/nonexistent/bin/etcd"),
+            "{msg}"
+        );
+    }
+
     #[test]
     fn versions_match_provision_script() {
         let script =

@@ -68,6 +68,20 @@ async fn apiserver_is_ready_and_kubectl_works() {
     );
     assert!(text.contains(squall_testenv::K8S_VERSION), "{text}");
 
+    // helm from the cache talks to it too.
+    let out = cp
+        .helm()
+        .unwrap()
+        .args(["list", "--all-namespaces"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "helm list: {} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     let dir = cp.dir().to_path_buf();
     let etcd_dir = cp.etcd().dir().to_path_buf();
     drop(cp);

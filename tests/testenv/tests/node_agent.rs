@@ -379,3 +379,142 @@ async fn service_account_credentials_rbac_volumes_and_graceful_delete() {
         "pid {pid} survived deletion"
     );
 }
+
+#[tokio::test]
+async fn restart_policies_backoff_liveness_and_init_containers() {
+    let cluster = TestCluster::start_with(config()).await.unwrap();
+    let client = cluster.client();
+    let agent = cluster.agent();
+    let ns = "policies";
+    cluster.control_plane().create_namespace(ns).await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let mk = |name: &str, policy: &str, exit_code: i32| -> Pod {
+        json(serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name},
+            "spec": {
+                "restartPolicy": policy,
+                "containers": [{
+                    "name": "main", "image": "testenv-pod",
+                    "env": [
+                        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                        {"name": "TESTENV_EXIT_AFTER_MS", "value": "100"},
+                        {"name": "TESTENV_EXIT_CODE", "value": exit_code.to_string()}
+                    ]
+                }]
+            }
+        }))
+    };
+    let t0 = Instant::now();
+    pods.create(&PostParams::default(), &mk("crashy", "OnFailure", 3))
+        .await
+        .unwrap();
+    pods.create(&PostParams::default(), &mk("done", "OnFailure", 0))
+        .await
+        .unwrap();
+
+    // OnFailure + exit 0: Succeeded, never restarted.
+    let p = wait_for("pod done to succeed", TIMEOUT, || async {
+        let p = pods.get("done").await.ok()?;
+        (p.status.as_ref()?.phase.as_deref() == Some("Succeeded")).then_some(p)
+    })
+    .await;
+    assert_eq!(restarts(&p), 0);
+
+    // OnFailure + exit 3: restarted with back-off (0.5 s, 1 s, 2 s, ...), so
+    // three restarts take at least 3.5 s although each run lasts 0.1 s.
+    let p = wait_for("pod crashy to restart 3 times", TIMEOUT, || async {
+        let p = pods.get("crashy").await.ok()?;
+        (restarts(&p) >= 3).then_some(p)
+    })
+    .await;
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_secs(3),
+        "3 restarts after only {took:?}: no back-off"
+    );
+    let cs = &p.status.unwrap().container_statuses.unwrap()[0];
+    let last = cs
+        .last_state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .unwrap();
+    assert_eq!(last.exit_code, 3);
+    let logs = agent.read_logs(ns, "crashy", "main");
+    assert!(logs.matches("exiting with 3").count() >= 3, "{logs}");
+
+    // A failing liveness probe kills and restarts the container; an init
+    // container runs first and leaves a file in a shared emptyDir.
+    pods.create(
+        &PostParams::default(),
+        &json(serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "live"},
+            "spec": {
+                "volumes": [{"name": "work", "emptyDir": {}}],
+                "initContainers": [{
+                    "name": "init", "image": "testenv-pod",
+                    "command": ["sh", "-c", "echo from-init > \"$SQUALL_MOUNT_WORK/init.txt\""],
+                    "volumeMounts": [{"name": "work", "mountPath": "/work"}]
+                }],
+                "containers": [{
+                    "name": "main", "image": "testenv-pod",
+                    "env": [
+                        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                        {"name": "INIT_FILE", "value": "/work/init.txt"}
+                    ],
+                    "volumeMounts": [{"name": "work", "mountPath": "/work"}],
+                    "livenessProbe": {
+                        "httpGet": {"path": "/healthz", "port": 9999},
+                        "initialDelaySeconds": 1, "periodSeconds": 1, "failureThreshold": 2
+                    }
+                }]
+            }
+        })),
+    )
+    .await
+    .unwrap();
+    let p = wait_for("pod live running", TIMEOUT, || async {
+        let p = pods.get("live").await.ok()?;
+        (p.status.as_ref()?.phase.as_deref() == Some("Running")).then_some(p)
+    })
+    .await;
+    let init = &p
+        .status
+        .as_ref()
+        .unwrap()
+        .init_container_statuses
+        .as_ref()
+        .unwrap()[0];
+    assert_eq!(
+        init.state
+            .as_ref()
+            .unwrap()
+            .terminated
+            .as_ref()
+            .unwrap()
+            .exit_code,
+        0
+    );
+    let addr = format!("{}:8080", pod_ip(&p));
+    let file = wait_for("main container serving", TIMEOUT, || {
+        get(&addr, "/env/INIT_FILE")
+    })
+    .await;
+    assert_eq!(
+        get(&addr, &format!("/file?{file}")).await.as_deref(),
+        Some("from-init\n")
+    );
+    let p = wait_for("liveness restart", TIMEOUT, || async {
+        let p = pods.get("live").await.ok()?;
+        (restarts(&p) >= 1).then_some(p)
+    })
+    .await;
+    let cs = &p.status.unwrap().container_statuses.unwrap()[0];
+    let last = cs
+        .last_state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .unwrap();
+    assert_eq!(last.exit_code, 137, "{last:?}");
+}
