@@ -29,6 +29,7 @@ pub struct ControlPlane {
     apiserver: ManagedProcess,
     etcd: Etcd,
     client: kube::Client,
+    kube_config: kube::Config,
     server_url: String,
     kubeconfig: PathBuf,
     pki: Pki,
@@ -64,7 +65,15 @@ impl ControlPlane {
 
     async fn start_apiserver(
         etcd: &Etcd,
-    ) -> Result<(ManagedProcess, kube::Client, String, PathBuf, Pki, TempDir)> {
+    ) -> Result<(
+        ManagedProcess,
+        kube::Client,
+        kube::Config,
+        String,
+        PathBuf,
+        Pki,
+        TempDir,
+    )> {
         let bin = binary("kube-apiserver")?;
         // Fail early, before anything runs, if the controller manager is missing too.
         binary("kube-controller-manager")?;
@@ -120,7 +129,8 @@ impl ControlPlane {
             },
             None,
         )?;
-        let client = client_from_kubeconfig(&kubeconfig).await?;
+        let kube_config = config_from_kubeconfig(&kubeconfig).await?;
+        let client = kube::Client::try_from(kube_config.clone())?;
 
         // Wait for /readyz.
         let deadline = Instant::now() + APISERVER_TIMEOUT;
@@ -141,14 +151,23 @@ impl ControlPlane {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        Ok((apiserver, client, server_url, kubeconfig, pki, dir))
+        Ok((
+            apiserver,
+            client,
+            kube_config,
+            server_url,
+            kubeconfig,
+            pki,
+            dir,
+        ))
     }
 
     async fn finish(
         etcd: Etcd,
-        (apiserver, client, server_url, kubeconfig, pki, dir): (
+        (apiserver, client, kube_config, server_url, kubeconfig, pki, dir): (
             ManagedProcess,
             kube::Client,
+            kube::Config,
             String,
             PathBuf,
             Pki,
@@ -196,6 +215,7 @@ impl ControlPlane {
             apiserver,
             etcd,
             client,
+            kube_config,
             server_url,
             kubeconfig,
             pki,
@@ -227,8 +247,18 @@ impl ControlPlane {
     }
 
     /// An admin (`system:masters`) client.
+    ///
+    /// A new client each call, bound to the tokio runtime it is called on
+    /// (a kube client's background task lives on the runtime that built it):
+    /// so a control plane shared between `#[tokio::test]`s still works. Call
+    /// it inside a runtime.
     pub fn client(&self) -> kube::Client {
-        self.client.clone()
+        kube::Client::try_from(self.kube_config.clone()).unwrap_or_else(|_| self.client.clone())
+    }
+
+    /// The admin client configuration.
+    pub fn kube_config(&self) -> kube::Config {
+        self.kube_config.clone()
     }
 
     /// The admin kubeconfig (works with kubectl and helm).
@@ -369,11 +399,10 @@ pub(crate) fn write_kubeconfig(
     std::fs::write(path, text).ctx(|| format!("write {}", path.display()))
 }
 
-/// A client from a kubeconfig file.
-pub(crate) async fn client_from_kubeconfig(path: &Path) -> Result<kube::Client> {
+/// A client configuration from a kubeconfig file.
+pub(crate) async fn config_from_kubeconfig(path: &Path) -> Result<kube::Config> {
     let kc = Kubeconfig::read_from(path)?;
-    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
-    Ok(kube::Client::try_from(config)?)
+    Ok(kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?)
 }
 
 /// A control plane plus a node agent running pods as local processes.

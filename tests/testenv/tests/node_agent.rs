@@ -170,6 +170,22 @@ async fn deployment_pods_run_restart_and_are_garbage_collected() {
         assert!(std::path::Path::new(&kc).is_file(), "KUBECONFIG {kc}");
     }
 
+    // `kubectl logs` reaches the container's output through the agent's
+    // kubelet API.
+    let first = running[0].metadata.name.clone().unwrap();
+    let o = cluster
+        .control_plane()
+        .kubectl()
+        .args(["-n", ns, "logs", &first])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && out.contains("testenv-pod listening on"),
+        "kubectl logs: {out} {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
     // Kill one process: it is restarted, restartCount goes up, ready again.
     let victim = running[0].metadata.name.clone().unwrap();
     let old_pid = agent.kill_container(ns, &victim, "web").unwrap();

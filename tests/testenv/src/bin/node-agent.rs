@@ -69,7 +69,6 @@ async fn run() -> Result<(), Error> {
             ))
         })?;
     let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
-    let client = kube::Client::try_from(config)?;
     let mut cfg = NodeAgentConfig {
         images: ImageMap::from_env()?,
         ..Default::default()
@@ -81,7 +80,7 @@ async fn run() -> Result<(), Error> {
         context: "install SIGTERM handler".into(),
         source: e,
     })?;
-    let agent = NodeAgent::start_with_client(client, server, ca, cfg).await?;
+    let agent = NodeAgent::start_with_config(config, server, ca, cfg).await?;
     eprintln!(
         "node-agent: nodes {} ready; pod IPs 127.{}.x.y; pod logs under {}/pods",
         agent.nodes().join(", "),

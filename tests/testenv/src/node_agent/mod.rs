@@ -4,6 +4,7 @@
 //! See `docs/testenv.md` for the rules (image mapping, env, volumes, pod IPs).
 
 mod images;
+mod kubelet_api;
 mod pod;
 
 use std::collections::{BTreeMap, HashMap};
@@ -14,7 +15,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{
-    Binding, Node, NodeAddress, NodeCondition, NodeStatus, NodeSystemInfo, ObjectReference, Pod,
+    Binding, DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeStatus,
+    NodeSystemInfo, ObjectReference, Pod,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -117,6 +119,7 @@ pub(crate) struct Shared {
     pub work_dir: PathBuf,
     pub procs: Mutex<HashMap<ContainerKey, RunningProc>>,
     pub logs: Mutex<BTreeMap<ContainerKey, ContainerLogs>>,
+    kubelet_port: u16,
     ip_block: u8,
     next_ip: Mutex<u32>,
     _ip_lock: File,
@@ -149,7 +152,9 @@ pub struct NodeAgent {
     shared: Arc<Shared>,
     task: JoinHandle<()>,
     heartbeat: JoinHandle<()>,
+    kubelet_api: JoinHandle<()>,
     workers: Arc<Mutex<HashMap<String, PodWorkerHandle>>>,
+    runtime: Option<tokio::runtime::Runtime>,
     _work_tmp: Option<TempDir>,
 }
 
@@ -170,8 +175,8 @@ pub(crate) struct PodWorkerHandle {
 impl NodeAgent {
     /// Starts an agent against a [`ControlPlane`].
     pub async fn start(cp: &ControlPlane, config: NodeAgentConfig) -> Result<NodeAgent> {
-        Self::start_with_client(
-            cp.client(),
+        Self::start_with_config(
+            cp.kube_config(),
             cp.server_url().to_string(),
             cp.ca_cert_path().to_path_buf(),
             config,
@@ -179,10 +184,14 @@ impl NodeAgent {
         .await
     }
 
-    /// Starts an agent with any client; `server_url` and `ca_cert` go into the
-    /// kubeconfigs handed to pods.
-    pub async fn start_with_client(
-        client: kube::Client,
+    /// Starts an agent talking to the API as `kube_config` says; `server_url`
+    /// and `ca_cert` go into the kubeconfigs handed to pods.
+    ///
+    /// The agent runs on a runtime of its own (two threads), so a test may
+    /// block its own runtime (e.g. run `kubectl` with `Command::output`)
+    /// without stalling pods, probes, status updates or `kubectl logs`.
+    pub async fn start_with_config(
+        kube_config: kube::Config,
         server_url: String,
         ca_cert: PathBuf,
         config: NodeAgentConfig,
@@ -190,43 +199,35 @@ impl NodeAgent {
         if config.nodes.is_empty() {
             return Err(Error::Invalid("node agent needs at least one node".into()));
         }
-        let (work_tmp, work_dir) = match &config.work_dir {
-            Some(d) => {
-                std::fs::create_dir_all(d).ctx(|| format!("mkdir {}", d.display()))?;
-                (None, d.clone())
-            }
-            None => {
-                let t = TempDir::new("node-agent")?;
-                let p = t.path().to_path_buf();
-                (Some(t), p)
-            }
-        };
-        let (ip_block, ip_lock) = lock_ip_block()?;
-        let shared = Arc::new(Shared {
-            client,
-            config,
-            server_url,
-            ca_cert,
-            work_dir,
-            procs: Mutex::new(HashMap::new()),
-            logs: Mutex::new(BTreeMap::new()),
-            ip_block,
-            next_ip: Mutex::new(0),
-            _ip_lock: ip_lock,
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("squall-node-agent")
+            .enable_all()
+            .build()
+            .ctx(|| "start the node agent runtime".into())?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        runtime.spawn(async move {
+            let _ = tx.send(init(kube_config, server_url, ca_cert, config).await);
         });
-        for node in &shared.config.nodes {
-            register_node(&shared, node).await?;
+        let init = rx
+            .await
+            .map_err(|_| Error::Invalid("node agent start-up task died".into()))
+            .and_then(|r| r);
+        match init {
+            Ok(parts) => Ok(NodeAgent {
+                shared: parts.shared,
+                task: parts.task,
+                heartbeat: parts.heartbeat,
+                kubelet_api: parts.kubelet_api,
+                workers: parts.workers,
+                runtime: Some(runtime),
+                _work_tmp: parts.work_tmp,
+            }),
+            Err(e) => {
+                runtime.shutdown_background();
+                Err(e)
+            }
         }
-        let workers: Arc<Mutex<HashMap<String, PodWorkerHandle>>> = Arc::default();
-        let task = tokio::spawn(run_loop(shared.clone(), workers.clone()));
-        let heartbeat = tokio::spawn(heartbeat_loop(shared.clone()));
-        Ok(NodeAgent {
-            shared,
-            task,
-            heartbeat,
-            workers,
-            _work_tmp: work_tmp,
-        })
     }
 
     /// Node names this agent registered.
@@ -334,6 +335,7 @@ impl NodeAgent {
     pub fn stop(&self, grace: Duration) {
         self.task.abort();
         self.heartbeat.abort();
+        self.kubelet_api.abort();
         {
             let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
             for (_, w) in workers.drain() {
@@ -359,7 +361,77 @@ impl Drop for NodeAgent {
             );
         }
         self.stop(Duration::from_secs(2));
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
     }
+}
+
+struct Parts {
+    shared: Arc<Shared>,
+    task: JoinHandle<()>,
+    heartbeat: JoinHandle<()>,
+    kubelet_api: JoinHandle<()>,
+    workers: Arc<Mutex<HashMap<String, PodWorkerHandle>>>,
+    work_tmp: Option<TempDir>,
+}
+
+/// Runs on the agent's own runtime, so the client and all tasks live there.
+async fn init(
+    kube_config: kube::Config,
+    server_url: String,
+    ca_cert: PathBuf,
+    config: NodeAgentConfig,
+) -> Result<Parts> {
+    let client = kube::Client::try_from(kube_config)?;
+    let (work_tmp, work_dir) = match &config.work_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).ctx(|| format!("mkdir {}", d.display()))?;
+            (None, d.clone())
+        }
+        None => {
+            let t = TempDir::new("node-agent")?;
+            let p = t.path().to_path_buf();
+            (Some(t), p)
+        }
+    };
+    let (ip_block, ip_lock) = lock_ip_block()?;
+    let (listener, acceptor) = kubelet_api::bind(&config.nodes).await?;
+    let kubelet_port = listener
+        .local_addr()
+        .ctx(|| "kubelet API address".into())?
+        .port();
+    let shared = Arc::new(Shared {
+        client,
+        config,
+        server_url,
+        ca_cert,
+        work_dir,
+        procs: Mutex::new(HashMap::new()),
+        logs: Mutex::new(BTreeMap::new()),
+        kubelet_port,
+        ip_block,
+        next_ip: Mutex::new(0),
+        _ip_lock: ip_lock,
+    });
+    let kubelet_api = tokio::spawn(kubelet_api::serve(listener, acceptor, shared.clone()));
+    for node in &shared.config.nodes {
+        if let Err(e) = register_node(&shared, node).await {
+            kubelet_api.abort();
+            return Err(e);
+        }
+    }
+    let workers: Arc<Mutex<HashMap<String, PodWorkerHandle>>> = Arc::default();
+    let task = tokio::spawn(run_loop(shared.clone(), workers.clone()));
+    let heartbeat = tokio::spawn(heartbeat_loop(shared.clone()));
+    Ok(Parts {
+        shared,
+        task,
+        heartbeat,
+        kubelet_api,
+        workers,
+        work_tmp,
+    })
 }
 
 fn key(namespace: &str, pod: &str, container: &str) -> ContainerKey {
@@ -432,6 +504,11 @@ fn node_status(shared: &Shared) -> NodeStatus {
             last_heartbeat_time: Some(now.clone()),
             last_transition_time: Some(now),
         }]),
+        daemon_endpoints: Some(NodeDaemonEndpoints {
+            kubelet_endpoint: Some(DaemonEndpoint {
+                port: i32::from(shared.kubelet_port),
+            }),
+        }),
         node_info: Some(NodeSystemInfo {
             architecture: std::env::consts::ARCH.into(),
             boot_id: String::new(),
