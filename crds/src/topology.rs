@@ -7,6 +7,9 @@
 //! it up front; what needs the topology binary's component catalog is checked by
 //! [`crate::validate`].
 
+// Every `printcolumn(...)` repeats `type_ = ...`, which this lint mistakes for a duplicate.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements, Toleration};

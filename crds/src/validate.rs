@@ -173,7 +173,7 @@ pub fn validate(
         }
         if !subscriptions.insert((&s.from, &s.stream, &s.to)) {
             err(
-                format!("{at}"),
+                at.clone(),
                 format!(
                     "'{}' already subscribes to stream '{}' of '{}'",
                     s.to, s.stream, s.from

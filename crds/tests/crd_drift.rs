@@ -1,5 +1,7 @@
 //! The checked-in CRD must match the Rust types; regenerate with `make crds`.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 #[test]
 fn checked_in_crd_matches_types() {
     let generated = squall_api::crd_yaml().expect("CRD serializes");

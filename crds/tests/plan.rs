@@ -1,5 +1,7 @@
 //! Planning is deterministic, even, and covers every task exactly once.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 use proptest::prelude::*;
 use squall_api::{
     ComponentSpec, Grouping, GroupingType, PhysicalPlan, PlannedKind, StreamSpec, TopologySpec,

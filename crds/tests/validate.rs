@@ -1,5 +1,7 @@
 //! Every class of invalid manifest gets an error that names the exact field.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 use std::collections::BTreeMap;
 
 use squall_api::{ComponentCatalog, ComponentDecl, ComponentKind, TopologySpec, validate};

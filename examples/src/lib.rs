@@ -15,8 +15,8 @@ use std::collections::{HashMap, VecDeque};
 
 use squall_runtime::tuple::SmolStr;
 use squall_runtime::{
-    Bolt, BoltCollector, ComponentError, Outputs, Registry, Spout, SpoutCollector, TopologyContext, Tuple, Value,
-    values,
+    Bolt, BoltCollector, ComponentError, Outputs, Registry, Spout, SpoutCollector, TopologyContext,
+    Tuple, Value, values,
 };
 
 /// Storm's sentences.
@@ -34,16 +34,28 @@ pub const WORDS: [&str; 5] = ["nathan", "mike", "jackson", "golda", "bertels"];
 /// Every example component.
 pub fn registry() -> Registry {
     let mut r = Registry::new();
-    r.spout("RandomSentenceSpout", Outputs::fields(&["sentence"]), |ctx| {
-        ReplayingSpout::new(ctx, SENTENCES.iter().map(|s| SmolStr::new(s)).collect())
-    })
+    r.spout(
+        "RandomSentenceSpout",
+        Outputs::fields(&["sentence"]),
+        |ctx| ReplayingSpout::new(ctx, SENTENCES.iter().map(SmolStr::new).collect()),
+    )
     .spout("TestWordSpout", Outputs::fields(&["word"]), |ctx| {
-        ReplayingSpout::new(ctx, WORDS.iter().map(|s| SmolStr::new(s)).collect())
+        ReplayingSpout::new(ctx, WORDS.iter().map(SmolStr::new).collect())
     })
-    .bolt("SplitSentence", Outputs::fields(&["word"]), |_| Ok(SplitSentence))
-    .bolt("WordCount", Outputs::fields(&["word", "count"]), |_| Ok(WordCount::default()))
-    .bolt("ExclamationBolt", Outputs::fields(&["word"]), |_| Ok(ExclamationBolt))
-    .bolt("RollingCount", Outputs::fields(&["obj", "count"]), RollingCount::new)
+    .bolt("SplitSentence", Outputs::fields(&["word"]), |_| {
+        Ok(SplitSentence)
+    })
+    .bolt("WordCount", Outputs::fields(&["word", "count"]), |_| {
+        Ok(WordCount::default())
+    })
+    .bolt("ExclamationBolt", Outputs::fields(&["word"]), |_| {
+        Ok(ExclamationBolt)
+    })
+    .bolt(
+        "RollingCount",
+        Outputs::fields(&["obj", "count"]),
+        RollingCount::new,
+    )
     .bolt("TopN", Outputs::fields(&["rankings"]), TopN::new)
     .bolt("Flaky", Outputs::fields(&["value"]), Flaky::new);
     r
@@ -92,7 +104,10 @@ impl ReplayingSpout {
     fn new(ctx: &TopologyContext, items: Vec<SmolStr>) -> Result<Self, ComponentError> {
         let rate = ctx.config_f64("rate", 0.0)?;
         if rate < 0.0 {
-            return Err(ComponentError::new(format!("{}: config 'rate' must be >= 0", ctx.component_id)));
+            return Err(ComponentError::new(format!(
+                "{}: config 'rate' must be >= 0",
+                ctx.component_id
+            )));
         }
         let limit = ctx.config_u64("limit", 0)?;
         Ok(ReplayingSpout {
@@ -160,7 +175,10 @@ impl Spout for ReplayingSpout {
     }
 
     fn is_done(&self) -> bool {
-        self.limit > 0 && self.emitted >= self.limit && self.replay.is_empty() && self.in_flight.is_empty()
+        self.limit > 0
+            && self.emitted >= self.limit
+            && self.replay.is_empty()
+            && self.in_flight.is_empty()
     }
 }
 
@@ -227,7 +245,10 @@ impl RollingCount {
         let window = ctx.config_u64("window_seconds", 9)?.max(1);
         let tick = ctx.config_u64("emit_seconds", 3)?.max(1);
         let window_slots = window.div_ceil(tick) as usize;
-        Ok(RollingCount { slots: VecDeque::from([HashMap::new()]), window_slots })
+        Ok(RollingCount {
+            slots: VecDeque::from([HashMap::new()]),
+            window_slots,
+        })
     }
 }
 
@@ -240,7 +261,8 @@ impl Bolt for RollingCount {
                     *totals.entry(k).or_default() += v;
                 }
             }
-            let mut rows: Vec<(SmolStr, u64)> = totals.into_iter().map(|(k, v)| (k.clone(), v)).collect();
+            let mut rows: Vec<(SmolStr, u64)> =
+                totals.into_iter().map(|(k, v)| (k.clone(), v)).collect();
             rows.sort();
             for (obj, count) in rows {
                 out.emit(&[], values![obj, count]);
@@ -269,12 +291,16 @@ pub struct TopN {
 
 impl TopN {
     fn new(ctx: &TopologyContext) -> Result<Self, ComponentError> {
-        Ok(TopN { n: ctx.config_u64("n", 10)?.max(1) as usize, counts: HashMap::new() })
+        Ok(TopN {
+            n: ctx.config_u64("n", 10)?.max(1) as usize,
+            counts: HashMap::new(),
+        })
     }
 
     /// The current ranking, highest first.
     pub fn ranking(&self) -> Vec<(SmolStr, u64)> {
-        let mut rows: Vec<(SmolStr, u64)> = self.counts.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        let mut rows: Vec<(SmolStr, u64)> =
+            self.counts.iter().map(|(k, v)| (k.clone(), *v)).collect();
         rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         rows.truncate(self.n);
         rows
@@ -285,10 +311,16 @@ impl Bolt for TopN {
     fn execute(&mut self, input: Tuple, out: &mut BoltCollector<'_>) {
         if input.is_tick() {
             let ranking = self.ranking();
-            let json = serde_json::to_string(&ranking.iter().map(|(k, v)| (k.as_str(), *v)).collect::<Vec<_>>())
-                .unwrap_or_default();
+            let json = serde_json::to_string(
+                &ranking
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), *v))
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap_or_default();
             out.emit(&[], values![json]);
-            self.counts.retain(|k, _| ranking.iter().any(|(r, _)| r == k));
+            self.counts
+                .retain(|k, _| ranking.iter().any(|(r, _)| r == k));
             return;
         }
         match (input.get(0), input.get(1)) {
@@ -326,7 +358,10 @@ impl Flaky {
             if (0.0..=1.0).contains(&r) {
                 Ok(r)
             } else {
-                Err(ComponentError::new(format!("{}: config '{key}' must be within 0..1, got {r}", ctx.component_id)))
+                Err(ComponentError::new(format!(
+                    "{}: config '{key}' must be within 0..1, got {r}",
+                    ctx.component_id
+                )))
             }
         };
         Ok(Flaky {

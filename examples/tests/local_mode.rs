@@ -1,6 +1,8 @@
 //! The examples in local mode, end to end: delivery guarantees, backpressure,
 //! invalid manifests, the CLI's summary and the metrics endpoint.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::path::PathBuf;

@@ -98,7 +98,8 @@ impl AckerState {
     /// A bolt asked to reset the tree's timeout.
     pub fn reset(&mut self, root: u64) -> Option<AckerOutcome> {
         let e = self.entry(root);
-        e.spout_task.map(|spout_task| AckerOutcome::Reset { root, spout_task })
+        e.spout_task
+            .map(|spout_task| AckerOutcome::Reset { root, spout_task })
     }
 
     /// Called once per message timeout: trees untouched for a whole period are dropped.
@@ -187,7 +188,13 @@ mod tests {
     fn fail_before_init_fails_on_init() {
         let mut a = AckerState::new();
         assert_eq!(a.fail(9), None);
-        assert_eq!(a.init(9, 5, 2), Some(AckerOutcome::Failed { root: 9, spout_task: 2 }));
+        assert_eq!(
+            a.init(9, 5, 2),
+            Some(AckerOutcome::Failed {
+                root: 9,
+                spout_task: 2
+            })
+        );
     }
 
     #[test]

@@ -32,9 +32,7 @@ enum Command {
     /// Run a topology manifest in this process (like Storm's LocalCluster).
     Local(LocalArgs),
     /// Check a manifest against this binary's components and print the plan.
-    Validate {
-        manifest: PathBuf,
-    },
+    Validate { manifest: PathBuf },
     /// List the components this binary provides, with their output streams, as JSON.
     Components,
 }
@@ -63,15 +61,23 @@ struct LocalArgs {
 /// Parse `250ms`, `30s`, `2m`, `1h` or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("'{s}' is not a duration like 30s, 500ms or 2m"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration like 30s, 500ms or 2m"))?;
     let secs = match unit {
         "" | "s" => n,
         "ms" => n / 1000.0,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        _ => return Err(format!("unknown unit '{unit}' in '{s}' (use ms, s, m or h)")),
+        _ => {
+            return Err(format!(
+                "unknown unit '{unit}' in '{s}' (use ms, s, m or h)"
+            ));
+        }
     };
     if !secs.is_finite() || secs < 0.0 {
         return Err(format!("'{s}' is not a valid duration"));
@@ -83,7 +89,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// Run the CLI for a binary whose components are in `registry`.
@@ -100,10 +109,15 @@ pub fn main(registry: Registry) -> ExitCode {
 }
 
 fn read_manifest(path: &PathBuf) -> anyhow::Result<(String, TopologySpec)> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let (name, spec) = TopologySpec::from_manifest(&text).with_context(|| format!("in {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let (name, spec) =
+        TopologySpec::from_manifest(&text).with_context(|| format!("in {}", path.display()))?;
     let name = name.unwrap_or_else(|| {
-        path.file_stem().and_then(|s| s.to_str()).unwrap_or("topology").to_string()
+        path.file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("topology")
+            .to_string()
     });
     Ok((name, spec))
 }
@@ -116,26 +130,37 @@ fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<ExitCode> {
         }
         Command::Validate { manifest } => {
             let (name, spec) = read_manifest(&manifest)?;
-            validate(&spec, Some(&registry.catalog())).with_context(|| format!("in {}", manifest.display()))?;
+            validate(&spec, Some(&registry.catalog()))
+                .with_context(|| format!("in {}", manifest.display()))?;
             let plan = squall_api::PhysicalPlan::compute(&spec);
-            println!("{name}: valid; {} tasks in {} executors on {} workers", plan.task_count(), plan.executors.len(), plan.workers);
+            println!(
+                "{name}: valid; {} tasks in {} executors on {} workers",
+                plan.task_count(),
+                plan.executors.len(),
+                plan.workers
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Local(args) => {
             let (name, spec) = read_manifest(&args.manifest)?;
             let interrupt = Arc::new(AtomicBool::new(false));
             for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-                signal_hook::flag::register(sig, interrupt.clone()).context("cannot install signal handler")?;
+                signal_hook::flag::register(sig, interrupt.clone())
+                    .context("cannot install signal handler")?;
             }
             let opts = LocalOptions {
                 duration: args.duration,
                 report_every: (!args.report_interval.is_zero()).then_some(args.report_interval),
                 table_to_stderr: args.json,
                 metrics_addr: args.metrics_addr,
-                transfer: crate::transfer::TransferConfig { batch_size: args.batch_size.max(1), ..Default::default() },
+                transfer: crate::transfer::TransferConfig {
+                    batch_size: args.batch_size.max(1),
+                    ..Default::default()
+                },
                 interrupt: Some(interrupt),
             };
-            let summary = local::run(&registry, &name, spec, &opts).with_context(|| format!("in {}", args.manifest.display()))?;
+            let summary = local::run(&registry, &name, spec, &opts)
+                .with_context(|| format!("in {}", args.manifest.display()))?;
             let final_table = format_summary(&summary);
             if args.json {
                 eprint!("{final_table}");

@@ -55,9 +55,17 @@ pub(crate) struct Emitter {
 }
 
 impl Emitter {
-    pub(crate) fn new(layout: Arc<Layout>, component: usize, slot: u32, outbox: Outbox, seed: u64) -> Emitter {
+    pub(crate) fn new(
+        layout: Arc<Layout>,
+        component: usize,
+        slot: u32,
+        outbox: Outbox,
+        seed: u64,
+    ) -> Emitter {
         let groupers = layout.groupers(component, slot, seed);
-        let default_stream = layout.streams[component].iter().position(|s| s.fields.stream == DEFAULT_STREAM);
+        let default_stream = layout.streams[component]
+            .iter()
+            .position(|s| s.fields.stream == DEFAULT_STREAM);
         Emitter {
             layout,
             component,
@@ -72,7 +80,9 @@ impl Emitter {
 
     fn stream(&self, name: &str) -> Result<usize, EmitError> {
         if name == DEFAULT_STREAM {
-            return self.default_stream.ok_or_else(|| EmitError::UnknownStream(name.to_string()));
+            return self
+                .default_stream
+                .ok_or_else(|| EmitError::UnknownStream(name.to_string()));
         }
         self.layout.streams[self.component]
             .iter()
@@ -81,7 +91,12 @@ impl Emitter {
     }
 
     /// Target tasks for an emit (or the checked direct task).
-    fn targets(&mut self, stream: usize, direct: Option<TaskId>, values: &[crate::tuple::Value]) -> Result<Targets, EmitError> {
+    fn targets(
+        &mut self,
+        stream: usize,
+        direct: Option<TaskId>,
+        values: &[crate::tuple::Value],
+    ) -> Result<Targets, EmitError> {
         let mut out = Targets::new();
         match direct {
             None => {
@@ -90,11 +105,14 @@ impl Emitter {
                 }
             }
             Some(task) => {
-                let ok = self.groupers[stream]
-                    .iter()
-                    .any(|g| g.kind() == GroupingType::Direct && g.tasks().binary_search(&task).is_ok());
+                let ok = self.groupers[stream].iter().any(|g| {
+                    g.kind() == GroupingType::Direct && g.tasks().binary_search(&task).is_ok()
+                });
                 if !ok {
-                    let stream = self.layout.streams[self.component][stream].fields.stream.clone();
+                    let stream = self.layout.streams[self.component][stream]
+                        .fields
+                        .stream
+                        .clone();
                     return Err(EmitError::NotDirect { task, stream });
                 }
                 out.push(task);
@@ -129,9 +147,16 @@ impl Emitter {
         self.metrics.emitted += 1;
         self.metrics.transferred += targets.len() as u64;
         for (i, &t) in targets.iter().enumerate() {
-            let vals = if i + 1 == targets.len() { std::mem::take(&mut values) } else { values.clone() };
+            let vals = if i + 1 == targets.len() {
+                std::mem::take(&mut values)
+            } else {
+                values.clone()
+            };
             let anchors = anchors_for(&mut self.rng);
-            self.outbox.push(t, Msg::Tuple(Tuple::new(vals, fields, source_task, anchors)));
+            self.outbox.push(
+                t,
+                Msg::Tuple(Tuple::new(vals, fields, source_task, anchors)),
+            );
         }
     }
 }
@@ -188,16 +213,28 @@ impl SpoutCollector<'_> {
     /// spout's `ack` or `fail` is called with it once the tree completes or fails.
     /// Returns the number of target tasks.
     pub fn emit(&mut self, values: Values, msg_id: Option<u64>) -> usize {
-        self.emit_inner(DEFAULT_STREAM, None, values, msg_id, None).unwrap_or(0)
+        self.emit_inner(DEFAULT_STREAM, None, values, msg_id, None)
+            .unwrap_or(0)
     }
 
     /// Emit on a named stream.
-    pub fn emit_stream(&mut self, stream: &str, values: Values, msg_id: Option<u64>) -> Result<usize, EmitError> {
+    pub fn emit_stream(
+        &mut self,
+        stream: &str,
+        values: Values,
+        msg_id: Option<u64>,
+    ) -> Result<usize, EmitError> {
         self.emit_inner(stream, None, values, msg_id, None)
     }
 
     /// Emit to one task of a bolt that subscribes to `stream` with a DIRECT grouping.
-    pub fn emit_direct(&mut self, task: TaskId, stream: &str, values: Values, msg_id: Option<u64>) -> Result<usize, EmitError> {
+    pub fn emit_direct(
+        &mut self,
+        task: TaskId,
+        stream: &str,
+        values: Values,
+        msg_id: Option<u64>,
+    ) -> Result<usize, EmitError> {
         self.emit_inner(stream, Some(task), values, msg_id, None)
     }
 
@@ -205,7 +242,14 @@ impl SpoutCollector<'_> {
     /// [`crate::metrics::now_ns`]'s clock) rather than from now. A load generator
     /// uses this so that falling behind its schedule shows up as latency.
     pub fn emit_scheduled(&mut self, values: Values, msg_id: u64, scheduled_ns: u64) -> usize {
-        self.emit_inner(DEFAULT_STREAM, None, values, Some(msg_id), Some(scheduled_ns)).unwrap_or(0)
+        self.emit_inner(
+            DEFAULT_STREAM,
+            None,
+            values,
+            Some(msg_id),
+            Some(scheduled_ns),
+        )
+        .unwrap_or(0)
     }
 
     /// Open tuple trees of this task.
@@ -223,7 +267,9 @@ impl SpoutCollector<'_> {
     ) -> Result<usize, EmitError> {
         let em = &mut *self.em;
         let stream = em.stream(stream).inspect_err(|e| em.note_error(e))?;
-        let targets = em.targets(stream, direct, &values).inspect_err(|e| em.note_error(e))?;
+        let targets = em
+            .targets(stream, direct, &values)
+            .inspect_err(|e| em.note_error(e))?;
         self.emitted += 1;
         let task = self.st.task;
         let Some(msg_id) = msg_id else {
@@ -247,10 +293,24 @@ impl SpoutCollector<'_> {
             smallvec::smallvec![(root, edge)]
         });
         let acker = em.acker_for(root);
-        em.outbox.push(acker, Msg::AckInit { root, val: xor, spout_task: task });
+        em.outbox.push(
+            acker,
+            Msg::AckInit {
+                root,
+                val: xor,
+                spout_task: task,
+            },
+        );
         let now = now_ns();
         let deadline_ns = now + em.layout.timeout_ns;
-        self.st.pending.insert(root, Pending { msg_id, start_ns: start_ns.unwrap_or(now), deadline_ns });
+        self.st.pending.insert(
+            root,
+            Pending {
+                msg_id,
+                start_ns: start_ns.unwrap_or(now),
+                deadline_ns,
+            },
+        );
         self.st.timeouts.push_back((deadline_ns, root));
         Ok(targets.len())
     }
@@ -268,16 +328,28 @@ pub struct BoltCollector<'a> {
 impl BoltCollector<'_> {
     /// Emit on the default stream, anchored to `anchors` (empty = unanchored).
     pub fn emit(&mut self, anchors: &[&Tuple], values: Values) -> usize {
-        self.emit_inner(DEFAULT_STREAM, None, anchors, values).unwrap_or(0)
+        self.emit_inner(DEFAULT_STREAM, None, anchors, values)
+            .unwrap_or(0)
     }
 
     /// Emit on a named stream, anchored to `anchors`.
-    pub fn emit_stream(&mut self, stream: &str, anchors: &[&Tuple], values: Values) -> Result<usize, EmitError> {
+    pub fn emit_stream(
+        &mut self,
+        stream: &str,
+        anchors: &[&Tuple],
+        values: Values,
+    ) -> Result<usize, EmitError> {
         self.emit_inner(stream, None, anchors, values)
     }
 
     /// Emit to one task of a bolt that subscribes to `stream` with a DIRECT grouping.
-    pub fn emit_direct(&mut self, task: TaskId, stream: &str, anchors: &[&Tuple], values: Values) -> Result<usize, EmitError> {
+    pub fn emit_direct(
+        &mut self,
+        task: TaskId,
+        stream: &str,
+        anchors: &[&Tuple],
+        values: Values,
+    ) -> Result<usize, EmitError> {
         self.emit_inner(stream, Some(task), anchors, values)
     }
 
@@ -290,7 +362,9 @@ impl BoltCollector<'_> {
     ) -> Result<usize, EmitError> {
         let em = &mut *self.em;
         let stream = em.stream(stream).inspect_err(|e| em.note_error(e))?;
-        let targets = em.targets(stream, direct, &values).inspect_err(|e| em.note_error(e))?;
+        let targets = em
+            .targets(stream, direct, &values)
+            .inspect_err(|e| em.note_error(e))?;
         let acking = em.layout.acking && anchors.iter().any(|a| !a.anchors.is_empty());
         if !acking {
             em.send_tuples(stream, &targets, values, self.task, |_| Anchors::new());
@@ -329,7 +403,13 @@ impl BoltCollector<'_> {
         let roots: SmallVec<[(u64, u64); 2]> = input.anchors.iter().copied().collect();
         for (root, edge) in roots {
             let acker = self.em.acker_for(root);
-            self.em.outbox.push(acker, Msg::Ack { root, val: edge ^ extra });
+            self.em.outbox.push(
+                acker,
+                Msg::Ack {
+                    root,
+                    val: edge ^ extra,
+                },
+            );
         }
     }
 
@@ -367,7 +447,9 @@ impl BoltCollector<'_> {
         if started == self.exec_start_ns {
             self.acked_current += 1;
         } else if started != 0 {
-            self.em.metrics.record_process(now_ns().saturating_sub(started));
+            self.em
+                .metrics
+                .record_process(now_ns().saturating_sub(started));
         }
     }
 }

@@ -43,7 +43,10 @@ impl TopologyContext {
         match self.config.get(key) {
             None | Some(serde_json::Value::Null) => Ok(default),
             Some(v) => v.as_u64().ok_or_else(|| {
-                ComponentError(format!("{}: config '{key}' must be a non-negative integer, got {v}", self.component_id))
+                ComponentError(format!(
+                    "{}: config '{key}' must be a non-negative integer, got {v}",
+                    self.component_id
+                ))
             }),
         }
     }
@@ -52,9 +55,12 @@ impl TopologyContext {
     pub fn config_f64(&self, key: &str, default: f64) -> Result<f64, ComponentError> {
         match self.config.get(key) {
             None | Some(serde_json::Value::Null) => Ok(default),
-            Some(v) => v
-                .as_f64()
-                .ok_or_else(|| ComponentError(format!("{}: config '{key}' must be a number, got {v}", self.component_id))),
+            Some(v) => v.as_f64().ok_or_else(|| {
+                ComponentError(format!(
+                    "{}: config '{key}' must be a number, got {v}",
+                    self.component_id
+                ))
+            }),
         }
     }
 
@@ -63,7 +69,10 @@ impl TopologyContext {
         match self.config.get(key) {
             None | Some(serde_json::Value::Null) => Ok(default.to_string()),
             Some(serde_json::Value::String(s)) => Ok(s.clone()),
-            Some(v) => Err(ComponentError(format!("{}: config '{key}' must be a string, got {v}", self.component_id))),
+            Some(v) => Err(ComponentError(format!(
+                "{}: config '{key}' must be a string, got {v}",
+                self.component_id
+            ))),
         }
     }
 }
@@ -115,12 +124,16 @@ impl Outputs {
     }
     /// Add a named stream.
     pub fn stream(mut self, stream: &str, names: &[&str]) -> Self {
-        self.0.insert(stream.to_string(), names.iter().map(|s| s.to_string()).collect());
+        self.0.insert(
+            stream.to_string(),
+            names.iter().map(|s| s.to_string()).collect(),
+        );
         self
     }
 }
 
-type SpoutFactory = dyn Fn(&TopologyContext) -> Result<Box<dyn Spout>, ComponentError> + Send + Sync;
+type SpoutFactory =
+    dyn Fn(&TopologyContext) -> Result<Box<dyn Spout>, ComponentError> + Send + Sync;
 type BoltFactory = dyn Fn(&TopologyContext) -> Result<Box<dyn Bolt>, ComponentError> + Send + Sync;
 
 pub(crate) enum Factory {
@@ -150,8 +163,11 @@ impl Registry {
         S: Spout + 'static,
         F: Fn(&TopologyContext) -> Result<S, ComponentError> + Send + Sync + 'static,
     {
-        let factory = Factory::Spout(Box::new(move |ctx| Ok(Box::new(make(ctx)?) as Box<dyn Spout>)));
-        self.components.insert(name.to_string(), Registered { outputs, factory });
+        let factory = Factory::Spout(Box::new(move |ctx| {
+            Ok(Box::new(make(ctx)?) as Box<dyn Spout>)
+        }));
+        self.components
+            .insert(name.to_string(), Registered { outputs, factory });
         self
     }
 
@@ -161,8 +177,11 @@ impl Registry {
         B: Bolt + 'static,
         F: Fn(&TopologyContext) -> Result<B, ComponentError> + Send + Sync + 'static,
     {
-        let factory = Factory::Bolt(Box::new(move |ctx| Ok(Box::new(make(ctx)?) as Box<dyn Bolt>)));
-        self.components.insert(name.to_string(), Registered { outputs, factory });
+        let factory = Factory::Bolt(Box::new(move |ctx| {
+            Ok(Box::new(make(ctx)?) as Box<dyn Bolt>)
+        }));
+        self.components
+            .insert(name.to_string(), Registered { outputs, factory });
         self
     }
 
@@ -176,7 +195,13 @@ impl Registry {
                     Factory::Spout(_) => ComponentKind::Spout,
                     Factory::Bolt(_) => ComponentKind::Bolt,
                 };
-                (name.clone(), ComponentDecl { kind, outputs: r.outputs.0.clone() })
+                (
+                    name.clone(),
+                    ComponentDecl {
+                        kind,
+                        outputs: r.outputs.0.clone(),
+                    },
+                )
             })
             .collect();
         ComponentCatalog { components }

@@ -23,7 +23,10 @@ pub struct WorkerControl {
 
 impl WorkerControl {
     pub fn new(active: bool) -> Arc<Self> {
-        Arc::new(WorkerControl { active: AtomicBool::new(active), shutdown: AtomicBool::new(false) })
+        Arc::new(WorkerControl {
+            active: AtomicBool::new(active),
+            shutdown: AtomicBool::new(false),
+        })
     }
 }
 
@@ -60,7 +63,14 @@ impl ExecutorCore {
         metrics: MetricsSlot,
         first_task: TaskId,
     ) -> Self {
-        ExecutorCore { emitter, rx, control, metrics, first_task, last_publish_ns: 0 }
+        ExecutorCore {
+            emitter,
+            rx,
+            control,
+            metrics,
+            first_task,
+            last_publish_ns: 0,
+        }
     }
 
     fn publish_if_due(&mut self, now: u64) {
@@ -110,7 +120,11 @@ impl SpoutExecutor {
             if want_active != active {
                 active = want_active;
                 for (spout, _) in &mut self.tasks {
-                    if active { spout.activate() } else { spout.deactivate() }
+                    if active {
+                        spout.activate()
+                    } else {
+                        spout.deactivate()
+                    }
                 }
             }
             let now = now_ns();
@@ -123,7 +137,11 @@ impl SpoutExecutor {
                         if st.pending.len() >= max_pending {
                             break;
                         }
-                        let mut out = SpoutCollector { em: &mut self.core.emitter, st, emitted: 0 };
+                        let mut out = SpoutCollector {
+                            em: &mut self.core.emitter,
+                            st,
+                            emitted: 0,
+                        };
                         spout.next_tuple(&mut out);
                         let n = out.emitted;
                         // With acking off, a tracked emit is complete at once.
@@ -161,7 +179,10 @@ impl SpoutExecutor {
     fn report_progress(&self) {
         let pending = self.tasks.iter().map(|(_, st)| st.pending.len()).sum();
         self.progress.pending.store(pending, Ordering::Relaxed);
-        let done = self.tasks.iter().all(|(s, st)| s.is_done() && st.pending.is_empty());
+        let done = self
+            .tasks
+            .iter()
+            .all(|(s, st)| s.is_done() && st.pending.is_empty());
         self.progress.done.store(done, Ordering::Relaxed);
     }
 
@@ -169,7 +190,10 @@ impl SpoutExecutor {
         let now = now_ns();
         let first = self.core.first_task;
         for env in batch {
-            let Some((spout, st)) = self.tasks.get_mut(env.task.wrapping_sub(first) as usize) else { continue };
+            let Some((spout, st)) = self.tasks.get_mut(env.task.wrapping_sub(first) as usize)
+            else {
+                continue;
+            };
             let m = &mut self.core.emitter.metrics;
             match env.msg {
                 Msg::SpoutAck { root } => {
@@ -206,7 +230,10 @@ impl SpoutExecutor {
                 }
                 st.timeouts.pop_front();
                 // A reset pushes a later deadline; only the current one counts.
-                if st.pending.get(&root).is_some_and(|p| p.deadline_ns == deadline)
+                if st
+                    .pending
+                    .get(&root)
+                    .is_some_and(|p| p.deadline_ns == deadline)
                     && let Some(p) = st.pending.remove(&root)
                 {
                     self.core.emitter.metrics.failed += 1;
@@ -253,16 +280,15 @@ impl BoltExecutor {
                 }
             }
             self.core.publish_if_due(now);
-            let wait = next_tick.map_or(IDLE_WAIT, |at| Duration::from_nanos(at.saturating_sub(now)).min(IDLE_WAIT));
+            let wait = next_tick.map_or(IDLE_WAIT, |at| {
+                Duration::from_nanos(at.saturating_sub(now)).min(IDLE_WAIT)
+            });
             match self.core.rx.recv_timeout(wait) {
                 Ok(batch) => {
                     self.process(batch);
                     // Keep going while input is waiting; send partial batches once it runs dry.
-                    loop {
-                        match self.core.rx.try_recv() {
-                            Ok(batch) => self.process(batch),
-                            Err(_) => break,
-                        }
+                    while let Ok(batch) = self.core.rx.try_recv() {
+                        self.process(batch);
                     }
                     self.core.emitter.outbox.flush(now_ns());
                 }
@@ -297,7 +323,12 @@ impl BoltExecutor {
     fn execute(&mut self, idx: usize, tuple: Tuple, start: u64) -> u64 {
         tuple.started_ns.set(start);
         let task = self.core.first_task + idx as TaskId;
-        let mut out = BoltCollector { em: &mut self.core.emitter, task, exec_start_ns: start, acked_current: 0 };
+        let mut out = BoltCollector {
+            em: &mut self.core.emitter,
+            task,
+            exec_start_ns: start,
+            acked_current: 0,
+        };
         self.bolts[idx].execute(tuple, &mut out);
         let acked = out.acked_current;
         let end = now_ns();
@@ -335,7 +366,11 @@ impl AckerExecutor {
                 }
             }
             self.core.publish_if_due(now);
-            let wait = if self.core.emitter.outbox.congested() { Duration::from_millis(1) } else { IDLE_WAIT };
+            let wait = if self.core.emitter.outbox.congested() {
+                Duration::from_millis(1)
+            } else {
+                IDLE_WAIT
+            };
             match self.core.rx.recv_timeout(wait) {
                 Ok(batch) => {
                     self.process(batch);
@@ -357,9 +392,15 @@ impl AckerExecutor {
         let start = now_ns();
         let n = batch.len() as u64;
         for env in batch {
-            let Some(state) = self.states.get_mut(env.task.wrapping_sub(first) as usize) else { continue };
+            let Some(state) = self.states.get_mut(env.task.wrapping_sub(first) as usize) else {
+                continue;
+            };
             let outcome = match env.msg {
-                Msg::AckInit { root, val, spout_task } => state.init(root, val, spout_task),
+                Msg::AckInit {
+                    root,
+                    val,
+                    spout_task,
+                } => state.init(root, val, spout_task),
                 Msg::Ack { root, val } => state.ack(root, val),
                 Msg::Fail { root } => state.fail(root),
                 Msg::Reset { root } => state.reset(root),
@@ -370,14 +411,23 @@ impl AckerExecutor {
                 None => continue,
                 Some(AckerOutcome::Complete { root, spout_task }) => {
                     m.acked += 1;
-                    self.core.emitter.outbox.push(spout_task, Msg::SpoutAck { root });
+                    self.core
+                        .emitter
+                        .outbox
+                        .push(spout_task, Msg::SpoutAck { root });
                 }
                 Some(AckerOutcome::Failed { root, spout_task }) => {
                     m.failed += 1;
-                    self.core.emitter.outbox.push(spout_task, Msg::SpoutFail { root });
+                    self.core
+                        .emitter
+                        .outbox
+                        .push(spout_task, Msg::SpoutFail { root });
                 }
                 Some(AckerOutcome::Reset { root, spout_task }) => {
-                    self.core.emitter.outbox.push(spout_task, Msg::SpoutReset { root });
+                    self.core
+                        .emitter
+                        .outbox
+                        .push(spout_task, Msg::SpoutReset { root });
                 }
             }
         }

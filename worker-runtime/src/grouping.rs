@@ -16,7 +16,9 @@ const SEED_B: u64 = 0xc2b2_ae3d_27d4_eb4f;
 
 /// The stable hash of the selected fields of a tuple.
 pub fn fields_hash(values: &[Value], key: &[usize], seed: u64) -> u64 {
-    key.iter().fold(seed, |h, &i| values.get(i).unwrap_or(&Value::Null).stable_hash(h))
+    key.iter().fold(seed, |h, &i| {
+        values.get(i).unwrap_or(&Value::Null).stable_hash(h)
+    })
 }
 
 /// Chooses target tasks for one subscription.
@@ -36,11 +38,24 @@ pub struct Grouper {
 
 impl Grouper {
     /// `start` spreads emitters over different starting points of the round-robin.
-    pub fn new(kind: GroupingType, mut tasks: Vec<TaskId>, local: Vec<TaskId>, key: Vec<usize>, start: u64) -> Self {
+    pub fn new(
+        kind: GroupingType,
+        mut tasks: Vec<TaskId>,
+        local: Vec<TaskId>,
+        key: Vec<usize>,
+        start: u64,
+    ) -> Self {
         tasks.sort_unstable();
         let n = tasks.len().max(1);
         let load = vec![0; tasks.len()];
-        Grouper { kind, tasks, local, key, cursor: (start % n as u64) as usize, load }
+        Grouper {
+            kind,
+            tasks,
+            local,
+            key,
+            cursor: (start % n as u64) as usize,
+            load,
+        }
     }
 
     pub fn kind(&self) -> GroupingType {
@@ -170,7 +185,13 @@ mod tests {
         direct.choose(&[], &mut t);
         assert!(t.is_empty(), "direct subscribers only get emit_direct");
 
-        let mut local = Grouper::new(GroupingType::LocalOrShuffle, tasks.clone(), vec![5], vec![], 0);
+        let mut local = Grouper::new(
+            GroupingType::LocalOrShuffle,
+            tasks.clone(),
+            vec![5],
+            vec![],
+            0,
+        );
         for _ in 0..5 {
             let mut t = Targets::new();
             local.choose(&[], &mut t);

@@ -15,13 +15,15 @@ pub type Handler = Arc<dyn Fn(&str) -> Option<(&'static str, String)> + Send + S
 pub fn serve(addr: SocketAddr, handler: Handler) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let local = listener.local_addr()?;
-    std::thread::Builder::new().name("squall-http".into()).spawn(move || {
-        for stream in listener.incoming().flatten() {
-            if let Err(e) = answer(stream, &handler) {
-                tracing::debug!(error = %e, "metrics request failed");
+    std::thread::Builder::new()
+        .name("squall-http".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                if let Err(e) = answer(stream, &handler) {
+                    tracing::debug!(error = %e, "metrics request failed");
+                }
             }
-        }
-    })?;
+        })?;
     Ok(local)
 }
 

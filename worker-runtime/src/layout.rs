@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use squall_api::{
-    ComponentCatalog, Config, GroupingType, PhysicalPlan, PlannedKind, TaskId, TopologySpec, ValidationErrors,
-    validate,
+    ComponentCatalog, Config, GroupingType, PhysicalPlan, PlannedKind, TaskId, TopologySpec,
+    ValidationErrors, validate,
 };
 
 use crate::component::Registry;
@@ -71,17 +71,23 @@ impl Layout {
 
         let n = plan.components.len();
         let mut implementations = vec![String::new(); n];
-        let mut configs = vec![Arc::new(Config::new()); n];
+        let mut configs: Vec<Arc<Config>> = (0..n).map(|_| Arc::default()).collect();
         let mut tick_ns = vec![None; n];
         let mut streams: Vec<Vec<StreamRoute>> = (0..n).map(|_| Vec::new()).collect();
         for (ci, pc) in plan.components.iter().enumerate() {
-            let Some((_, cs)) = spec.component(&pc.id) else { continue };
+            let Some((_, cs)) = spec.component(&pc.id) else {
+                continue;
+            };
             implementations[ci] = cs.component.clone();
             let mut cfg = spec.config.clone();
             cfg.extend(cs.config.iter().map(|(k, v)| (k.clone(), v.clone())));
             configs[ci] = Arc::new(cfg);
-            tick_ns[ci] = cs.tick_frequency_seconds.map(|s| u64::from(s) * 1_000_000_000);
-            let Some(decl) = catalog.get(&cs.component) else { continue };
+            tick_ns[ci] = cs
+                .tick_frequency_seconds
+                .map(|s| u64::from(s) * 1_000_000_000);
+            let Some(decl) = catalog.get(&cs.component) else {
+                continue;
+            };
             for (stream, names) in &decl.outputs {
                 let fields = Fields::intern(&pc.id, stream, names);
                 let subscriptions = spec
@@ -90,11 +96,23 @@ impl Layout {
                     .filter(|s| s.from == pc.id && &s.stream == stream)
                     .filter_map(|s| {
                         let component = plan.components.iter().position(|c| c.id == s.to)?;
-                        let key = s.grouping.fields.iter().filter_map(|f| fields.index_of(f)).collect();
-                        Some(Subscription { component, kind: s.grouping.kind, key })
+                        let key = s
+                            .grouping
+                            .fields
+                            .iter()
+                            .filter_map(|f| fields.index_of(f))
+                            .collect();
+                        Some(Subscription {
+                            component,
+                            kind: s.grouping.kind,
+                            key,
+                        })
                     })
                     .collect();
-                streams[ci].push(StreamRoute { fields, subscriptions });
+                streams[ci].push(StreamRoute {
+                    fields,
+                    subscriptions,
+                });
             }
         }
 
@@ -139,9 +157,20 @@ impl Layout {
                     .iter()
                     .enumerate()
                     .map(|(i, sub)| {
-                        let tasks: Vec<TaskId> = self.plan.components[sub.component].tasks().collect();
-                        let local = tasks.iter().copied().filter(|&t| self.task_slot[t as usize] == slot).collect();
-                        Grouper::new(sub.kind, tasks, local, sub.key.clone(), seed.wrapping_add(i as u64))
+                        let tasks: Vec<TaskId> =
+                            self.plan.components[sub.component].tasks().collect();
+                        let local = tasks
+                            .iter()
+                            .copied()
+                            .filter(|&t| self.task_slot[t as usize] == slot)
+                            .collect();
+                        Grouper::new(
+                            sub.kind,
+                            tasks,
+                            local,
+                            sub.key.clone(),
+                            seed.wrapping_add(i as u64),
+                        )
                     })
                     .collect()
             })

@@ -88,12 +88,24 @@ pub enum LocalError {
 }
 
 /// Run `spec` in this process until its spouts are done, the duration passes, or it is interrupted.
-pub fn run(registry: &Registry, name: &str, spec: TopologySpec, opts: &LocalOptions) -> Result<Summary, LocalError> {
+pub fn run(
+    registry: &Registry,
+    name: &str,
+    spec: TopologySpec,
+    opts: &LocalOptions,
+) -> Result<Summary, LocalError> {
     let plan = PhysicalPlan::compute(&spec);
     let layout = Arc::new(Layout::new(name, spec, plan, registry)?);
     let hub = MetricsHub::new();
     let slots: Vec<u32> = (0..layout.plan.workers).collect();
-    let worker = Worker::start(layout.clone(), registry, &slots, None, opts.transfer, hub.clone())?;
+    let worker = Worker::start(
+        layout.clone(),
+        registry,
+        &slots,
+        None,
+        opts.transfer,
+        hub.clone(),
+    )?;
 
     if let Some(addr) = opts.metrics_addr {
         let hub = hub.clone();
@@ -101,7 +113,10 @@ pub fn run(registry: &Registry, name: &str, spec: TopologySpec, opts: &LocalOpti
         let handler: crate::http::Handler = Arc::new(move |path| match path {
             "/metrics" => {
                 let stats = stats_of(&hub.collect(), None);
-                Some((crate::http::PROMETHEUS, render_prometheus(&[("topology", &topology)], &stats)))
+                Some((
+                    crate::http::PROMETHEUS,
+                    render_prometheus(&[("topology", &topology)], &stats),
+                ))
             }
             "/healthz" | "/readyz" => Some(("text/plain", "ok\n".to_string())),
             _ => None,
@@ -115,7 +130,11 @@ pub fn run(registry: &Registry, name: &str, spec: TopologySpec, opts: &LocalOpti
     let mut last = hub.collect();
     let stopped_by = loop {
         std::thread::sleep(Duration::from_millis(50));
-        if opts.interrupt.as_ref().is_some_and(|f| f.load(Ordering::Relaxed)) {
+        if opts
+            .interrupt
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::Relaxed))
+        {
             break "interrupt";
         }
         if opts.duration.is_some_and(|d| started.elapsed() >= d) {
@@ -137,9 +156,15 @@ pub fn run(registry: &Registry, name: &str, spec: TopologySpec, opts: &LocalOpti
 
     // Deactivate, then let open trees complete or time out.
     worker.set_active(false);
-    let drain_deadline = Instant::now() + Duration::from_nanos(layout.timeout_ns) + Duration::from_secs(1);
+    let drain_deadline =
+        Instant::now() + Duration::from_nanos(layout.timeout_ns) + Duration::from_secs(1);
     while worker.pending() > 0 && Instant::now() < drain_deadline {
-        if stopped_by != "interrupt" && opts.interrupt.as_ref().is_some_and(|f| f.load(Ordering::Relaxed)) {
+        if stopped_by != "interrupt"
+            && opts
+                .interrupt
+                .as_ref()
+                .is_some_and(|f| f.load(Ordering::Relaxed))
+        {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -180,7 +205,7 @@ fn summarize(
         spouts.merge(&c.metrics);
     }
     let h = &spouts.complete_ns;
-    let complete = if h.len() > 0 {
+    let complete = if !h.is_empty() {
         Percentiles {
             p50: h.value_at_quantile(0.5) as f64 / 1e6,
             p99: h.value_at_quantile(0.99) as f64 / 1e6,
@@ -197,7 +222,11 @@ fn summarize(
         emitted: spouts.roots,
         replayed: spouts.replayed,
         duration_s: secs,
-        acked_per_s: if secs > 0.0 { spouts.acked as f64 / secs } else { 0.0 },
+        acked_per_s: if secs > 0.0 {
+            spouts.acked as f64 / secs
+        } else {
+            0.0
+        },
         complete_latency_ms: complete,
         stopped_by: stopped_by.to_string(),
         open_at_end,
@@ -234,7 +263,9 @@ pub fn render_table(
             PlannedKind::Bolt => "bolt",
             PlannedKind::Acker => "acker",
         });
-        let ms = |l: Option<squall_api::records::LatencySummary>| l.map_or("-".to_string(), |l| format_ms(l.p99));
+        let ms = |l: Option<squall_api::records::LatencySummary>| {
+            l.map_or("-".to_string(), |l| format_ms(l.p99))
+        };
         out.push_str(&format!(
             "          {:<16} {:>6} {:>11.0} {:>11.0} {:>10.0} {:>9.0} {:>11.0} {:>10} {:>10} {:>8.2}\n",
             id,

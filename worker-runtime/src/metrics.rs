@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use hdrhistogram::Histogram;
-use squall_api::records::{ComponentStats, LatencySummary};
 use squall_api::PlannedKind;
+use squall_api::records::{ComponentStats, LatencySummary};
 
 /// Nanoseconds on the process-wide monotonic clock.
 pub fn now_ns() -> u64 {
@@ -122,7 +122,7 @@ impl ExecMetrics {
     /// As the stats record, with capacity computed over `window_ns`.
     pub fn to_stats(&self, window_ns: u64, executors: usize) -> ComponentStats {
         let summary = |h: &Histogram<u64>| {
-            (h.len() > 0).then(|| LatencySummary {
+            (!h.is_empty()).then(|| LatencySummary {
                 count: h.len(),
                 mean: h.mean() / 1e6,
                 p50: h.value_at_quantile(0.5) as f64 / 1e6,
@@ -176,10 +176,11 @@ impl MetricsHub {
     /// A slot for a new executor of `component`.
     pub fn register(&self, component: &str, kind: PlannedKind) -> MetricsSlot {
         let slot: MetricsSlot = Arc::default();
-        self.slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((component.to_string(), kind, slot.clone()));
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).push((
+            component.to_string(),
+            kind,
+            slot.clone(),
+        ));
         slot
     }
 
@@ -195,7 +196,14 @@ impl MetricsHub {
                     c.executors += 1;
                 }
                 None => {
-                    out.insert(component.clone(), ComponentMetrics { kind: *kind, executors: 1, metrics: m.clone() });
+                    out.insert(
+                        component.clone(),
+                        ComponentMetrics {
+                            kind: *kind,
+                            executors: 1,
+                            metrics: m.clone(),
+                        },
+                    );
                 }
             }
         }
@@ -204,29 +212,72 @@ impl MetricsHub {
 }
 
 /// Render component stats in the Prometheus text format.
-pub fn render_prometheus(labels: &[(&str, &str)], stats: &BTreeMap<String, ComponentStats>) -> String {
-    let base: String = labels.iter().map(|(k, v)| format!("{k}=\"{}\",", escape(v))).collect();
+pub fn render_prometheus(
+    labels: &[(&str, &str)],
+    stats: &BTreeMap<String, ComponentStats>,
+) -> String {
+    let base: String = labels
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\",", escape(v)))
+        .collect();
     let mut out = String::new();
-    let counters: [(&str, &str, fn(&ComponentStats) -> u64); 7] = [
+    type Counter = (&'static str, &'static str, fn(&ComponentStats) -> u64);
+    let counters: [Counter; 7] = [
         ("squall_emitted_total", "Tuples emitted.", |s| s.emitted),
-        ("squall_transferred_total", "Tuples sent to target tasks.", |s| s.transferred),
-        ("squall_acked_total", "Tuples acked (bolts) or trees completed (spouts).", |s| s.acked),
-        ("squall_failed_total", "Tuples failed (bolts) or trees failed or timed out (spouts).", |s| s.failed),
-        ("squall_executed_total", "Tuples executed by bolts.", |s| s.executed),
-        ("squall_replayed_total", "Spout messages emitted again after a failure.", |s| s.replayed),
-        ("squall_roots_total", "Tuple trees started by spouts.", |s| s.roots),
+        (
+            "squall_transferred_total",
+            "Tuples sent to target tasks.",
+            |s| s.transferred,
+        ),
+        (
+            "squall_acked_total",
+            "Tuples acked (bolts) or trees completed (spouts).",
+            |s| s.acked,
+        ),
+        (
+            "squall_failed_total",
+            "Tuples failed (bolts) or trees failed or timed out (spouts).",
+            |s| s.failed,
+        ),
+        ("squall_executed_total", "Tuples executed by bolts.", |s| {
+            s.executed
+        }),
+        (
+            "squall_replayed_total",
+            "Spout messages emitted again after a failure.",
+            |s| s.replayed,
+        ),
+        (
+            "squall_roots_total",
+            "Tuple trees started by spouts.",
+            |s| s.roots,
+        ),
     ];
     for (name, help, get) in counters {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
         for (c, s) in stats {
-            let _ = writeln!(out, "{name}{{{base}component=\"{}\"}} {}", escape(c), get(s));
+            let _ = writeln!(
+                out,
+                "{name}{{{base}component=\"{}\"}} {}",
+                escape(c),
+                get(s)
+            );
         }
     }
-    let _ = writeln!(out, "# HELP squall_capacity Fraction of time executors spent executing.\n# TYPE squall_capacity gauge");
+    let _ = writeln!(
+        out,
+        "# HELP squall_capacity Fraction of time executors spent executing.\n# TYPE squall_capacity gauge"
+    );
     for (c, s) in stats {
-        let _ = writeln!(out, "squall_capacity{{{base}component=\"{}\"}} {}", escape(c), s.capacity);
+        let _ = writeln!(
+            out,
+            "squall_capacity{{{base}component=\"{}\"}} {}",
+            escape(c),
+            s.capacity
+        );
     }
-    let lat: [(&str, fn(&ComponentStats) -> Option<LatencySummary>); 3] = [
+    type Latency = (&'static str, fn(&ComponentStats) -> Option<LatencySummary>);
+    let lat: [Latency; 3] = [
         ("squall_execute_latency_seconds", |s| s.execute_latency_ms),
         ("squall_process_latency_seconds", |s| s.process_latency_ms),
         ("squall_complete_latency_seconds", |s| s.complete_latency_ms),
@@ -237,9 +288,17 @@ pub fn render_prometheus(labels: &[(&str, &str)], stats: &BTreeMap<String, Compo
             let Some(l) = get(s) else { continue };
             let c = escape(c);
             for (q, v) in [("0.5", l.p50), ("0.99", l.p99), ("1", l.max)] {
-                let _ = writeln!(out, "{name}{{{base}component=\"{c}\",quantile=\"{q}\"}} {}", v / 1000.0);
+                let _ = writeln!(
+                    out,
+                    "{name}{{{base}component=\"{c}\",quantile=\"{q}\"}} {}",
+                    v / 1000.0
+                );
             }
-            let _ = writeln!(out, "{name}_sum{{{base}component=\"{c}\"}} {}", l.mean * l.count as f64 / 1000.0);
+            let _ = writeln!(
+                out,
+                "{name}_sum{{{base}component=\"{c}\"}} {}",
+                l.mean * l.count as f64 / 1000.0
+            );
             let _ = writeln!(out, "{name}_count{{{base}component=\"{c}\"}} {}", l.count);
         }
     }
@@ -247,5 +306,7 @@ pub fn render_prometheus(labels: &[(&str, &str)], stats: &BTreeMap<String, Compo
 }
 
 fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

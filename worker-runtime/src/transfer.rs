@@ -25,7 +25,11 @@ pub enum Msg {
     /// A data tuple for a bolt task.
     Tuple(Tuple),
     /// To an acker: a spout started the tree `root` with these edges.
-    AckInit { root: u64, val: u64, spout_task: TaskId },
+    AckInit {
+        root: u64,
+        val: u64,
+        spout_task: TaskId,
+    },
     /// To an acker: a tuple of the tree was acked.
     Ack { root: u64, val: u64 },
     /// To an acker: a tuple of the tree was failed.
@@ -62,7 +66,11 @@ pub struct TransferConfig {
 
 impl Default for TransferConfig {
     fn default() -> Self {
-        TransferConfig { batch_size: 256, queue_batches: 32, linger_ns: 1_000_000 }
+        TransferConfig {
+            batch_size: 256,
+            queue_batches: 32,
+            linger_ns: 1_000_000,
+        }
     }
 }
 
@@ -102,7 +110,10 @@ pub struct Routes {
 
 impl Routes {
     fn dest_of(&self, task: TaskId) -> Dest {
-        self.dest.get(task as usize).copied().unwrap_or(Dest::Nowhere)
+        self.dest
+            .get(task as usize)
+            .copied()
+            .unwrap_or(Dest::Nowhere)
     }
 }
 

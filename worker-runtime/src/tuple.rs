@@ -175,18 +175,20 @@ impl Fields {
     /// The process-wide instance for this declaration. Declarations are few and fixed
     /// by the binary, so interning them leaks a bounded amount once.
     pub fn intern(component: &str, stream: &str, names: &[String]) -> &'static Fields {
-        static TABLE: OnceLock<Mutex<HashMap<(String, String, Vec<String>), &'static Fields>>> = OnceLock::new();
+        type Table = HashMap<(String, String, Vec<String>), &'static Fields>;
+        static TABLE: OnceLock<Mutex<Table>> = OnceLock::new();
         let key = (component.to_string(), stream.to_string(), names.to_vec());
-        let mut table = TABLE.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
-        table
-            .entry(key)
-            .or_insert_with(|| {
-                Box::leak(Box::new(Fields {
-                    component: component.to_string(),
-                    stream: stream.to_string(),
-                    names: names.to_vec(),
-                }))
-            })
+        let mut table = TABLE
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        table.entry(key).or_insert_with(|| {
+            Box::leak(Box::new(Fields {
+                component: component.to_string(),
+                stream: stream.to_string(),
+                names: names.to_vec(),
+            }))
+        })
     }
 
     pub fn index_of(&self, name: &str) -> Option<usize> {
@@ -226,8 +228,20 @@ pub struct Tuple {
 }
 
 impl Tuple {
-    pub(crate) fn new(values: Values, fields: &'static Fields, source_task: TaskId, anchors: Anchors) -> Tuple {
-        Tuple { values, fields, source_task, anchors, ack_val: Cell::new(0), started_ns: Cell::new(0) }
+    pub(crate) fn new(
+        values: Values,
+        fields: &'static Fields,
+        source_task: TaskId,
+        anchors: Anchors,
+    ) -> Tuple {
+        Tuple {
+            values,
+            fields,
+            source_task,
+            anchors,
+            ack_val: Cell::new(0),
+            started_ns: Cell::new(0),
+        }
     }
 
     pub(crate) fn tick() -> Tuple {

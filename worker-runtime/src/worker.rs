@@ -12,7 +12,9 @@ use squall_api::{PlannedKind, TaskId};
 use crate::acker::AckerState;
 use crate::collector::{Emitter, SpoutTaskState};
 use crate::component::{ComponentError, Factory, Registry, TopologyContext};
-use crate::executor::{AckerExecutor, BoltExecutor, ExecutorCore, SpoutExecutor, SpoutProgress, WorkerControl};
+use crate::executor::{
+    AckerExecutor, BoltExecutor, ExecutorCore, SpoutExecutor, SpoutProgress, WorkerControl,
+};
 use crate::layout::Layout;
 use crate::metrics::MetricsHub;
 use crate::transfer::{Batch, Dest, Outbox, RemoteSink, Routes, SendMode, TransferConfig, queue};
@@ -21,7 +23,11 @@ use crate::transfer::{Batch, Dest, Outbox, RemoteSink, Routes, SendMode, Transfe
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("component '{component}' (task {task}): {source}")]
-    Component { component: String, task: TaskId, source: ComponentError },
+    Component {
+        component: String,
+        task: TaskId,
+        source: ComponentError,
+    },
     #[error("component '{0}' is not registered in this binary")]
     Unregistered(String),
     #[error("could not start an executor thread: {0}")]
@@ -57,7 +63,9 @@ impl Worker {
         metrics: MetricsHub,
     ) -> Result<Worker, StartError> {
         let plan = &layout.plan;
-        let mine: Vec<usize> = (0..plan.executors.len()).filter(|&i| slots.contains(&plan.executors[i].slot)).collect();
+        let mine: Vec<usize> = (0..plan.executors.len())
+            .filter(|&i| slots.contains(&plan.executors[i].slot))
+            .collect();
 
         // Queues for local executors, and where every task lives.
         let mut senders = Vec::with_capacity(mine.len());
@@ -86,7 +94,10 @@ impl Worker {
             remote,
             remote_slots: plan.workers as usize,
         });
-        let inbound = Arc::new(Inbound { dest, queues: senders });
+        let inbound = Arc::new(Inbound {
+            dest,
+            queues: senders,
+        });
 
         let control = WorkerControl::new(layout.spec.active);
         let mut spouts = Vec::new();
@@ -94,9 +105,19 @@ impl Worker {
         for (&ei, rx) in mine.iter().zip(receivers) {
             let ex = &plan.executors[ei];
             let comp = &plan.components[ex.component];
-            let mode = if comp.kind == PlannedKind::Bolt { SendMode::Block } else { SendMode::Overflow };
+            let mode = if comp.kind == PlannedKind::Bolt {
+                SendMode::Block
+            } else {
+                SendMode::Overflow
+            };
             let outbox = Outbox::new(routes.clone(), mode, transfer);
-            let emitter = Emitter::new(layout.clone(), ex.component, ex.slot, outbox, ei as u64 * 7919 + 1);
+            let emitter = Emitter::new(
+                layout.clone(),
+                ex.component,
+                ex.slot,
+                outbox,
+                ei as u64 * 7919 + 1,
+            );
             let slot = metrics.register(&comp.id, comp.kind);
             let core = ExecutorCore::new(emitter, rx, control.clone(), slot, ex.first_task);
             let name = format!("{}-{}", comp.id, ex.first_task);
@@ -109,7 +130,11 @@ impl Worker {
                 slot: ex.slot,
                 config: layout.configs[ex.component].clone(),
             };
-            let fail = |task, source| StartError::Component { component: comp.id.clone(), task, source };
+            let fail = |task, source| StartError::Component {
+                component: comp.id.clone(),
+                task,
+                source,
+            };
             match comp.kind {
                 PlannedKind::Acker => {
                     let states = ex.tasks().map(|_| AckerState::new()).collect();
@@ -118,7 +143,9 @@ impl Worker {
                 }
                 PlannedKind::Spout => {
                     let implementation = &layout.implementations[ex.component];
-                    let Some(Factory::Spout(make)) = registry.components.get(implementation).map(|r| &r.factory) else {
+                    let Some(Factory::Spout(make)) =
+                        registry.components.get(implementation).map(|r| &r.factory)
+                    else {
                         return Err(StartError::Unregistered(implementation.clone()));
                     };
                     let mut tasks = Vec::new();
@@ -130,12 +157,18 @@ impl Worker {
                     }
                     let progress = Arc::new(SpoutProgress::default());
                     spouts.push(progress.clone());
-                    let exec = SpoutExecutor { core, tasks, progress };
+                    let exec = SpoutExecutor {
+                        core,
+                        tasks,
+                        progress,
+                    };
                     runnables.push((name, Box::new(move || exec.run())));
                 }
                 PlannedKind::Bolt => {
                     let implementation = &layout.implementations[ex.component];
-                    let Some(Factory::Bolt(make)) = registry.components.get(implementation).map(|r| &r.factory) else {
+                    let Some(Factory::Bolt(make)) =
+                        registry.components.get(implementation).map(|r| &r.factory)
+                    else {
                         return Err(StartError::Unregistered(implementation.clone()));
                     };
                     let mut bolts = Vec::new();
@@ -145,7 +178,11 @@ impl Worker {
                         bolt.prepare(&c).map_err(|e| fail(t, e))?;
                         bolts.push(bolt);
                     }
-                    let exec = BoltExecutor { core, bolts, tick_ns: layout.tick_ns[ex.component] };
+                    let exec = BoltExecutor {
+                        core,
+                        bolts,
+                        tick_ns: layout.tick_ns[ex.component],
+                    };
                     runnables.push((name, Box::new(move || exec.run())));
                 }
             }
@@ -164,7 +201,14 @@ impl Worker {
                 }
             }
         }
-        Ok(Worker { layout, control, metrics, spouts, threads, inbound })
+        Ok(Worker {
+            layout,
+            control,
+            metrics,
+            spouts,
+            threads,
+            inbound,
+        })
     }
 
     /// Activate or deactivate the spouts.
@@ -174,7 +218,10 @@ impl Worker {
 
     /// Open tuple trees over all spout tasks of this worker.
     pub fn pending(&self) -> usize {
-        self.spouts.iter().map(|p| p.pending.load(Ordering::Relaxed)).sum()
+        self.spouts
+            .iter()
+            .map(|p| p.pending.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Every spout of this worker is finished and has no open tree.

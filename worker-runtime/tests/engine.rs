@@ -1,6 +1,8 @@
 //! Engine behaviour with purpose-built components: ticks, activation, direct
 //! emits, all/global groupings, component errors.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,7 +15,7 @@ use squall_runtime::metrics::MetricsHub;
 use squall_runtime::transfer::TransferConfig;
 use squall_runtime::worker::{StartError, Worker};
 use squall_runtime::{
-    Bolt, BoltCollector, ComponentError, Outputs, Registry, Spout, SpoutCollector, TopologyContext, Tuple, values,
+    Bolt, BoltCollector, Outputs, Registry, Spout, SpoutCollector, TopologyContext, Tuple, values,
 };
 
 /// Emits 0, 1, 2, … tracked, up to `limit`; records activation calls.
@@ -53,7 +55,11 @@ struct Recorder {
 
 impl Bolt for Recorder {
     fn execute(&mut self, input: Tuple, out: &mut BoltCollector<'_>) {
-        let v = if input.is_tick() { "tick".to_string() } else { input.get(0).map(|v| v.to_string()).unwrap_or_default() };
+        let v = if input.is_tick() {
+            "tick".to_string()
+        } else {
+            input.get(0).map(|v| v.to_string()).unwrap_or_default()
+        };
         self.seen.lock().unwrap().push((self.task, v));
         out.ack(&input);
     }
@@ -68,7 +74,8 @@ impl Bolt for Director {
     fn execute(&mut self, input: Tuple, out: &mut BoltCollector<'_>) {
         let n = input.get(0).and_then(|v| v.as_i64()).unwrap_or(0) as usize;
         let task = self.targets[n % self.targets.len()];
-        out.emit_direct(task, "direct", &[&input], values![n]).expect("declared direct stream");
+        out.emit_direct(task, "direct", &[&input], values![n])
+            .expect("declared direct stream");
         // An undeclared stream is an error value, not a panic.
         assert!(out.emit_stream("nope", &[&input], values![1]).is_err());
         out.ack(&input);
@@ -82,37 +89,71 @@ struct Shared {
 }
 
 fn registry(limit: u64) -> (Registry, Shared) {
-    let shared = Shared { log: Arc::default(), seen: Arc::default(), acked: Arc::default() };
+    let shared = Shared {
+        log: Arc::default(),
+        seen: Arc::default(),
+        acked: Arc::default(),
+    };
     let mut r = Registry::new();
     let (log, acked) = (shared.log.clone(), shared.acked.clone());
     r.spout("Counter", Outputs::fields(&["n"]), move |_| {
-        Ok(Counter { next: 0, limit, log: log.clone(), acked: acked.clone() })
+        Ok(Counter {
+            next: 0,
+            limit,
+            log: log.clone(),
+            acked: acked.clone(),
+        })
     });
     let seen = shared.seen.clone();
-    r.bolt("Recorder", Outputs::none(), move |ctx: &TopologyContext| Ok(Recorder { task: ctx.task_id, seen: seen.clone() }));
-    r.bolt("Director", Outputs::fields(&["n"]).stream("direct", &["n"]), |_| Ok(Director { targets: vec![] }));
+    r.bolt("Recorder", Outputs::none(), move |ctx: &TopologyContext| {
+        Ok(Recorder {
+            task: ctx.task_id,
+            seen: seen.clone(),
+        })
+    });
+    r.bolt(
+        "Director",
+        Outputs::fields(&["n"]).stream("direct", &["n"]),
+        |_| Ok(Director { targets: vec![] }),
+    );
     r.bolt("NeedsConfig", Outputs::none(), |ctx: &TopologyContext| {
         ctx.config_u64("size", 1)?;
-        Ok(Recorder { task: 0, seen: Arc::default() })
+        Ok(Recorder {
+            task: 0,
+            seen: Arc::default(),
+        })
     });
     (r, shared)
 }
 
 fn spec(yaml: &str) -> TopologySpec {
-    TopologySpec::from_manifest(yaml).expect("test manifest parses").1
+    TopologySpec::from_manifest(yaml)
+        .expect("test manifest parses")
+        .1
 }
 
 fn start(r: &Registry, spec: TopologySpec) -> Worker {
     let plan = PhysicalPlan::compute(&spec);
     let layout = Arc::new(Layout::new("t", spec, plan.clone(), r).expect("valid"));
     let slots: Vec<u32> = (0..plan.workers).collect();
-    Worker::start(layout, r, &slots, None, TransferConfig::default(), MetricsHub::new()).expect("starts")
+    Worker::start(
+        layout,
+        r,
+        &slots,
+        None,
+        TransferConfig::default(),
+        MetricsHub::new(),
+    )
+    .expect("starts")
 }
 
 fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -130,7 +171,12 @@ fn ticks_reach_every_task_of_a_component() {
     );
     wait_for("two ticks per task", Duration::from_secs(10), || {
         let seen = shared.seen.lock().unwrap();
-        [2, 3].iter().all(|t| seen.iter().filter(|(task, v)| task == t && v == "tick").count() >= 2)
+        [2, 3].iter().all(|t| {
+            seen.iter()
+                .filter(|(task, v)| task == t && v == "tick")
+                .count()
+                >= 2
+        })
     });
     w.shutdown();
 }
@@ -147,17 +193,31 @@ fn deactivated_spouts_are_not_polled_until_activated() {
         ),
     );
     std::thread::sleep(Duration::from_millis(300));
-    assert!(shared.seen.lock().unwrap().is_empty(), "an inactive topology emits nothing");
+    assert!(
+        shared.seen.lock().unwrap().is_empty(),
+        "an inactive topology emits nothing"
+    );
     w.set_active(true);
-    wait_for("tuples after activation", Duration::from_secs(5), || !shared.seen.lock().unwrap().is_empty());
+    wait_for("tuples after activation", Duration::from_secs(5), || {
+        !shared.seen.lock().unwrap().is_empty()
+    });
     w.set_active(false);
-    wait_for("deactivate() call", Duration::from_secs(5), || shared.log.lock().unwrap().len() >= 2);
+    wait_for("deactivate() call", Duration::from_secs(5), || {
+        shared.log.lock().unwrap().len() >= 2
+    });
     // Once deactivated and drained, the count stops moving.
     wait_for("drain", Duration::from_secs(5), || w.pending() == 0);
     let before = shared.seen.lock().unwrap().len();
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(shared.seen.lock().unwrap().len(), before, "no tuples while deactivated");
-    assert_eq!(*shared.log.lock().unwrap(), vec!["activate".to_string(), "deactivate".to_string()]);
+    assert_eq!(
+        shared.seen.lock().unwrap().len(),
+        before,
+        "no tuples while deactivated"
+    );
+    assert_eq!(
+        *shared.log.lock().unwrap(),
+        vec!["activate".to_string(), "deactivate".to_string()]
+    );
     w.shutdown();
 }
 
@@ -176,13 +236,23 @@ fn all_and_global_groupings_in_a_running_topology() {
                - {from: s, to: one, grouping: {type: GLOBAL}}",
         ),
     );
-    wait_for("all 50 trees acked", Duration::from_secs(10), || shared.acked.load(Ordering::Relaxed) == 50);
+    wait_for("all 50 trees acked", Duration::from_secs(10), || {
+        shared.acked.load(Ordering::Relaxed) == 50
+    });
     let seen = shared.seen.lock().unwrap().clone();
     // Tasks: s=1, every=2..4, one=5..7.
     for t in 2..=4 {
-        assert_eq!(seen.iter().filter(|(task, _)| *task == t).count(), 50, "ALL: task {t} sees every tuple");
+        assert_eq!(
+            seen.iter().filter(|(task, _)| *task == t).count(),
+            50,
+            "ALL: task {t} sees every tuple"
+        );
     }
-    assert_eq!(seen.iter().filter(|(task, _)| *task == 5).count(), 50, "GLOBAL: the lowest task gets everything");
+    assert_eq!(
+        seen.iter().filter(|(task, _)| *task == 5).count(),
+        50,
+        "GLOBAL: the lowest task gets everything"
+    );
     assert!(seen.iter().all(|(task, _)| *task != 6 && *task != 7));
     w.shutdown();
 }
@@ -190,7 +260,15 @@ fn all_and_global_groupings_in_a_running_topology() {
 #[test]
 fn direct_emits_reach_the_chosen_task() {
     let (mut r, shared) = registry(30);
-    r.bolt("Director", Outputs::fields(&["n"]).stream("direct", &["n"]), |_| Ok(Director { targets: vec![3, 4, 5] }));
+    r.bolt(
+        "Director",
+        Outputs::fields(&["n"]).stream("direct", &["n"]),
+        |_| {
+            Ok(Director {
+                targets: vec![3, 4, 5],
+            })
+        },
+    );
     let w = start(
         &r,
         spec(
@@ -203,7 +281,9 @@ fn direct_emits_reach_the_chosen_task() {
                - {from: d, to: r, stream: direct, grouping: {type: DIRECT}}",
         ),
     );
-    wait_for("all 30 trees acked", Duration::from_secs(10), || shared.acked.load(Ordering::Relaxed) == 30);
+    wait_for("all 30 trees acked", Duration::from_secs(10), || {
+        shared.acked.load(Ordering::Relaxed) == 30
+    });
     let seen = shared.seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 30);
     for (task, v) in seen {
@@ -223,7 +303,16 @@ fn a_component_that_rejects_its_config_fails_the_start_cleanly() {
     );
     let plan = PhysicalPlan::compute(&s);
     let layout = Arc::new(Layout::new("t", s, plan, &r).unwrap());
-    let err = Worker::start(layout, &r, &[0], None, TransferConfig::default(), MetricsHub::new()).err().expect("must fail");
+    let err = Worker::start(
+        layout,
+        &r,
+        &[0],
+        None,
+        TransferConfig::default(),
+        MetricsHub::new(),
+    )
+    .err()
+    .expect("must fail");
     assert!(matches!(err, StartError::Component { .. }), "{err}");
     assert!(err.to_string().contains("size"), "{err}");
 }
@@ -232,7 +321,11 @@ fn a_component_that_rejects_its_config_fails_the_start_cleanly() {
 fn local_run_ends_by_itself_when_finite_spouts_are_done() {
     let (r, shared) = registry(200);
     let interrupt = Arc::new(AtomicBool::new(false));
-    let opts = LocalOptions { report_every: None, interrupt: Some(interrupt), ..Default::default() };
+    let opts = LocalOptions {
+        report_every: None,
+        interrupt: Some(interrupt),
+        ..Default::default()
+    };
     let summary = local::run(
         &r,
         "t",
@@ -249,12 +342,20 @@ fn local_run_ends_by_itself_when_finite_spouts_are_done() {
     assert_eq!(summary.emitted, 400);
     assert_eq!(summary.failed, 0);
     assert_eq!(shared.acked.load(Ordering::Relaxed), 400);
-    let by_component: BTreeMap<_, _> = summary.components.iter().map(|(k, v)| (k.clone(), v.executed)).collect();
+    let by_component: BTreeMap<_, _> = summary
+        .components
+        .iter()
+        .map(|(k, v)| (k.clone(), v.executed))
+        .collect();
     assert_eq!(by_component.get("r"), Some(&400));
     // Fields grouping: each value went to exactly one task, the same for both spout tasks' copies.
     let seen = shared.seen.lock().unwrap();
     let mut task_of: BTreeMap<String, u32> = BTreeMap::new();
     for (task, v) in seen.iter() {
-        assert_eq!(*task_of.entry(v.clone()).or_insert(*task), *task, "value {v} split over tasks");
+        assert_eq!(
+            *task_of.entry(v.clone()).or_insert(*task),
+            *task,
+            "value {v} split over tasks"
+        );
     }
 }
