@@ -30,7 +30,7 @@ fmt:
 
 ## A control plane plus node agent in the foreground, for trying things by hand.
 dev-cluster: testenv
-	source <(bash tests/testenv/provision.sh --print-env) && $(CARGO) run -p squall-testenv --bin dev-cluster
+	@source <(bash tests/testenv/provision.sh --print-env) && $(CARGO) run -q -p squall-testenv --bin dev-cluster
 
 ## Regenerate crds/topology.yaml from the Rust types.
 crds:
