@@ -55,6 +55,11 @@ if [[ -z "${GO:-}" ]]; then
     fi
 fi
 
+if ! GO_VERSION="$("$GO" version 2>&1)"; then
+    log "step 'find go' failed: '$GO version' did not run: ${GO_VERSION}"
+    exit 1
+fi
+
 mkdir -p "$BIN" "$DIR/logs" "$DIR/src"
 
 # One provisioner at a time per cache entry (several `make test` may start together).
@@ -82,7 +87,10 @@ step() {
     local logf="$DIR/logs/${name}.log"
     local t0=$SECONDS rc=0
     log "step '${name}' ..."
-    "$@" >"$logf" 2>&1 || rc=$?
+    # In the background so that `set -e` holds inside the step (it is
+    # ignored in anything run on the left of `||`).
+    ( set -e; "$@" ) >"$logf" 2>&1 &
+    wait $! || rc=$?
     if [[ $rc -ne 0 ]]; then
         log "step '${name}' FAILED (exit ${rc}): command: $*"
         log "last lines of ${logf}:"
@@ -191,7 +199,7 @@ build_k8s() {
     for b in kube-apiserver kube-controller-manager; do mv -f "$DIR/src/k8s-out/$b" "$BIN/$b"; done
 }
 
-log "provisioning into $DIR (go: $("$GO" version | cut -d' ' -f3), jobs: ${JOBS})"
+log "provisioning into $DIR (${GO_VERSION#go version }, jobs: ${JOBS})"
 [[ -x "$BIN/etcd" ]] || step etcd build_etcd
 [[ -x "$BIN/helm" ]] || step helm build_helm
 if [[ ! -x "$BIN/kube-apiserver" || ! -x "$BIN/kube-controller-manager" ]]; then
