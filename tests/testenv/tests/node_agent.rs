@@ -513,14 +513,14 @@ async fn restart_policies_backoff_liveness_and_init_containers() {
         0
     );
     let addr = format!("{}:8080", pod_ip(&p));
-    let file = wait_for("main container serving", TIMEOUT, || {
-        get(&addr, "/env/INIT_FILE")
+    // (Both reads in one attempt: the liveness probe restarts the container
+    // every few seconds, and a read may fall between two runs.)
+    let content = wait_for("main container serving the init file", TIMEOUT, || async {
+        let file = get(&addr, "/env/INIT_FILE").await?;
+        get(&addr, &format!("/file?{file}")).await
     })
     .await;
-    assert_eq!(
-        get(&addr, &format!("/file?{file}")).await.as_deref(),
-        Some("from-init\n")
-    );
+    assert_eq!(content, "from-init\n");
     let p = wait_for("liveness restart", TIMEOUT, || async {
         let p = pods.get("live").await.ok()?;
         (restarts(&p) >= 1).then_some(p)

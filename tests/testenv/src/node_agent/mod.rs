@@ -611,7 +611,12 @@ async fn tick(
                 seen.insert(uid.clone());
                 let mut w = workers.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some(h) = w.get(&uid) {
-                    h.tx.send_replace(Some(pod));
+                    if h.task.is_finished() && pod.metadata.deletion_timestamp.is_some() {
+                        // Its worker is done (say, its final delete call failed).
+                        to_finish.push(pod);
+                    } else {
+                        h.tx.send_replace(Some(pod));
+                    }
                 } else if is_finished(&pod) {
                     // A finished pod (no processes) being deleted: finish it.
                     if pod.metadata.deletion_timestamp.is_some() {
