@@ -250,6 +250,20 @@ async fn service_account_credentials_rbac_volumes_and_graceful_delete() {
     )
     .await
     .unwrap();
+    let o = cp
+        .kubectl()
+        .args([
+            "-n",
+            ns,
+            "create",
+            "secret",
+            "generic",
+            "creds",
+            "--from-literal=password=s3cret",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     // kubectl inside a pod talks to the API with the pod's token (KUBECONFIG).
@@ -344,18 +358,23 @@ async fn service_account_credentials_rbac_volumes_and_graceful_delete() {
                 "terminationGracePeriodSeconds": 2,
                 "volumes": [
                     {"name": "conf", "configMap": {"name": "settings"}},
-                    {"name": "scratch", "emptyDir": {}}
+                    {"name": "scratch", "emptyDir": {}},
+                    {"name": "creds", "secret": {"secretName": "creds"}}
                 ],
                 "containers": [{
                     "name": "main", "image": "testenv-pod",
                     "command": ["sh", "-c", "trap '' TERM; touch \"$SQUALL_MOUNT_SCRATCH/started\"; exec testenv-pod"],
                     "env": [
                         {"name": "GREETING_FILE", "value": "/etc/app/greeting"},
+                        {"name": "PASSWORD_FILE", "value": "/var/creds/password"},
+                        {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "password"}}},
+                        {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "greeting"}}},
                         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
                     ],
                     "volumeMounts": [
                         {"name": "conf", "mountPath": "/etc/app"},
-                        {"name": "scratch", "mountPath": "/scratch"}
+                        {"name": "scratch", "mountPath": "/scratch"},
+                        {"name": "creds", "mountPath": "/var/creds", "readOnly": true}
                     ],
                     "readinessProbe": {"exec": {"command": ["sh", "-c", "test -f \"$SQUALL_MOUNT_SCRATCH/started\""]}, "periodSeconds": 1}
                 }]
@@ -375,6 +394,16 @@ async fn service_account_credentials_rbac_volumes_and_graceful_delete() {
     assert_ne!(file, "/etc/app/greeting", "mount path was not rewritten");
     assert_eq!(
         get(&addr, &format!("/file?{file}")).await.as_deref(),
+        Some("hello from a configmap")
+    );
+    let file = get(&addr, "/env/PASSWORD_FILE").await.unwrap();
+    assert_eq!(
+        get(&addr, &format!("/file?{file}")).await.as_deref(),
+        Some("s3cret")
+    );
+    assert_eq!(get(&addr, "/env/PASSWORD").await.as_deref(), Some("s3cret"));
+    assert_eq!(
+        get(&addr, "/env/GREETING").await.as_deref(),
         Some("hello from a configmap")
     );
 
