@@ -20,11 +20,13 @@ mod http;
 pub mod node_agent;
 mod process;
 mod tempdir;
+mod wait;
 
 pub use bins::{CACHE_KEY, ETCD_VERSION, HELM_VERSION, K8S_VERSION, bin_dir, binary};
 pub use control_plane::{ControlPlane, TestCluster};
 pub use error::{Error, Result};
 pub use etcd::Etcd;
-pub use node_agent::{ImageMap, NodeAgent, NodeAgentConfig};
+pub use node_agent::{ContainerKey, ContainerLogs, ImageMap, NodeAgent, NodeAgentConfig};
 pub use process::ManagedProcess;
 pub use tempdir::TempDir;
+pub use wait::wait_until;

@@ -23,22 +23,12 @@ fn config() -> NodeAgentConfig {
 }
 
 /// Polls `f` until it returns Some, or panics after `timeout` saying `what`.
-async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    squall_testenv::wait_until(what, timeout, f).await.unwrap()
 }
 
 fn json<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
