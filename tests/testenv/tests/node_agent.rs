@@ -553,3 +553,70 @@ async fn restart_policies_backoff_liveness_and_init_containers() {
         .unwrap();
     assert_eq!(last.exit_code, 137, "{last:?}");
 }
+
+#[tokio::test]
+async fn statefulset_pod_force_deleted_and_recreated_under_the_same_name() {
+    let cluster = TestCluster::start_with(config()).await.unwrap();
+    let client = cluster.client();
+    let agent = cluster.agent();
+    let ns = "sts";
+    cluster.control_plane().create_namespace(ns).await.unwrap();
+    let sts: k8s_openapi::api::apps::v1::StatefulSet = json(serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "db"},
+        "spec": {
+            "replicas": 1,
+            "serviceName": "db",
+            "selector": {"matchLabels": {"app": "db"}},
+            "template": {
+                "metadata": {"labels": {"app": "db"}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 30,
+                    "containers": [{
+                        "name": "main", "image": "testenv-pod",
+                        "command": ["sh", "-c", "trap '' TERM; exec testenv-pod"],
+                        "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+                        "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}
+                    }]
+                }
+            }
+        }
+    }));
+    Api::<k8s_openapi::api::apps::v1::StatefulSet>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &sts)
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let first = wait_for("db-0 ready", TIMEOUT, || async {
+        let p = pods.get("db-0").await.ok()?;
+        is_ready(&p).then_some(p)
+    })
+    .await;
+    let old_pid = agent.container_pid(ns, "db-0", "main").unwrap();
+
+    // Force deletion: the object goes at once, the StatefulSet recreates db-0
+    // while the old process (which ignores SIGTERM) is still being killed.
+    pods.delete(
+        "db-0",
+        &DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let second = wait_for("a new db-0 ready", TIMEOUT, || async {
+        let p = pods.get("db-0").await.ok()?;
+        (p.metadata.uid != first.metadata.uid && is_ready(&p)).then_some(p)
+    })
+    .await;
+    assert_ne!(pod_ip(&second), pod_ip(&first));
+    wait_for("the old db-0 process to be gone", TIMEOUT, || async {
+        (!std::path::Path::new(&format!("/proc/{old_pid}")).exists()).then_some(())
+    })
+    .await;
+    let running = agent.running_pids(ns, "db-");
+    assert_eq!(running.len(), 1, "{running:?}");
+    assert_ne!(running[0].1, old_pid);
+    assert_eq!(agent.container_pid(ns, "db-0", "main"), Some(running[0].1));
+}

@@ -97,9 +97,18 @@ pub struct ContainerKey {
     pub container: String,
 }
 
+/// A container of one pod incarnation: a pod recreated under the same name
+/// (StatefulSets, force deletion) never touches the old one's processes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct ProcKey {
+    pub key: ContainerKey,
+    pub uid: String,
+}
+
 #[derive(Debug)]
 pub(crate) struct RunningProc {
     pub child: Child,
+    pub started: std::time::Instant,
 }
 
 /// Where a container's output goes.
@@ -117,7 +126,7 @@ pub(crate) struct Shared {
     pub server_url: String,
     pub ca_cert: PathBuf,
     pub work_dir: PathBuf,
-    pub procs: Mutex<HashMap<ContainerKey, RunningProc>>,
+    pub procs: Mutex<HashMap<ProcKey, RunningProc>>,
     pub logs: Mutex<BTreeMap<ContainerKey, ContainerLogs>>,
     kubelet_port: u16,
     ip_block: u8,
@@ -126,7 +135,7 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn procs(&self) -> MutexGuard<'_, HashMap<ContainerKey, RunningProc>> {
+    pub(crate) fn procs(&self) -> MutexGuard<'_, HashMap<ProcKey, RunningProc>> {
         self.procs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -249,11 +258,15 @@ impl NodeAgent {
     pub fn container_pid(&self, namespace: &str, pod: &str, container: &str) -> Option<u32> {
         let key = key(namespace, pod, container);
         let mut procs = self.shared.procs();
-        let p = procs.get_mut(&key)?;
-        match p.child.try_wait() {
-            Ok(None) => Some(p.child.id()),
-            _ => None,
-        }
+        procs
+            .iter_mut()
+            .filter(|(k, _)| k.key == key)
+            .filter_map(|(_, p)| match p.child.try_wait() {
+                Ok(None) => Some((p.started, p.child.id())),
+                _ => None,
+            })
+            .max()
+            .map(|(_, pid)| pid)
     }
 
     /// Pids of all running containers of pods whose name starts with `prefix` in `namespace`.
@@ -261,9 +274,9 @@ impl NodeAgent {
         let mut procs = self.shared.procs();
         let mut out: Vec<(ContainerKey, u32)> = procs
             .iter_mut()
-            .filter(|(k, _)| k.namespace == namespace && k.pod.starts_with(prefix))
+            .filter(|(k, _)| k.key.namespace == namespace && k.key.pod.starts_with(prefix))
             .filter_map(|(k, p)| match p.child.try_wait() {
-                Ok(None) => Some((k.clone(), p.child.id())),
+                Ok(None) => Some((k.key.clone(), p.child.id())),
                 _ => None,
             })
             .collect();

@@ -25,7 +25,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions
 use nix::sys::signal::Signal;
 use tokio::sync::watch;
 
-use super::{ContainerKey, ContainerLogs, RunningProc, Shared};
+use super::{ContainerKey, ContainerLogs, ProcKey, RunningProc, Shared};
 use crate::control_plane::{KubeconfigUser, write_kubeconfig};
 use crate::process;
 
@@ -81,6 +81,7 @@ struct ProbeState {
 struct Ctr {
     spec: Container,
     key: ContainerKey,
+    pkey: ProcKey,
     state: CState,
     last_terminated: Option<ContainerStateTerminated>,
     restart_count: i32,
@@ -155,6 +156,10 @@ impl PodWorker {
             };
             Ctr {
                 spec: c.clone(),
+                pkey: ProcKey {
+                    key: key.clone(),
+                    uid: uid.clone(),
+                },
                 key,
                 state: CState::Waiting {
                     reason: "ContainerCreating".into(),
@@ -262,7 +267,7 @@ impl PodWorker {
     async fn step_container(&mut self, init: bool, i: usize, policy: &str) {
         // Exited?
         let exited = {
-            let key = self.ctr(init, i).key.clone();
+            let key = self.ctr(init, i).pkey.clone();
             let mut procs = self.shared.procs();
             match procs.get_mut(&key).map(|p| p.child.try_wait()) {
                 Some(Ok(Some(st))) => {
@@ -333,7 +338,13 @@ impl PodWorker {
             Ok(child) => {
                 let pid = child.id();
                 let key = c.key.clone();
-                shared.procs().insert(key.clone(), RunningProc { child });
+                shared.procs().insert(
+                    c.pkey.clone(),
+                    RunningProc {
+                        child,
+                        started: Instant::now(),
+                    },
+                );
                 shared.logs().insert(key, c.logs.clone());
                 if c.started_once {
                     c.restart_count += 1;
@@ -831,7 +842,7 @@ impl PodWorker {
             let ok = run_probe(&p, &ip, &c.spec, &c.env, &images).await;
             apply_result(&mut c.liveness, &p, ok);
             if !ok && c.liveness.failures >= p.failure_threshold.unwrap_or(3).max(1) {
-                let key = c.key.clone();
+                let key = c.pkey.clone();
                 c.liveness.next = None;
                 if let Some(p) = shared.procs().get(&key) {
                     let _ = process::signal_group(p.child.id(), Signal::SIGKILL);
@@ -843,11 +854,11 @@ impl PodWorker {
     // ------------------------------------------------------------ deletion
 
     fn kill_all(&mut self, grace: Duration) {
-        let keys: Vec<ContainerKey> = self
+        let keys: Vec<ProcKey> = self
             .inits
             .iter()
             .chain(self.ctrs.iter())
-            .map(|c| c.key.clone())
+            .map(|c| c.pkey.clone())
             .collect();
         let mut taken = Vec::new();
         {
@@ -875,11 +886,11 @@ impl PodWorker {
             .unwrap_or(30)
             .max(0) as u64;
         let deadline = Instant::now() + Duration::from_secs(grace);
-        let keys: Vec<ContainerKey> = self
+        let keys: Vec<ProcKey> = self
             .inits
             .iter()
             .chain(self.ctrs.iter())
-            .map(|c| c.key.clone())
+            .map(|c| c.pkey.clone())
             .collect();
         {
             let procs = self.shared.procs();
