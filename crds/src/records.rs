@@ -173,4 +173,11 @@ pub struct WorkerStats {
     /// Unix time in milliseconds when the snapshot was taken.
     pub timestamp_ms: u64,
     pub components: BTreeMap<String, ComponentStats>,
+    /// Tuple trees open at this worker's spout tasks.
+    #[serde(default)]
+    pub pending: u64,
+    /// Every spout task of this worker is finished (a finite spout reached its
+    /// limit) and has no open tree; true for a worker without spouts.
+    #[serde(default)]
+    pub spouts_done: bool,
 }

@@ -35,6 +35,78 @@ enum Command {
     Validate { manifest: PathBuf },
     /// List the components this binary provides, with their output streams, as JSON.
     Components,
+    /// Run one worker slot of a topology whose assignment is in etcd (what a worker pod runs).
+    Worker(WorkerArgs),
+    /// Run the supervisor sidecar of one worker slot (the same as the `squall-supervisor` binary).
+    Supervisor(SupervisorArgs),
+    /// Move a running topology to a new number of workers (like `storm rebalance -n`).
+    Rebalance(RebalanceArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct WorkerArgs {
+    /// The topology, `namespace/name`.
+    #[arg(long)]
+    topology: String,
+    /// The worker slot to run.
+    #[arg(long)]
+    slot: u32,
+    /// etcd endpoints, e.g. `http://127.0.0.1:2379`.
+    #[arg(long, env = "SQUALL_ETCD")]
+    etcd: String,
+    /// etcd key prefix.
+    #[arg(long, default_value = squall_api::records::DEFAULT_PREFIX)]
+    prefix: String,
+    /// Where the tuple transport listens.
+    #[arg(long, default_value = "0.0.0.0:7070")]
+    listen: SocketAddr,
+    /// The host or IP peers use to reach this worker (default: the listen IP; set it to the pod IP).
+    #[arg(long, env = "POD_IP")]
+    advertise: Option<String>,
+    /// The localhost address the supervisor talks to.
+    #[arg(long, default_value = "127.0.0.1:7071")]
+    agent_addr: SocketAddr,
+    /// Tuples per batch between executors and on the wire.
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+}
+
+#[derive(clap::Args, Debug)]
+struct SupervisorArgs {
+    #[arg(long)]
+    topology: String,
+    #[arg(long)]
+    slot: u32,
+    #[arg(long, env = "SQUALL_ETCD")]
+    etcd: String,
+    #[arg(long, default_value = squall_api::records::DEFAULT_PREFIX)]
+    prefix: String,
+    #[arg(long, default_value = "127.0.0.1:7071")]
+    agent_addr: SocketAddr,
+    #[arg(long, env = "POD_NAME")]
+    pod: Option<String>,
+    /// Lease renewal interval.
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    heartbeat: Duration,
+    /// Lease time-to-live.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    ttl: Duration,
+    /// Exit non-zero when etcd has been unreachable this long.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    etcd_deadline: Duration,
+}
+
+#[derive(clap::Args, Debug)]
+struct RebalanceArgs {
+    #[arg(long)]
+    topology: String,
+    /// The new number of workers.
+    #[arg(long)]
+    workers: u32,
+    #[arg(long, env = "SQUALL_ETCD")]
+    etcd: String,
+    #[arg(long, default_value = squall_api::records::DEFAULT_PREFIX)]
+    prefix: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -56,6 +128,21 @@ struct LocalArgs {
     /// Tuples per batch between executors.
     #[arg(long, default_value_t = 256)]
     batch_size: usize,
+    /// Run each worker slot as its own process (worker + supervisor pairs), coordinated through etcd.
+    #[arg(long, requires = "etcd")]
+    processes: bool,
+    /// With `--processes`: etcd endpoints, e.g. `http://127.0.0.1:2379`.
+    #[arg(long)]
+    etcd: Option<String>,
+    /// With `--processes`: the number of worker processes (default: the manifest's `workers`).
+    #[arg(long)]
+    workers: Option<u32>,
+    /// With `--processes`: the topology's namespace in etcd.
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    /// With `--processes`: where the processes' logs and pid files go.
+    #[arg(long)]
+    log_dir: Option<PathBuf>,
 }
 
 /// Parse `250ms`, `30s`, `2m`, `1h` or a bare number of seconds.
@@ -159,8 +246,26 @@ fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<ExitCode> {
                 },
                 interrupt: Some(interrupt),
             };
-            let summary = local::run(&registry, &name, spec, &opts)
-                .with_context(|| format!("in {}", args.manifest.display()))?;
+            let summary = if args.processes {
+                validate(&spec, Some(&registry.catalog()))
+                    .with_context(|| format!("in {}", args.manifest.display()))?;
+                let launch = crate::cluster::launcher::LaunchOptions {
+                    namespace: args.namespace.clone(),
+                    etcd: args.etcd.clone().unwrap_or_default(),
+                    prefix: squall_api::records::DEFAULT_PREFIX.to_string(),
+                    workers: args.workers,
+                    duration: args.duration,
+                    report_every: opts.report_every,
+                    table_to_stderr: args.json,
+                    log_dir: args.log_dir.clone(),
+                    batch_size: args.batch_size.max(1),
+                    interrupt: opts.interrupt.clone(),
+                };
+                crate::cluster::launcher::run(&name, spec, &launch)?
+            } else {
+                local::run(&registry, &name, spec, &opts)
+                    .with_context(|| format!("in {}", args.manifest.display()))?
+            };
             let final_table = format_summary(&summary);
             if args.json {
                 eprint!("{final_table}");
@@ -168,6 +273,55 @@ fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<ExitCode> {
             } else {
                 print!("{final_table}");
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Worker(a) => {
+            let (namespace, name) = crate::cluster::split_topology(&a.topology);
+            let opts = crate::cluster::worker_mode::WorkerOptions {
+                namespace,
+                name,
+                slot: a.slot,
+                etcd: a.etcd,
+                prefix: a.prefix,
+                listen: a.listen,
+                advertise: a.advertise,
+                agent: a.agent_addr,
+                transfer: crate::transfer::TransferConfig { batch_size: a.batch_size.max(1), ..Default::default() },
+                net: crate::net::NetConfig::default(),
+                rebalance_drain: Duration::from_secs(5),
+            };
+            crate::cluster::worker_mode::run(registry, opts)
+        }
+        Command::Supervisor(a) => {
+            let (namespace, name) = crate::cluster::split_topology(&a.topology);
+            let opts = crate::cluster::supervisor::SupervisorOptions {
+                pod: a.pod.unwrap_or_else(|| format!("{name}-{}", a.slot)),
+                namespace,
+                name,
+                slot: a.slot,
+                etcd: a.etcd,
+                prefix: a.prefix,
+                agent: a.agent_addr,
+                heartbeat: a.heartbeat,
+                ttl: a.ttl,
+                health_every: Duration::from_secs(1),
+                etcd_deadline: a.etcd_deadline,
+            };
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            match rt.block_on(crate::cluster::supervisor::run(opts)) {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(e) => {
+                    tracing::error!(error = %e, "supervisor stopping");
+                    eprintln!("error: {e}");
+                    Ok(ExitCode::from(crate::cluster::supervisor::exit_code(&e)))
+                }
+            }
+        }
+        Command::Rebalance(a) => {
+            let (namespace, name) = crate::cluster::split_topology(&a.topology);
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let version = rt.block_on(crate::cluster::launcher::rebalance(&a.etcd, &a.prefix, &namespace, &name, a.workers))?;
+            println!("{namespace}/{name}: assignment version {version} with {} workers", a.workers);
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -7,14 +7,17 @@
 
 pub mod acker;
 pub mod cli;
+pub mod cluster;
 pub mod collector;
 pub mod component;
+pub mod coord;
 pub mod executor;
 pub mod grouping;
 pub mod http;
 pub mod layout;
 pub mod local;
 pub mod metrics;
+pub mod net;
 pub mod transfer;
 pub mod tuple;
 pub mod worker;

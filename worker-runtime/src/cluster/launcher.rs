@@ -1,0 +1,494 @@
+//! The multi-process launcher: `local --processes`.
+//!
+//! It does on one machine what the operator and the kubelet do on Kubernetes:
+//! writes the assignment and control records, starts one worker + supervisor
+//! process pair per slot, restarts a process that dies (as a pod's
+//! `restartPolicy: Always` would), starts pairs for new slots after a
+//! rebalance, and reads progress back from the stats records in etcd.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use squall_api::records::{Assignment, ComponentStats, Control, TopologyRef, WorkerStats};
+use squall_api::{PhysicalPlan, PlannedKind, TopologySpec};
+
+use crate::coord::{self, TopologyStore};
+use crate::local::{Percentiles, Summary};
+
+/// How a multi-process run behaves.
+#[derive(Debug, Clone)]
+pub struct LaunchOptions {
+    pub namespace: String,
+    pub etcd: String,
+    pub prefix: String,
+    /// Override the manifest's `workers`.
+    pub workers: Option<u32>,
+    pub duration: Option<Duration>,
+    pub report_every: Option<Duration>,
+    pub table_to_stderr: bool,
+    /// Where process logs and pid files go (default: a fresh temporary directory).
+    pub log_dir: Option<PathBuf>,
+    pub batch_size: usize,
+    pub interrupt: Option<Arc<AtomicBool>>,
+}
+
+struct Proc {
+    child: Child,
+    restarts: u32,
+    args: Vec<String>,
+    log: PathBuf,
+    pid_file: PathBuf,
+}
+
+impl Proc {
+    fn spawn(
+        exe: &Path,
+        args: Vec<String>,
+        log: PathBuf,
+        pid_file: PathBuf,
+    ) -> anyhow::Result<Proc> {
+        let child = spawn_logged(exe, &args, &log)?;
+        let _ = std::fs::write(&pid_file, child.id().to_string());
+        Ok(Proc {
+            child,
+            restarts: 0,
+            args,
+            log,
+            pid_file,
+        })
+    }
+}
+
+fn spawn_logged(exe: &Path, args: &[String], log: &Path) -> anyhow::Result<Child> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("cannot open {}", log.display()))?;
+    let err = out.try_clone()?;
+    Command::new(exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .with_context(|| format!("cannot start {}", exe.display()))
+}
+
+struct Pair {
+    worker: Proc,
+    supervisor: Proc,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Run `spec` as worker processes coordinated through etcd.
+pub fn run(name: &str, mut spec: TopologySpec, opts: &LaunchOptions) -> anyhow::Result<Summary> {
+    if let Some(w) = opts.workers {
+        spec.workers = w.max(1);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let exe = std::env::current_exe().context("cannot find this binary")?;
+    let log_dir = match &opts.log_dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("squall-{}-{}", name, std::process::id())),
+    };
+    std::fs::create_dir_all(&log_dir)
+        .with_context(|| format!("cannot create {}", log_dir.display()))?;
+    let topology = format!("{}/{}", opts.namespace, name);
+
+    let store = rt.block_on(async {
+        let c = coord::connect(&opts.etcd)
+            .await
+            .with_context(|| format!("cannot reach etcd at {}", opts.etcd))?;
+        let store = TopologyStore::new(c, &opts.prefix, &opts.namespace, name);
+        // A fresh run: nothing left over from an earlier one is trusted.
+        store.delete_all().await?;
+        store
+            .put_control(&Control {
+                active: spec.active,
+                ..Control::default()
+            })
+            .await?;
+        let plan = PhysicalPlan::compute(&spec);
+        let a = Assignment {
+            version: 1,
+            topology: TopologyRef {
+                namespace: opts.namespace.clone(),
+                name: name.to_string(),
+            },
+            spec: spec.clone(),
+            plan,
+        };
+        store.put_assignment(&a).await?;
+        anyhow::Ok(store)
+    })?;
+    let mut assignment_rx = rt.block_on(store.watch_key::<Assignment>(store.keys.assignment()))?;
+    let mut version = 1u64;
+    let mut workers = PhysicalPlan::compute(&spec).workers;
+    let timeout = Duration::from_secs(u64::from(spec.message_timeout_seconds));
+    eprintln!(
+        "launching {topology}: {workers} worker processes; logs in {}",
+        log_dir.display()
+    );
+
+    let mut pairs: BTreeMap<u32, Pair> = BTreeMap::new();
+    let start_pair = |slot: u32| -> anyhow::Result<Pair> {
+        let agent = format!("127.0.0.1:{}", free_port()?);
+        let common = vec![
+            "--topology".to_string(),
+            topology.clone(),
+            "--slot".to_string(),
+            slot.to_string(),
+            "--etcd".to_string(),
+            opts.etcd.clone(),
+            "--prefix".to_string(),
+            opts.prefix.clone(),
+            "--agent-addr".to_string(),
+            agent,
+        ];
+        let mut wargs = vec!["worker".to_string()];
+        wargs.extend(common.iter().cloned());
+        wargs.extend([
+            "--listen".to_string(),
+            "127.0.0.1:0".to_string(),
+            "--batch-size".to_string(),
+            opts.batch_size.to_string(),
+        ]);
+        let mut sargs = vec!["supervisor".to_string()];
+        sargs.extend(common);
+        let worker = Proc::spawn(
+            &exe,
+            wargs,
+            log_dir.join(format!("worker-{slot}.log")),
+            log_dir.join(format!("worker-{slot}.pid")),
+        )?;
+        let supervisor = Proc::spawn(
+            &exe,
+            sargs,
+            log_dir.join(format!("supervisor-{slot}.log")),
+            log_dir.join(format!("supervisor-{slot}.pid")),
+        )?;
+        eprintln!(
+            "slot {slot}: worker pid {} supervisor pid {}",
+            worker.child.id(),
+            supervisor.child.id()
+        );
+        Ok(Pair { worker, supervisor })
+    };
+    for slot in 0..workers {
+        pairs.insert(slot, start_pair(slot)?);
+    }
+
+    let started = Instant::now();
+    let mut last_report = Instant::now();
+    let mut last_stats: BTreeMap<u32, WorkerStats> = BTreeMap::new();
+    let mut last_check = Instant::now() - Duration::from_secs(1);
+    let kinds: BTreeMap<String, PlannedKind> = PhysicalPlan::compute(&spec)
+        .components
+        .iter()
+        .map(|c| (c.id.clone(), c.kind))
+        .collect();
+    let interrupted = || {
+        opts.interrupt
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::Relaxed))
+    };
+    let stopped_by = loop {
+        std::thread::sleep(Duration::from_millis(50));
+        if interrupted() {
+            break "interrupt";
+        }
+        if opts.duration.is_some_and(|d| started.elapsed() >= d) {
+            break "duration";
+        }
+        // Kubelet's part: restart what died.
+        for (slot, pair) in &mut pairs {
+            for (what, p) in [
+                ("worker", &mut pair.worker),
+                ("supervisor", &mut pair.supervisor),
+            ] {
+                if let Ok(Some(status)) = p.child.try_wait() {
+                    p.restarts += 1;
+                    eprintln!(
+                        "slot {slot}: {what} exited ({status}); restarting (restart {})",
+                        p.restarts
+                    );
+                    match spawn_logged(&exe, &p.args, &p.log) {
+                        Ok(c) => {
+                            let _ = std::fs::write(&p.pid_file, c.id().to_string());
+                            p.child = c;
+                        }
+                        Err(e) => eprintln!("slot {slot}: cannot restart {what}: {e:#}"),
+                    }
+                }
+            }
+        }
+        // The operator's part: pairs for the slots of a new plan.
+        if assignment_rx.has_changed().unwrap_or(false) {
+            let a = assignment_rx.borrow_and_update().clone();
+            if let Some(a) = a
+                && a.version > version
+            {
+                version = a.version;
+                workers = a.plan.workers;
+                eprintln!("assignment version {version}: {workers} workers");
+                for slot in 0..workers {
+                    if !pairs.contains_key(&slot) {
+                        pairs.insert(slot, start_pair(slot)?);
+                    }
+                }
+            }
+        }
+        if last_check.elapsed() >= Duration::from_millis(250) {
+            last_check = Instant::now();
+            let Ok(stats) = rt.block_on(store.stats()) else {
+                continue;
+            };
+            let done = (0..workers).all(|s| {
+                stats.get(&s).is_some_and(|w| {
+                    w.applied_version == version && w.spouts_done && w.pending == 0
+                })
+            });
+            if let Some(every) = opts.report_every
+                && last_report.elapsed() >= every
+            {
+                let table = render_table(
+                    &stats,
+                    &last_stats,
+                    &kinds,
+                    last_report.elapsed(),
+                    started.elapsed(),
+                );
+                if opts.table_to_stderr {
+                    let _ = std::io::stderr().write_all(table.as_bytes());
+                } else {
+                    print!("{table}");
+                    let _ = std::io::stdout().flush();
+                }
+                last_stats = stats.clone();
+                last_report = Instant::now();
+            }
+            if done {
+                break "limit";
+            }
+        }
+    };
+
+    // Deactivate, let open trees complete or time out, then kill the topology.
+    let _ = rt.block_on(store.put_control(&Control {
+        active: false,
+        ..Control::default()
+    }));
+    let drain_deadline = Instant::now() + timeout + Duration::from_secs(2);
+    let mut fin = rt.block_on(store.stats()).unwrap_or_default();
+    while Instant::now() < drain_deadline && !interrupted() {
+        std::thread::sleep(Duration::from_millis(200));
+        fin = rt.block_on(store.stats()).unwrap_or(fin);
+        if fin.values().all(|w| w.pending == 0) && stopped_by != "limit" {
+            // One more round so that every supervisor published after the drain.
+            std::thread::sleep(Duration::from_millis(1200));
+            fin = rt.block_on(store.stats()).unwrap_or(fin);
+            break;
+        }
+        if stopped_by == "limit" {
+            break;
+        }
+    }
+    let elapsed = started.elapsed();
+    let _ = rt.block_on(store.put_control(&Control {
+        active: false,
+        killed: true,
+        ..Control::default()
+    }));
+    let exit_deadline = Instant::now() + Duration::from_secs(5);
+    for pair in pairs.values_mut() {
+        while Instant::now() < exit_deadline && matches!(pair.worker.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    for (_, mut pair) in pairs {
+        for p in [&mut pair.worker, &mut pair.supervisor] {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+    }
+    let _ = rt.block_on(store.delete_all());
+    Ok(summarize(name, &fin, &kinds, elapsed, stopped_by))
+}
+
+/// Sum the stats of every worker per component.
+pub fn aggregate(stats: &BTreeMap<u32, WorkerStats>) -> BTreeMap<String, ComponentStats> {
+    let mut out: BTreeMap<String, ComponentStats> = BTreeMap::new();
+    for w in stats.values() {
+        for (id, c) in &w.components {
+            let e = out.entry(id.clone()).or_default();
+            e.emitted += c.emitted;
+            e.transferred += c.transferred;
+            e.acked += c.acked;
+            e.failed += c.failed;
+            e.executed += c.executed;
+            e.replayed += c.replayed;
+            e.roots += c.roots;
+            e.capacity = e.capacity.max(c.capacity);
+            e.complete_latency_ms = merge_latency(e.complete_latency_ms, c.complete_latency_ms);
+            e.execute_latency_ms = merge_latency(e.execute_latency_ms, c.execute_latency_ms);
+            e.process_latency_ms = merge_latency(e.process_latency_ms, c.process_latency_ms);
+        }
+    }
+    out
+}
+
+/// Combine two latency summaries: counts add, the mean and p50 are weighted, p99 and max take the larger
+/// (an upper bound, since percentiles of separate histograms do not merge exactly).
+fn merge_latency(
+    a: Option<squall_api::records::LatencySummary>,
+    b: Option<squall_api::records::LatencySummary>,
+) -> Option<squall_api::records::LatencySummary> {
+    match (a, b) {
+        (None, x) | (x, None) => x,
+        (Some(a), Some(b)) => {
+            let n = (a.count + b.count).max(1) as f64;
+            let w = |x: f64, y: f64| (x * a.count as f64 + y * b.count as f64) / n;
+            Some(squall_api::records::LatencySummary {
+                count: a.count + b.count,
+                mean: w(a.mean, b.mean),
+                p50: w(a.p50, b.p50),
+                p99: a.p99.max(b.p99),
+                max: a.max.max(b.max),
+            })
+        }
+    }
+}
+
+fn summarize(
+    name: &str,
+    fin: &BTreeMap<u32, WorkerStats>,
+    kinds: &BTreeMap<String, PlannedKind>,
+    elapsed: Duration,
+    stopped_by: &str,
+) -> Summary {
+    let components = aggregate(fin);
+    let mut spouts = ComponentStats::default();
+    let mut latency = None;
+    for (id, c) in &components {
+        if kinds.get(id) == Some(&PlannedKind::Spout) {
+            spouts.acked += c.acked;
+            spouts.failed += c.failed;
+            spouts.roots += c.roots;
+            spouts.replayed += c.replayed;
+            latency = merge_latency(latency, c.complete_latency_ms);
+        }
+    }
+    let secs = elapsed.as_secs_f64();
+    Summary {
+        topology: name.to_string(),
+        acked: spouts.acked,
+        failed: spouts.failed,
+        emitted: spouts.roots,
+        replayed: spouts.replayed,
+        duration_s: secs,
+        acked_per_s: if secs > 0.0 {
+            spouts.acked as f64 / secs
+        } else {
+            0.0
+        },
+        complete_latency_ms: latency.map_or_else(Percentiles::default, |l| Percentiles {
+            p50: l.p50,
+            p99: l.p99,
+            max: l.max,
+        }),
+        stopped_by: stopped_by.to_string(),
+        open_at_end: fin.values().map(|w| w.pending as usize).sum(),
+        components,
+    }
+}
+
+/// The live table, from the stats records: rates over the last window.
+fn render_table(
+    now: &BTreeMap<u32, WorkerStats>,
+    prev: &BTreeMap<u32, WorkerStats>,
+    kinds: &BTreeMap<String, PlannedKind>,
+    window: Duration,
+    uptime: Duration,
+) -> String {
+    let w = window.as_secs_f64().max(1e-9);
+    let a = aggregate(now);
+    let b = aggregate(prev);
+    let mut out = format!(
+        "--- {:>6.1}s {:<16} {:>6} {:>11} {:>11} {:>10} {:>9} {:>11} {:>10} {:>8}  workers reporting: {}\n",
+        uptime.as_secs_f64(),
+        "component",
+        "kind",
+        "emitted/s",
+        "transfer/s",
+        "acked/s",
+        "failed/s",
+        "executed/s",
+        "compl p99",
+        "capacity",
+        now.len()
+    );
+    for (id, s) in &a {
+        let p = b.get(id).cloned().unwrap_or_default();
+        let rate = |x: u64, y: u64| x.saturating_sub(y) as f64 / w;
+        let kind = match kinds.get(id) {
+            Some(PlannedKind::Spout) => "spout",
+            Some(PlannedKind::Bolt) => "bolt",
+            Some(PlannedKind::Acker) => "acker",
+            None => "?",
+        };
+        out.push_str(&format!(
+            "          {:<16} {:>6} {:>11.0} {:>11.0} {:>10.0} {:>9.0} {:>11.0} {:>10} {:>8.2}\n",
+            id,
+            kind,
+            rate(s.emitted, p.emitted),
+            rate(s.transferred, p.transferred),
+            rate(s.acked, p.acked),
+            rate(s.failed, p.failed),
+            rate(s.executed, p.executed),
+            s.complete_latency_ms
+                .map_or("-".to_string(), |l| format!("{:.2}ms", l.p99)),
+            s.capacity
+        ));
+    }
+    out
+}
+
+/// Write a new plan with `workers` slots (task counts unchanged) and bump the
+/// rebalance epoch; returns the new assignment version.
+pub async fn rebalance(
+    etcd: &str,
+    prefix: &str,
+    namespace: &str,
+    name: &str,
+    workers: u32,
+) -> anyhow::Result<u64> {
+    let c = coord::connect(etcd)
+        .await
+        .with_context(|| format!("cannot reach etcd at {etcd}"))?;
+    let store = TopologyStore::new(c, prefix, namespace, name);
+    let mut a = store
+        .assignment()
+        .await?
+        .with_context(|| format!("no assignment for {namespace}/{name}"))?;
+    a.spec.workers = workers.max(1);
+    a.plan = PhysicalPlan::compute(&a.spec);
+    a.version += 1;
+    store.put_assignment(&a).await?;
+    let mut control = store.control().await?.unwrap_or_default();
+    control.rebalance_epoch += 1;
+    store.put_control(&control).await?;
+    Ok(a.version)
+}

@@ -1,0 +1,355 @@
+//! Worker mode: what a worker pod's `worker` container runs.
+//!
+//! The worker reads its slot's assignment from etcd, starts the executors of its
+//! slot, serves the tuple transport, and finds its peers through the worker
+//! records in etcd. Assignment and control changes reach it both from its own
+//! watches and from its supervisor (applying one is idempotent by version), so
+//! a worker whose supervisor lags still follows the topology.
+//!
+//! A new plan version (a rebalance) replaces the executors: spouts are
+//! deactivated, open trees get a short time to complete, the old executors stop
+//! and the new ones start. Trees that were cut off time out at their spouts and
+//! are replayed, so at-least-once holds.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use squall_api::records::{Assignment, Control, WorkerState};
+use tokio::sync::mpsc;
+
+use super::agent::{AgentService, Notified, WorkerStatus};
+use crate::component::Registry;
+use crate::coord::{self, TopologyStore};
+use crate::layout::Layout;
+use crate::metrics::MetricsHub;
+use crate::net::client::{Links, Peers};
+use crate::net::codec::Schema;
+use crate::net::server::{Target, TargetSlot, TransferService};
+use crate::net::{self, NetConfig};
+use crate::transfer::{RemoteSink, TransferConfig};
+use crate::worker::Worker;
+
+/// How a worker process runs.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    pub namespace: String,
+    pub name: String,
+    pub slot: u32,
+    pub etcd: String,
+    pub prefix: String,
+    /// Where the tuple transport listens (port 0: any free port).
+    pub listen: SocketAddr,
+    /// The host peers use to reach this worker (default: the listen address's IP).
+    pub advertise: Option<String>,
+    /// The localhost address the supervisor talks to.
+    pub agent: SocketAddr,
+    pub transfer: TransferConfig,
+    pub net: NetConfig,
+    /// Longest a rebalance waits for open trees before cutting them off.
+    pub rebalance_drain: Duration,
+}
+
+struct Running {
+    worker: Worker,
+    links: Arc<Links>,
+}
+
+struct State {
+    opts: WorkerOptions,
+    registry: Registry,
+    handle: tokio::runtime::Handle,
+    peers: Peers,
+    target: TargetSlot,
+    status: Arc<Mutex<WorkerStatus>>,
+    hub: MetricsHub,
+    running: Option<Running>,
+    version: u64,
+    control: Control,
+}
+
+impl State {
+    fn set_status(&self, f: impl FnOnce(&mut WorkerStatus)) {
+        f(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    fn topology(&self) -> String {
+        format!("{}/{}", self.opts.namespace, self.opts.name)
+    }
+
+    /// Stop the executors, giving open trees up to `drain` to complete.
+    fn stop(&mut self, drain: Duration) {
+        let Some(r) = self.running.take() else { return };
+        r.worker.set_active(false);
+        let deadline = Instant::now() + drain;
+        while r.worker.pending() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        *self.target.write().unwrap_or_else(|p| p.into_inner()) = None;
+        r.links.close();
+        r.worker.shutdown();
+    }
+
+    fn apply_assignment(&mut self, a: Assignment) {
+        if a.version <= self.version {
+            return;
+        }
+        tracing::info!(
+            version = a.version,
+            workers = a.plan.workers,
+            "applying assignment"
+        );
+        self.set_status(|s| s.state = Some(WorkerState::Starting));
+        let drain = if self.running.is_some() {
+            self.opts.rebalance_drain
+        } else {
+            Duration::ZERO
+        };
+        self.stop(drain);
+        self.version = a.version;
+        let slot = self.opts.slot;
+        if slot >= a.plan.workers {
+            tracing::info!(
+                slot,
+                workers = a.plan.workers,
+                "this slot is not in the plan; idle"
+            );
+            self.set_status(|s| {
+                s.state = Some(WorkerState::Draining);
+                s.applied_version = a.version;
+                s.spouts_done = true;
+                s.pending = 0;
+            });
+            return;
+        }
+        match self.start(a) {
+            Ok(()) => self.set_status(|s| {
+                s.state = Some(WorkerState::Running);
+                s.error = None;
+            }),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the executors");
+                self.set_status(|s| {
+                    s.state = Some(WorkerState::Error);
+                    s.error = Some(e.to_string());
+                });
+            }
+        }
+    }
+
+    fn start(&mut self, a: Assignment) -> anyhow::Result<()> {
+        let version = a.version;
+        let workers = a.plan.workers;
+        let layout = Arc::new(Layout::new(
+            &a.topology.name,
+            a.spec,
+            a.plan,
+            &self.registry,
+        )?);
+        let schema = Arc::new(Schema::new(&layout));
+        let links = Links::start(
+            self.handle.clone(),
+            &self.topology(),
+            self.opts.slot,
+            workers,
+            version,
+            schema.clone(),
+            self.peers.clone(),
+            self.opts.net,
+        );
+        let remote: Arc<dyn RemoteSink> = links.clone();
+        let worker = Worker::start(
+            layout,
+            &self.registry,
+            &[self.opts.slot],
+            Some(remote),
+            self.opts.transfer,
+            self.hub.clone(),
+        )?;
+        worker.set_active(self.control.active && !self.control.killed);
+        *self.target.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(Target {
+            inbound: worker.inbound(),
+            schema,
+        }));
+        self.set_status(|s| s.applied_version = version);
+        self.running = Some(Running { worker, links });
+        Ok(())
+    }
+
+    fn apply_control(&mut self, c: Control) {
+        if c != self.control {
+            tracing::info!(
+                active = c.active,
+                killed = c.killed,
+                epoch = c.rebalance_epoch,
+                "control changed"
+            );
+        }
+        self.control = c;
+        if let Some(r) = &self.running {
+            r.worker
+                .set_active(self.control.active && !self.control.killed);
+        }
+    }
+
+    fn refresh_progress(&self) {
+        let (pending, done) = match &self.running {
+            Some(r) => (r.worker.pending() as u64, r.worker.spouts_done()),
+            None => (0, true),
+        };
+        self.set_status(|s| {
+            s.pending = pending;
+            s.spouts_done = done;
+        });
+    }
+}
+
+/// Run a worker until it is killed (control `killed`), or SIGTERM/SIGINT.
+pub fn run(registry: Registry, opts: WorkerOptions) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("squall-net")
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let interrupt = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, interrupt.clone())
+            .context("cannot install signal handler")?;
+    }
+    let handle = rt.handle().clone();
+    let topology = format!("{}/{}", opts.namespace, opts.name);
+
+    let (store, peers, listener, local, agent_listener) = rt.block_on(async {
+        let coord = coord::connect(&opts.etcd)
+            .await
+            .with_context(|| format!("cannot reach etcd at {}", opts.etcd))?;
+        let store = TopologyStore::new(coord, &opts.prefix, &opts.namespace, &opts.name);
+        let peers = store
+            .watch_workers()
+            .await
+            .context("cannot watch worker records")?;
+        let (listener, local) = net::bind(opts.listen).await?;
+        let (agent_listener, _) = net::bind(opts.agent).await?;
+        anyhow::Ok((store, peers, listener, local, agent_listener))
+    })?;
+    let endpoint = format!(
+        "{}:{}",
+        opts.advertise
+            .clone()
+            .unwrap_or_else(|| local.ip().to_string()),
+        local.port()
+    );
+    tracing::info!(%topology, slot = opts.slot, %endpoint, agent = %opts.agent, "worker starting");
+
+    let target: TargetSlot = Arc::new(RwLock::new(None));
+    let _guard = rt.enter();
+    net::serve_transfer(
+        listener,
+        TransferService {
+            slot: opts.slot,
+            topology: topology.clone(),
+            target: target.clone(),
+            cfg: opts.net,
+        },
+    );
+    let status = Arc::new(Mutex::new(WorkerStatus {
+        endpoint,
+        ..Default::default()
+    }));
+    let hub = MetricsHub::new();
+    let (ntx, mut nrx) = mpsc::channel::<Notified>(16);
+    let agent = AgentService {
+        slot: opts.slot,
+        status: status.clone(),
+        hub: hub.clone(),
+        notices: ntx.clone(),
+    };
+    rt.spawn(async move {
+        let r = tonic::transport::Server::builder()
+            .add_service(crate::net::proto::worker_agent_server::WorkerAgentServer::new(agent))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(
+                agent_listener,
+            ))
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "supervisor channel stopped");
+        }
+    });
+    // Our own watches on the assignment and control records.
+    rt.block_on(async {
+        let mut a = store.watch_key::<Assignment>(store.keys.assignment()).await?;
+        let mut c = store.watch_key::<Control>(store.keys.control()).await?;
+        let tx = ntx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    r = a.changed() => {
+                        if r.is_err() { return }
+                        let v = a.borrow_and_update().clone();
+                        if let Some(v) = v && tx.send(Notified::Assignment(Box::new(v))).await.is_err() { return }
+                    }
+                    r = c.changed() => {
+                        if r.is_err() { return }
+                        let v = c.borrow_and_update().clone();
+                        if let Some(v) = v && tx.send(Notified::Control(v)).await.is_err() { return }
+                    }
+                }
+            }
+        });
+        anyhow::Ok(())
+    })?;
+    drop(ntx);
+
+    let mut state = State {
+        opts,
+        registry,
+        handle,
+        peers,
+        target,
+        status,
+        hub,
+        running: None,
+        version: 0,
+        control: Control::default(),
+    };
+    let code = loop {
+        if interrupt.load(std::sync::atomic::Ordering::Relaxed) {
+            tracing::info!("signalled; stopping");
+            state.stop(Duration::from_secs(2));
+            break ExitCode::SUCCESS;
+        }
+        state.refresh_progress();
+        let notice = rt
+            .block_on(async { tokio::time::timeout(Duration::from_millis(100), nrx.recv()).await });
+        match notice {
+            Ok(Some(Notified::Assignment(a))) => state.apply_assignment(*a),
+            Ok(Some(Notified::Control(c))) => {
+                state.apply_control(c);
+                if state.control.killed {
+                    let wait = state
+                        .running
+                        .as_ref()
+                        .map_or(0, |r| r.worker.layout.spec.kill_wait_seconds);
+                    tracing::info!(wait_s = wait, "topology killed; draining");
+                    state.set_status(|s| s.state = Some(WorkerState::Draining));
+                    state.stop(Duration::from_secs(u64::from(wait)));
+                    state.refresh_progress();
+                    // Give the supervisor a moment to publish the final stats.
+                    std::thread::sleep(Duration::from_millis(1500));
+                    break ExitCode::SUCCESS;
+                }
+            }
+            Ok(None) => {
+                tracing::error!("lost the watches on etcd");
+                break ExitCode::FAILURE;
+            }
+            Err(_) => {}
+        }
+    };
+    drop(_guard);
+    rt.shutdown_timeout(Duration::from_secs(1));
+    Ok(code)
+}

@@ -1,0 +1,223 @@
+//! [`Coordinator`] on a real etcd, through `etcd-client`.
+
+use std::time::Duration;
+
+use etcd_client::{
+    Client, ConnectOptions, DeleteOptions, EventType, GetOptions, PutOptions, WatchOptions,
+};
+use tokio::sync::mpsc;
+
+use super::{CoordError, Coordinator, LeaseId, WatchEvent};
+
+/// Longest any single etcd request may take: an etcd that does not answer is an
+/// error the caller can act on, never a hang.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+const WATCH_RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// etcd through a shared, cheaply cloned client that reconnects by itself.
+pub struct EtcdCoordinator {
+    client: Client,
+}
+
+impl EtcdCoordinator {
+    pub async fn connect(endpoints: &[&str]) -> Result<Self, CoordError> {
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(REQUEST_TIMEOUT)
+            .with_timeout(REQUEST_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2))
+            .with_keep_alive_while_idle(true);
+        let client =
+            tokio::time::timeout(REQUEST_TIMEOUT * 2, Client::connect(endpoints, Some(opts)))
+                .await
+                .map_err(|_| CoordError::Timeout(REQUEST_TIMEOUT * 2))??;
+        Ok(EtcdCoordinator { client })
+    }
+}
+
+async fn bounded<T>(
+    f: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, CoordError> {
+    tokio::time::timeout(REQUEST_TIMEOUT, f)
+        .await
+        .map_err(|_| CoordError::Timeout(REQUEST_TIMEOUT))?
+        .map_err(Into::into)
+}
+
+fn key_string(k: &[u8]) -> String {
+    String::from_utf8_lossy(k).into_owned()
+}
+
+#[async_trait::async_trait]
+impl Coordinator for EtcdCoordinator {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, CoordError> {
+        let mut c = self.client.clone();
+        let resp = bounded(c.get(key, None)).await?;
+        Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, CoordError> {
+        let mut c = self.client.clone();
+        let resp = bounded(c.get(prefix, Some(GetOptions::new().with_prefix()))).await?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .map(|kv| (key_string(kv.key()), kv.value().to_vec()))
+            .collect())
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    ) -> Result<(), CoordError> {
+        let mut c = self.client.clone();
+        let opts = lease.map(|l| PutOptions::new().with_lease(l));
+        bounded(c.put(key, value, opts)).await?;
+        Ok(())
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), CoordError> {
+        let mut c = self.client.clone();
+        bounded(c.delete(key, None)).await?;
+        Ok(())
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> Result<(), CoordError> {
+        let mut c = self.client.clone();
+        bounded(c.delete(prefix, Some(DeleteOptions::new().with_prefix()))).await?;
+        Ok(())
+    }
+
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, CoordError> {
+        let mut c = self.client.clone();
+        let secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
+        Ok(bounded(c.lease_grant(secs, None)).await?.id())
+    }
+
+    async fn keep_alive(&self, lease: LeaseId) -> Result<(), CoordError> {
+        let mut c = self.client.clone();
+        let fut = async move {
+            let (mut keeper, mut stream) = c.lease_keep_alive(lease).await?;
+            keeper.keep_alive().await?;
+            stream.message().await
+        };
+        match tokio::time::timeout(REQUEST_TIMEOUT, fut)
+            .await
+            .map_err(|_| CoordError::Timeout(REQUEST_TIMEOUT))??
+        {
+            Some(r) if r.ttl() > 0 => Ok(()),
+            _ => Err(CoordError::LeaseExpired(lease)),
+        }
+    }
+
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<(), CoordError> {
+        let mut c = self.client.clone();
+        bounded(c.lease_revoke(lease)).await?;
+        Ok(())
+    }
+
+    async fn watch_prefix(&self, prefix: &str) -> Result<mpsc::Receiver<WatchEvent>, CoordError> {
+        let (tx, rx) = mpsc::channel(256);
+        let client = self.client.clone();
+        let prefix = prefix.to_string();
+        // The first snapshot is taken here so that a caller sees errors at once.
+        let first = snapshot(&client, &prefix).await?;
+        tokio::spawn(watch_loop(client, prefix, tx, first));
+        Ok(rx)
+    }
+}
+
+async fn snapshot(
+    client: &Client,
+    prefix: &str,
+) -> Result<(Vec<(String, Vec<u8>)>, i64), CoordError> {
+    let mut c = client.clone();
+    let resp = bounded(c.get(prefix, Some(GetOptions::new().with_prefix()))).await?;
+    let rev = resp.header().map_or(0, |h| h.revision());
+    Ok((
+        resp.kvs()
+            .iter()
+            .map(|kv| (key_string(kv.key()), kv.value().to_vec()))
+            .collect(),
+        rev,
+    ))
+}
+
+/// Snapshot, then follow changes from the snapshot's revision; on any break
+/// (etcd restarted, compaction, network) start over with a new snapshot.
+async fn watch_loop(
+    client: Client,
+    prefix: String,
+    tx: mpsc::Sender<WatchEvent>,
+    first: (Vec<(String, Vec<u8>)>, i64),
+) {
+    let mut next = Some(first);
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        if tx.is_closed() {
+            return;
+        }
+        let (kvs, rev) = match next.take() {
+            Some(s) => s,
+            None => match snapshot(&client, &prefix).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(%prefix, error = %e, "watch: cannot re-sync yet");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(WATCH_RETRY_MAX);
+                    continue;
+                }
+            },
+        };
+        if tx.send(WatchEvent::Snapshot(kvs)).await.is_err() {
+            return;
+        }
+        let mut c = client.clone();
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(rev + 1);
+        let mut stream = match bounded(c.watch(prefix.as_str(), Some(opts))).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(%prefix, error = %e, "watch: cannot start");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(WATCH_RETRY_MAX);
+                continue;
+            }
+        };
+        loop {
+            let msg = tokio::select! {
+                m = stream.message() => m,
+                () = tx.closed() => return,
+            };
+            match msg {
+                Ok(Some(resp)) => {
+                    backoff = Duration::from_millis(50);
+                    if resp.canceled() {
+                        tracing::debug!(%prefix, reason = resp.cancel_reason(), "watch canceled; re-syncing");
+                        break;
+                    }
+                    for ev in resp.events() {
+                        let Some(kv) = ev.kv() else { continue };
+                        let key = key_string(kv.key());
+                        let e = match ev.event_type() {
+                            EventType::Put => WatchEvent::Put(key, kv.value().to_vec()),
+                            EventType::Delete => WatchEvent::Delete(key),
+                        };
+                        if tx.send(e).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(%prefix, error = %e, "watch broke; re-syncing");
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(WATCH_RETRY_MAX);
+    }
+}
