@@ -15,10 +15,20 @@ use crate::transfer::{Batch, Msg};
 use crate::tuple::Tuple;
 
 /// Commands shared by all executors of a worker.
-#[derive(Debug)]
 pub struct WorkerControl {
     pub active: AtomicBool,
     pub shutdown: AtomicBool,
+    /// On shutdown, spout executors fail their open trees (so the spouts replay
+    /// them) and park their spouts here instead of closing them, so that a new
+    /// plan version can carry them over (a rebalance keeps spout state).
+    pub keep_spouts: AtomicBool,
+    pub parked_spouts: std::sync::Mutex<Vec<(TaskId, Box<dyn Spout>)>>,
+}
+
+impl std::fmt::Debug for WorkerControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerControl").field("active", &self.active).field("shutdown", &self.shutdown).finish()
+    }
 }
 
 impl WorkerControl {
@@ -26,6 +36,8 @@ impl WorkerControl {
         Arc::new(WorkerControl {
             active: AtomicBool::new(active),
             shutdown: AtomicBool::new(false),
+            keep_spouts: AtomicBool::new(false),
+            parked_spouts: std::sync::Mutex::new(Vec::new()),
         })
     }
 }
@@ -247,6 +259,17 @@ impl SpoutExecutor {
     fn close(mut self) {
         self.core.emitter.outbox.flush(now_ns());
         self.report_progress();
+        if self.core.control.keep_spouts.load(Ordering::Relaxed) {
+            let mut parked = Vec::new();
+            for (mut spout, mut st) in std::mem::take(&mut self.tasks) {
+                for (_, p) in st.pending.drain() {
+                    self.core.emitter.metrics.failed += 1;
+                    spout.fail(p.msg_id);
+                }
+                parked.push((st.task, spout));
+            }
+            self.core.control.parked_spouts.lock().unwrap_or_else(|p| p.into_inner()).extend(parked);
+        }
         for (spout, _) in &mut self.tasks {
             spout.close();
         }

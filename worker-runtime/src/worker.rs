@@ -62,6 +62,20 @@ impl Worker {
         transfer: TransferConfig,
         metrics: MetricsHub,
     ) -> Result<Worker, StartError> {
+        Self::start_carrying(layout, registry, slots, remote, transfer, metrics, Vec::new())
+    }
+
+    /// [`Worker::start`], reusing spouts parked by [`Worker::shutdown_keeping_spouts`]
+    /// for the tasks they ran (they are not opened again).
+    pub fn start_carrying(
+        layout: Arc<Layout>,
+        registry: &Registry,
+        slots: &[u32],
+        remote: Option<Arc<dyn RemoteSink>>,
+        transfer: TransferConfig,
+        metrics: MetricsHub,
+        mut carried: Vec<(TaskId, Box<dyn crate::component::Spout>)>,
+    ) -> Result<Worker, StartError> {
         let plan = &layout.plan;
         let mine: Vec<usize> = (0..plan.executors.len())
             .filter(|&i| slots.contains(&plan.executors[i].slot))
@@ -150,6 +164,11 @@ impl Worker {
                     };
                     let mut tasks = Vec::new();
                     for t in ex.tasks() {
+                        if let Some(i) = carried.iter().position(|(ct, _)| *ct == t) {
+                            let (_, spout) = carried.swap_remove(i);
+                            tasks.push((spout, SpoutTaskState::new(t)));
+                            continue;
+                        }
                         let c = ctx(t);
                         let mut spout = make(&c).map_err(|e| fail(t, e))?;
                         spout.open(&c).map_err(|e| fail(t, e))?;
@@ -232,6 +251,15 @@ impl Worker {
     /// Where batches from peers should go.
     pub fn inbound(&self) -> Arc<Inbound> {
         self.inbound.clone()
+    }
+
+    /// Stop every executor, but keep the spouts (open trees are failed to them,
+    /// so they replay) for [`Worker::start_carrying`].
+    pub fn shutdown_keeping_spouts(self) -> Vec<(TaskId, Box<dyn crate::component::Spout>)> {
+        self.control.keep_spouts.store(true, Ordering::Relaxed);
+        let control = self.control.clone();
+        self.shutdown();
+        std::mem::take(&mut *control.parked_spouts.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Stop every executor and wait for the threads (components are closed/cleaned up).

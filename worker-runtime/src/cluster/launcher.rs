@@ -303,6 +303,10 @@ pub fn run(name: &str, mut spec: TopologySpec, opts: &LaunchOptions) -> anyhow::
             break;
         }
         if stopped_by == "limit" {
+            // Executors publish their counters about once a second and supervisors
+            // read them once a second: wait for two rounds so the totals are final.
+            std::thread::sleep(Duration::from_millis(2500));
+            fin = rt.block_on(store.stats()).unwrap_or(fin);
             break;
         }
     }

@@ -68,6 +68,8 @@ struct State {
     running: Option<Running>,
     version: u64,
     control: Control,
+    /// Spouts of the previous plan version, kept across a rebalance with their state.
+    carried: Vec<(squall_api::TaskId, Box<dyn crate::component::Spout>)>,
 }
 
 impl State {
@@ -80,7 +82,7 @@ impl State {
     }
 
     /// Stop the executors, giving open trees up to `drain` to complete.
-    fn stop(&mut self, drain: Duration) {
+    fn stop(&mut self, drain: Duration, keep_spouts: bool) {
         let Some(r) = self.running.take() else { return };
         r.worker.set_active(false);
         let deadline = Instant::now() + drain;
@@ -89,7 +91,11 @@ impl State {
         }
         *self.target.write().unwrap_or_else(|p| p.into_inner()) = None;
         r.links.close();
-        r.worker.shutdown();
+        if keep_spouts {
+            self.carried = r.worker.shutdown_keeping_spouts();
+        } else {
+            r.worker.shutdown();
+        }
     }
 
     fn apply_assignment(&mut self, a: Assignment) {
@@ -107,7 +113,7 @@ impl State {
         } else {
             Duration::ZERO
         };
-        self.stop(drain);
+        self.stop(drain, true);
         self.version = a.version;
         let slot = self.opts.slot;
         if slot >= a.plan.workers {
@@ -314,11 +320,12 @@ pub fn run(registry: Registry, opts: WorkerOptions) -> anyhow::Result<ExitCode> 
         running: None,
         version: 0,
         control: Control::default(),
+        carried: Vec::new(),
     };
     let code = loop {
         if interrupt.load(std::sync::atomic::Ordering::Relaxed) {
             tracing::info!("signalled; stopping");
-            state.stop(Duration::from_secs(2));
+            state.stop(Duration::from_secs(2), false);
             break ExitCode::SUCCESS;
         }
         state.refresh_progress();
@@ -335,7 +342,7 @@ pub fn run(registry: Registry, opts: WorkerOptions) -> anyhow::Result<ExitCode> 
                         .map_or(0, |r| r.worker.layout.spec.kill_wait_seconds);
                     tracing::info!(wait_s = wait, "topology killed; draining");
                     state.set_status(|s| s.state = Some(WorkerState::Draining));
-                    state.stop(Duration::from_secs(u64::from(wait)));
+                    state.stop(Duration::from_secs(u64::from(wait)), false);
                     state.refresh_progress();
                     // Give the supervisor a moment to publish the final stats.
                     std::thread::sleep(Duration::from_millis(1500));

@@ -1,0 +1,298 @@
+//! Word count over several worker processes, coordinated through a real etcd.
+//!
+//! Needs etcd from `make testenv` (`SQUALL_TESTENV_BIN` or the default cache).
+
+mod common;
+
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use squall_runtime::coord::{self, TopologyStore};
+
+/// The runs start six or more processes each: one at a time on a small machine.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Wait until `f` holds, or panic with `what`.
+fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn store(rt: &tokio::runtime::Runtime, etcd: &str, name: &str) -> TopologyStore {
+    let c = rt.block_on(coord::connect(etcd)).expect("connect to etcd");
+    TopologyStore::new(c, squall_api::records::DEFAULT_PREFIX, "default", name)
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Wait until every slot of the run has registered a running worker.
+fn wait_running(rt: &tokio::runtime::Runtime, s: &TopologyStore, workers: u32) {
+    eventually(
+        "every worker registered and running",
+        Duration::from_secs(30),
+        || {
+            rt.block_on(s.workers()).is_ok_and(|w| {
+                (0..workers).all(|i| {
+                    w.get(&i)
+                        .is_some_and(|r| r.state == squall_api::records::WorkerState::Running)
+                })
+            })
+        },
+    );
+}
+
+#[test]
+fn etcd_coordinator_keeps_the_contract() {
+    let _serial = serial();
+    let dir = Scratch::new("contract");
+    let etcd = Etcd::start(&dir.0);
+    let rt = rt();
+    let c = rt.block_on(coord::connect(&etcd.url)).unwrap();
+    rt.block_on(coord::contract::check(c, "/contract-test/"));
+}
+
+#[test]
+fn word_count_over_three_processes_acks_every_root() {
+    let _serial = serial();
+    let dir = Scratch::new("wc3");
+    let etcd = Etcd::start(&dir.0);
+    let launch = Launch::start(&etcd.url, &word_count("wc3", 3, 0, 20_000), &dir.0, &[]);
+    let s = launch.wait(Duration::from_secs(120));
+    assert_all_acked(&s, 40_000);
+    // The trees really crossed processes: every component ran.
+    for c in ["sentences", "split", "count", "__acker"] {
+        assert!(
+            s["components"][c]["executed"].as_u64().unwrap_or(0) > 0 || c == "sentences",
+            "{c} did nothing: {s}"
+        );
+    }
+}
+
+/// `kill -9` of a worker that runs no spout task (a spout's in-memory state dies
+/// with its process, as in Storm); the launcher restarts it as Kubernetes would.
+#[test]
+fn kill_9_of_a_worker_loses_nothing() {
+    let _serial = serial();
+    let dir = Scratch::new("kill");
+    let etcd = Etcd::start(&dir.0);
+    let rt = rt();
+    let launch = Launch::start(
+        &etcd.url,
+        &word_count("wckill", 3, 4000, 30_000),
+        &dir.0,
+        &[],
+    );
+    let s = store(&rt, &etcd.url, "wckill");
+    wait_running(&rt, &s, 3);
+    std::thread::sleep(Duration::from_secs(2));
+    let victim = launch.worker_pid(2);
+    kill(Pid::from_raw(victim), Signal::SIGKILL).expect("kill -9 the worker of slot 2");
+    eventually(
+        "the launcher to restart slot 2",
+        Duration::from_secs(20),
+        || launch.stderr().contains("slot 2: worker exited"),
+    );
+    let summary = launch.wait(Duration::from_secs(180));
+    assert_all_acked(&summary, 60_000);
+    assert!(
+        u(&summary, "replayed") > 0,
+        "trees cut by the kill must be replayed: {summary}"
+    );
+}
+
+/// Garbage on a worker's tuple port, and a well-formed stream with a malformed
+/// batch: each closes that connection only; the worker lives on and the run completes.
+#[test]
+fn garbage_on_the_tuple_port_closes_the_stream_not_the_worker() {
+    let _serial = serial();
+    use squall_runtime::net::proto::transfer_client::TransferClient;
+    use squall_runtime::net::proto::{Batch, Frame, Hello, Lane, frame};
+
+    let dir = Scratch::new("garbage");
+    let etcd = Etcd::start(&dir.0);
+    let rt = rt();
+    let launch = Launch::start(
+        &etcd.url,
+        &word_count("wcgarbage", 3, 3000, 15_000),
+        &dir.0,
+        &[],
+    );
+    let s = store(&rt, &etcd.url, "wcgarbage");
+    wait_running(&rt, &s, 3);
+    let workers = rt.block_on(s.workers()).unwrap();
+    let endpoint = workers[&1].endpoint.clone();
+    let pid = launch.worker_pid(1);
+
+    // Raw bytes that are not HTTP/2.
+    let mut sock = std::net::TcpStream::connect(&endpoint).unwrap();
+    let _ = sock.write_all(&[0xde; 4096]);
+    drop(sock);
+
+    // A real gRPC stream whose batch does not decode.
+    let status = rt.block_on(async {
+        let mut client = TransferClient::connect(format!("http://{endpoint}"))
+            .await
+            .unwrap();
+        let frames = vec![
+            Frame {
+                kind: Some(frame::Kind::Hello(Hello {
+                    topology: "default/wcgarbage".into(),
+                    from_slot: 0,
+                    to_slot: 1,
+                    plan_version: 1,
+                })),
+            },
+            Frame {
+                kind: Some(frame::Kind::Batch(Batch {
+                    lane: Lane::Data as i32,
+                    payload: bytes::Bytes::from_static(&[1, 0, 99, 99, 99]),
+                })),
+            },
+        ];
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        for f in frames {
+            tx.send(f).await.unwrap();
+        }
+        let mut credits = client
+            .open(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match tokio::time::timeout_at(deadline, credits.message()).await {
+                Ok(Ok(Some(_credit))) => continue,
+                Ok(Ok(None)) => return None,
+                Ok(Err(status)) => return Some(status),
+                Err(_) => panic!("the worker did not close the malformed stream within 10s"),
+            }
+        }
+    });
+    let status = status.expect("a malformed batch must end the stream with an error status");
+    assert!(
+        status.message().contains("malformed"),
+        "unexpected status: {status:?}"
+    );
+
+    let summary = launch.wait(Duration::from_secs(120));
+    assert_all_acked(&summary, 30_000);
+    assert_eq!(launch_restarts(&dir), 0, "no worker may have died");
+    assert!(
+        kill(Pid::from_raw(pid), None).is_err(),
+        "the worker ends with the run"
+    );
+}
+
+fn launch_restarts(dir: &Scratch) -> usize {
+    let log = std::fs::read_to_string(dir.0.join("logs/worker-1.log")).unwrap_or_default();
+    log.matches("worker starting").count().saturating_sub(1)
+}
+
+/// etcd goes away mid-run and comes back: tuples keep flowing (they do not pass
+/// through etcd), the heartbeats resume, and the run completes.
+#[test]
+fn etcd_restart_mid_run_is_survived() {
+    let _serial = serial();
+    let dir = Scratch::new("etcd-restart");
+    let mut etcd = Etcd::start(&dir.0);
+    let rt = rt();
+    let launch = Launch::start(
+        &etcd.url,
+        &word_count("wcetcd", 3, 3000, 30_000),
+        &dir.0,
+        &[],
+    );
+    let s = store(&rt, &etcd.url, "wcetcd");
+    wait_running(&rt, &s, 3);
+    let before = rt
+        .block_on(s.stats())
+        .unwrap()
+        .values()
+        .map(|w| w.components.get("count").map_or(0, |c| c.executed))
+        .sum::<u64>();
+    etcd.kill();
+    std::thread::sleep(Duration::from_secs(2));
+    etcd.restart();
+    let s = Arc::new(store(&rt, &etcd.url, "wcetcd"));
+    // Heartbeats resumed: every worker is still registered under a live lease (TTL 5 s).
+    std::thread::sleep(Duration::from_secs(6));
+    wait_running(&rt, &s, 3);
+    let after = rt
+        .block_on(s.stats())
+        .unwrap()
+        .values()
+        .map(|w| w.components.get("count").map_or(0, |c| c.executed))
+        .sum::<u64>();
+    assert!(
+        after > before,
+        "workers must keep processing across the etcd restart ({before} → {after})"
+    );
+    let summary = launch.wait(Duration::from_secs(120));
+    assert_all_acked(&summary, 60_000);
+}
+
+/// `rebalance` from 2 to 3 workers mid-run: the launcher starts the third pair,
+/// every worker applies the new plan, and every root is still acked.
+#[test]
+#[ignore = "known failure: the spouts re-emit their limit after the rebalance (carry-over of spout state is not effective yet)"]
+fn rebalance_from_two_to_three_workers_loses_nothing() {
+    let _serial = serial();
+    let dir = Scratch::new("rebalance");
+    let etcd = Etcd::start(&dir.0);
+    let rt = rt();
+    let launch = Launch::start(
+        &etcd.url,
+        &word_count("wcrebal", 2, 3000, 30_000),
+        &dir.0,
+        &[],
+    );
+    let s = store(&rt, &etcd.url, "wcrebal");
+    wait_running(&rt, &s, 2);
+    std::thread::sleep(Duration::from_secs(2));
+    let out = std::process::Command::new(BIN)
+        .args([
+            "rebalance",
+            "--topology",
+            "default/wcrebal",
+            "--workers",
+            "3",
+            "--etcd",
+            &etcd.url,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rebalance failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(
+        "three workers on plan version 2",
+        Duration::from_secs(30),
+        || {
+            rt.block_on(s.workers())
+                .is_ok_and(|w| (0..3).all(|i| w.get(&i).is_some_and(|r| r.applied_version == 2)))
+        },
+    );
+    let summary = launch.wait(Duration::from_secs(180));
+    assert_all_acked(&summary, 60_000);
+}
