@@ -1,0 +1,815 @@
+//! The reconciler: Nimbus's job, driven by the API server and etcd.
+//!
+//! For each Topology it validates the spec, writes the assignment to etcd before
+//! any pod exists, keeps one pod per slot, replaces lost workers, runs Storm-style
+//! rebalances (deactivate, wait, reassign, reactivate), and reports status. On
+//! deletion a finalizer deactivates, waits, and removes pods and etcd keys.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use squall_api::records::{
+    Assignment, Control, TopologyKeys, TopologyRef, WorkerRecord, WorkerState, WorkerStats,
+};
+use squall_api::topology::{TopologyStats, WorkerCounts};
+use squall_api::{Phase, PhysicalPlan, Topology, TopologySpec, TopologyStatus, validate};
+
+use crate::etcd::{Store, StoreError};
+use crate::pods::{self, PodSettings};
+use crate::telemetry::Metrics;
+
+/// The finalizer that guarantees cleanup of pods and etcd keys.
+pub const FINALIZER: &str = "squall.dev/cleanup";
+/// The field manager for server-side apply.
+const MANAGER: &str = "squall-operator";
+/// How often a healthy topology is looked at again (heartbeats, stats).
+const RESYNC: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("topology has no namespace")]
+    NoNamespace,
+}
+
+/// What the reconciler remembers between passes (rebuilt from scratch after a restart).
+#[derive(Default)]
+struct Memory {
+    /// When a rebalance deactivated the spouts.
+    rebalancing: HashMap<String, Instant>,
+    /// When a deletion started.
+    killing: HashMap<String, Instant>,
+    /// When a ready pod's heartbeat was first seen missing, by (topology, slot).
+    missing: HashMap<(String, u32), Instant>,
+    /// Last totals seen, for rates.
+    totals: HashMap<String, (Instant, u64, u64)>,
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub store: Store,
+    pub settings: PodSettings,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    /// A ready pod without a heartbeat for this long is replaced.
+    pub heartbeat_grace: Duration,
+    memory: Mutex<Memory>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        store: Store,
+        settings: PodSettings,
+        recorder: Recorder,
+        metrics: Arc<Metrics>,
+        heartbeat_grace: Duration,
+    ) -> Arc<Self> {
+        Arc::new(Context {
+            client,
+            store,
+            settings,
+            recorder,
+            metrics,
+            heartbeat_grace,
+            memory: Mutex::default(),
+        })
+    }
+
+    fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {
+        self.memory.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn event(&self, topo: &Topology, type_: EventType, reason: &str, note: String) {
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: reason.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &topo.object_ref(&())).await {
+            tracing::warn!(topology = %topo.name_any(), error = %e, "cannot publish event");
+        }
+    }
+}
+
+/// Run the controller until the stream ends.
+pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
+    let client = ctx.client.clone();
+    let (topologies, pods): (Api<Topology>, Api<Pod>) = match &namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client, ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client)),
+    };
+    let pod_cfg = watcher::Config::default().labels(pods::TOPOLOGY_LABEL);
+    Controller::new(topologies, watcher::Config::default())
+        .owns(pods, pod_cfg)
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|res| {
+            let ctx = ctx.clone();
+            async move {
+                match res {
+                    Ok((obj, _)) => tracing::debug!(topology = %obj.name, "reconciled"),
+                    Err(e) => {
+                        ctx.metrics
+                            .errors
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::warn!(error = %e, "reconcile failed");
+                    }
+                }
+            }
+        })
+        .await;
+}
+
+fn error_policy(_topo: Arc<Topology>, err: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(error = %err, "will retry");
+    Action::requeue(Duration::from_secs(3))
+}
+
+async fn reconcile(topo: Arc<Topology>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    ctx.metrics
+        .reconciles
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let result = reconcile_inner(&topo, &ctx).await;
+    ctx.metrics.observe_reconcile(started.elapsed());
+    result
+}
+
+/// The finalizer is handled here rather than by `kube::runtime::finalizer`,
+/// because a kill takes several passes (deactivate, wait, tear down) and the
+/// finalizer may only go once the last of them is done.
+async fn reconcile_inner(topo: &Topology, ctx: &Context) -> Result<Action, Error> {
+    let ns = topo.namespace().ok_or(Error::NoNamespace)?;
+    let api: Api<Topology> = Api::namespaced(ctx.client.clone(), &ns);
+    let finalizers = topo.finalizers();
+    let has_finalizer = finalizers.iter().any(|f| f == FINALIZER);
+    if topo.metadata.deletion_timestamp.is_some() {
+        if !has_finalizer {
+            return Ok(Action::await_change());
+        }
+        return match cleanup(topo, ctx).await? {
+            Some(wait) => Ok(Action::requeue(wait)),
+            None => {
+                let rest: Vec<&String> = finalizers.iter().filter(|f| *f != FINALIZER).collect();
+                set_finalizers(&api, topo, serde_json::json!(rest)).await?;
+                Ok(Action::await_change())
+            }
+        };
+    }
+    if !has_finalizer {
+        let mut all: Vec<&str> = finalizers.iter().map(String::as_str).collect();
+        all.push(FINALIZER);
+        set_finalizers(&api, topo, serde_json::json!(all)).await?;
+    }
+    apply(topo, ctx).await
+}
+
+/// Replace the finalizer list, guarded by the resource version (a merge patch
+/// that names `resourceVersion` fails on a concurrent change).
+async fn set_finalizers(
+    api: &Api<Topology>,
+    topo: &Topology,
+    list: serde_json::Value,
+) -> Result<(), Error> {
+    let patch = serde_json::json!({
+        "metadata": {"finalizers": list, "resourceVersion": topo.resource_version()}
+    });
+    match api
+        .patch(
+            &topo.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Already gone: nothing left to guard.
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn key_of(topo: &Topology) -> String {
+    format!(
+        "{}/{}",
+        topo.namespace().unwrap_or_default(),
+        topo.name_any()
+    )
+}
+
+/// The spec as the assignment compares it: `active` is control and
+/// `killWaitSeconds` only matters to the operator, so neither needs a new plan.
+fn placement(spec: &TopologySpec) -> TopologySpec {
+    let mut s = spec.clone();
+    s.active = true;
+    s.kill_wait_seconds = 0;
+    s
+}
+
+async fn apply(topo: &Topology, ctx: &Context) -> Result<Action, Error> {
+    let name = topo.name_any();
+    let ns = topo.namespace().ok_or(Error::NoNamespace)?;
+    let key = key_of(topo);
+    let keys = ctx.store.keys(&ns, &name);
+    let spec = &topo.spec;
+    let old_status = topo.status.clone().unwrap_or_default();
+
+    // A spec that cannot run gets a condition and an event, and nothing else changes.
+    if let Err(errs) = validate(spec, None) {
+        let msg = errs.to_string();
+        let mut st = old_status.clone();
+        st.phase = Some(Phase::Failed);
+        set_conditions(
+            &mut st,
+            topo,
+            ("False", "InvalidTopology", &msg),
+            ("False", "InvalidTopology", &msg),
+            ("True", "InvalidTopology", &msg),
+        );
+        if old_status.phase != Some(Phase::Failed) || !has_condition_message(&old_status, &msg) {
+            ctx.event(topo, EventType::Warning, "InvalidTopology", msg)
+                .await;
+        }
+        patch_status(ctx, topo, st).await?;
+        return Ok(Action::await_change());
+    }
+
+    let plan = PhysicalPlan::compute(spec);
+    let current = ctx.store.assignment(&keys).await?;
+    let mut control = ctx.store.control(&keys).await?.unwrap_or_else(|| Control {
+        active: spec.active,
+        ..Control::default()
+    });
+    let stats = ctx.store.stats(&keys).await?;
+    let wanted = placement(spec);
+    let mut rebalancing = false;
+
+    let version = match &current {
+        None => {
+            let a = Assignment {
+                version: 1,
+                topology: TopologyRef {
+                    namespace: ns.clone(),
+                    name: name.clone(),
+                },
+                spec: wanted,
+                plan: plan.clone(),
+            };
+            ctx.store.put_assignment(&keys, &a).await?;
+            control.active = spec.active;
+            ctx.store.put_control(&keys, &control).await?;
+            ctx.event(
+                topo,
+                EventType::Normal,
+                "Assigned",
+                format!(
+                    "plan version 1: {} tasks in {} executors on {} workers",
+                    plan.task_count(),
+                    plan.executors.len(),
+                    plan.workers
+                ),
+            )
+            .await;
+            1
+        }
+        Some(a) if a.spec != wanted => {
+            // Storm's rebalance: deactivate, let open trees drain, reassign, reactivate.
+            let since = *ctx
+                .memory()
+                .rebalancing
+                .entry(key.clone())
+                .or_insert_with(Instant::now);
+            let pending: u64 = stats.values().map(|s| s.pending).sum();
+            let waited = since.elapsed();
+            let max_wait = Duration::from_secs(u64::from(spec.message_timeout_seconds));
+            if control.active && waited < Duration::from_millis(100) {
+                control.active = false;
+                control.rebalance_epoch += 1;
+                ctx.store.put_control(&keys, &control).await?;
+                ctx.event(
+                    topo,
+                    EventType::Normal,
+                    "Rebalancing",
+                    format!(
+                        "deactivated to move from version {} ({} workers) to {} workers",
+                        a.version, a.plan.workers, plan.workers
+                    ),
+                )
+                .await;
+            }
+            if (pending > 0 && waited < max_wait) || waited < Duration::from_secs(1) {
+                rebalancing = true;
+                a.version
+            } else {
+                let next = Assignment {
+                    version: a.version + 1,
+                    topology: TopologyRef {
+                        namespace: ns.clone(),
+                        name: name.clone(),
+                    },
+                    spec: wanted,
+                    plan: plan.clone(),
+                };
+                ctx.store.put_assignment(&keys, &next).await?;
+                for slot in plan.workers..a.plan.workers {
+                    ctx.store.delete_stats(&keys, slot).await?;
+                }
+                ctx.memory().rebalancing.remove(&key);
+                control.active = spec.active;
+                ctx.store.put_control(&keys, &control).await?;
+                ctx.event(
+                    topo,
+                    EventType::Normal,
+                    "Assigned",
+                    format!(
+                        "plan version {}: {} tasks in {} executors on {} workers",
+                        next.version,
+                        plan.task_count(),
+                        plan.executors.len(),
+                        plan.workers
+                    ),
+                )
+                .await;
+                next.version
+            }
+        }
+        Some(a) => a.version,
+    };
+
+    if !rebalancing && control.active != spec.active {
+        control.active = spec.active;
+        ctx.store.put_control(&keys, &control).await?;
+        let (reason, what) = if spec.active {
+            ("Activated", "spouts activated")
+        } else {
+            ("Deactivated", "spouts deactivated")
+        };
+        ctx.event(topo, EventType::Normal, reason, what.to_string())
+            .await;
+    }
+
+    // Pods: one per slot, deterministic names, replaced when lost.
+    let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let existing = pod_api
+        .list(&ListParams::default().labels(&pods::selector(&name)))
+        .await?;
+    let workers = ctx.store.workers(&keys).await?;
+    let mut by_slot: BTreeMap<u32, Pod> = BTreeMap::new();
+    for pod in existing.items {
+        let Some(slot) = pods::slot_of(&pod) else {
+            continue;
+        };
+        let pod_name = pod.name_any();
+        if pod.metadata.deletion_timestamp.is_some() {
+            by_slot.insert(slot, pod);
+            continue;
+        }
+        if slot >= spec.workers && !rebalancing {
+            delete_pod(&pod_api, &pod_name).await?;
+            continue;
+        }
+        if pods::is_finished(&pod) {
+            ctx.event(
+                topo,
+                EventType::Warning,
+                "WorkerLost",
+                format!("pod {pod_name} (slot {slot}) ended; replacing it"),
+            )
+            .await;
+            delete_pod(&pod_api, &pod_name).await?;
+            continue;
+        }
+        // A pod that was ready but whose heartbeat lease expired is hung: replace it.
+        let hb_key = (key.clone(), slot);
+        if pods::is_ready(&pod) && !workers.contains_key(&slot) {
+            let since = *ctx
+                .memory()
+                .missing
+                .entry(hb_key)
+                .or_insert_with(Instant::now);
+            if since.elapsed() > ctx.heartbeat_grace {
+                ctx.memory().missing.remove(&(key.clone(), slot));
+                ctx.event(
+                    topo,
+                    EventType::Warning,
+                    "WorkerLost",
+                    format!(
+                        "slot {slot} stopped heartbeating for {:?}; replacing pod {pod_name}",
+                        ctx.heartbeat_grace
+                    ),
+                )
+                .await;
+                delete_pod(&pod_api, &pod_name).await?;
+                continue;
+            }
+        } else {
+            ctx.memory().missing.remove(&hb_key);
+        }
+        by_slot.insert(slot, pod);
+    }
+    for slot in 0..spec.workers {
+        if by_slot.contains_key(&slot) {
+            continue;
+        }
+        let pod = pods::worker_pod(topo, slot, &ctx.settings);
+        match pod_api.create(&PostParams::default(), &pod).await {
+            Ok(_) => tracing::info!(topology = %key, slot, "created worker pod"),
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+
+    let status = compute_status(
+        topo,
+        &old_status,
+        version,
+        &by_slot,
+        &workers,
+        &stats,
+        rebalancing,
+        ctx,
+    );
+    if let Some(err) = workers.values().find_map(|w| w.error.clone())
+        && !has_condition_message(&old_status, &err)
+    {
+        ctx.event(topo, EventType::Warning, "WorkerError", err)
+            .await;
+    }
+    if status.phase != old_status.phase
+        && let Some(p) = status.phase
+    {
+        let kind = if matches!(p, Phase::Degraded | Phase::Failed) {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        ctx.event(
+            topo,
+            kind,
+            &format!("{p:?}"),
+            format!("phase {:?} → {p:?}", old_status.phase),
+        )
+        .await;
+    }
+    patch_status(ctx, topo, status).await?;
+    Ok(Action::requeue(RESYNC))
+}
+
+async fn delete_pod(api: &Api<Pod>, name: &str) -> Result<(), Error> {
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn compute_status(
+    topo: &Topology,
+    old: &TopologyStatus,
+    version: u64,
+    pods: &BTreeMap<u32, Pod>,
+    workers: &BTreeMap<u32, WorkerRecord>,
+    stats: &BTreeMap<u32, WorkerStats>,
+    rebalancing: bool,
+    ctx: &Context,
+) -> TopologyStatus {
+    let spec = &topo.spec;
+    let desired = spec.workers;
+    let ready = (0..desired)
+        .filter(|s| {
+            pods.get(s).is_some_and(pods::is_ready)
+                && workers.get(s).is_some_and(|w| {
+                    w.applied_version == version && w.state == WorkerState::Running
+                })
+        })
+        .count() as u32;
+    let error = workers
+        .values()
+        .find_map(|w| (w.state == WorkerState::Error).then(|| w.error.clone().unwrap_or_default()));
+    let was_running = matches!(
+        old.phase,
+        Some(Phase::Running | Phase::Degraded | Phase::Inactive)
+    );
+
+    let phase = if let Some(_) = &error {
+        Phase::Failed
+    } else if rebalancing {
+        Phase::Rebalancing
+    } else if ready == desired {
+        if spec.active {
+            Phase::Running
+        } else {
+            Phase::Inactive
+        }
+    } else if was_running {
+        Phase::Degraded
+    } else if pods.is_empty() {
+        Phase::Pending
+    } else {
+        Phase::Starting
+    };
+
+    let mut st = old.clone();
+    st.phase = Some(phase);
+    st.plan_version = Some(version);
+    st.workers = WorkerCounts {
+        desired,
+        ready,
+        summary: format!("{ready}/{desired}"),
+    };
+    st.replicas = pods.len() as i32;
+    st.selector = pods::selector(&topo.name_any());
+    let progress_msg = format!("{ready} of {desired} workers ready on plan version {version}");
+    match phase {
+        Phase::Failed => {
+            let msg = error.unwrap_or_default();
+            set_conditions(
+                &mut st,
+                topo,
+                ("False", "WorkerError", &msg),
+                ("False", "WorkerError", &msg),
+                ("True", "WorkerError", &msg),
+            );
+        }
+        Phase::Running | Phase::Inactive => {
+            let reason = if phase == Phase::Running {
+                "AllWorkersReady"
+            } else {
+                "Deactivated"
+            };
+            set_conditions(
+                &mut st,
+                topo,
+                ("True", reason, &progress_msg),
+                ("False", "Stable", &progress_msg),
+                ("False", "AllWorkersReady", &progress_msg),
+            );
+        }
+        Phase::Rebalancing => {
+            set_conditions(
+                &mut st,
+                topo,
+                ("False", "Rebalancing", &progress_msg),
+                (
+                    "True",
+                    "Rebalancing",
+                    "spouts deactivated while open trees drain",
+                ),
+                ("False", "Rebalancing", &progress_msg),
+            );
+        }
+        Phase::Degraded => {
+            set_conditions(
+                &mut st,
+                topo,
+                ("False", "WorkersNotReady", &progress_msg),
+                ("True", "Recovering", &progress_msg),
+                ("True", "WorkersLost", &progress_msg),
+            );
+        }
+        _ => {
+            set_conditions(
+                &mut st,
+                topo,
+                ("False", "Starting", &progress_msg),
+                ("True", "Starting", &progress_msg),
+                ("False", "Starting", &progress_msg),
+            );
+        }
+    }
+    st.stats = Some(aggregate_stats(topo, stats, ctx));
+    st
+}
+
+/// Sum the spouts' figures over workers; rates from the previous pass.
+fn aggregate_stats(
+    topo: &Topology,
+    stats: &BTreeMap<u32, WorkerStats>,
+    ctx: &Context,
+) -> TopologyStats {
+    let spouts: Vec<&str> = topo.spec.spouts.iter().map(|s| s.id.as_str()).collect();
+    let (mut acked, mut failed, mut emitted, mut p99) = (0u64, 0u64, 0u64, 0f64);
+    for w in stats.values() {
+        for (id, c) in &w.components {
+            if spouts.contains(&id.as_str()) {
+                acked += c.acked;
+                failed += c.failed;
+                emitted += c.roots;
+                // Percentiles do not add up; the worst worker's p99 bounds the whole.
+                if let Some(l) = c.complete_latency_ms {
+                    p99 = p99.max(l.p99);
+                }
+            }
+        }
+    }
+    let key = key_of(topo);
+    let now = Instant::now();
+    let mut mem = ctx.memory();
+    let (acked_per_second, failed_per_second) = match mem.totals.get(&key) {
+        Some(&(at, a, f)) if now > at && acked >= a && failed >= f => {
+            let secs = (now - at).as_secs_f64().max(0.001);
+            ((acked - a) as f64 / secs, (failed - f) as f64 / secs)
+        }
+        _ => (0.0, 0.0),
+    };
+    mem.totals.insert(key, (now, acked, failed));
+    let round = |x: f64| (x * 10.0).round() / 10.0;
+    TopologyStats {
+        acked_per_second: round(acked_per_second),
+        failed_per_second: round(failed_per_second),
+        complete_latency_p99_ms: round(p99 * 10.0) / 10.0,
+        latency: if p99 > 0.0 {
+            format!("{p99:.1}ms")
+        } else {
+            String::new()
+        },
+        acked_total: acked,
+        failed_total: failed,
+        emitted_total: emitted,
+    }
+}
+
+fn has_condition_message(st: &TopologyStatus, msg: &str) -> bool {
+    st.conditions.iter().any(|c| c.message == msg)
+}
+
+/// Set Ready, Progressing and Degraded, keeping transition times of unchanged ones.
+fn set_conditions(
+    st: &mut TopologyStatus,
+    topo: &Topology,
+    ready: (&str, &str, &str),
+    progressing: (&str, &str, &str),
+    degraded: (&str, &str, &str),
+) {
+    let now = Time(Timestamp::now());
+    let generation = topo.metadata.generation;
+    let mut out = Vec::with_capacity(3);
+    for (type_, (status, reason, message)) in [
+        ("Ready", ready),
+        ("Progressing", progressing),
+        ("Degraded", degraded),
+    ] {
+        let prev = st.conditions.iter().find(|c| c.type_ == type_);
+        let last_transition_time = match prev {
+            Some(p) if p.status == status => p.last_transition_time.clone(),
+            _ => now.clone(),
+        };
+        out.push(Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: message.into(),
+            last_transition_time,
+            observed_generation: generation,
+        });
+    }
+    st.conditions = out;
+    st.observed_generation = generation;
+}
+
+async fn patch_status(ctx: &Context, topo: &Topology, status: TopologyStatus) -> Result<(), Error> {
+    if topo.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let ns = topo.namespace().ok_or(Error::NoNamespace)?;
+    let api: Api<Topology> = Api::namespaced(ctx.client.clone(), &ns);
+    let patch = serde_json::json!({
+        "apiVersion": Topology::api_version(&()),
+        "kind": Topology::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &topo.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Deletion: deactivate, wait `killWaitSeconds` (or until open trees drain),
+/// delete pods and etcd keys, then let the finalizer go. Never stuck: if etcd
+/// stays down past the wait plus a grace period, the keys are left to the
+/// orphan sweep and the finalizer is released anyway.
+/// Returns how long to wait before the next pass, or `None` when done.
+async fn cleanup(topo: &Topology, ctx: &Context) -> Result<Option<Duration>, Error> {
+    let name = topo.name_any();
+    let ns = topo.namespace().ok_or(Error::NoNamespace)?;
+    let key = key_of(topo);
+    let keys = ctx.store.keys(&ns, &name);
+    let since = *ctx
+        .memory()
+        .killing
+        .entry(key.clone())
+        .or_insert_with(Instant::now);
+    let kill_wait = Duration::from_secs(u64::from(topo.spec.kill_wait_seconds));
+    let give_up = kill_wait + Duration::from_secs(30);
+
+    let etcd_step = async {
+        let control = ctx.store.control(&keys).await?;
+        // No assignment means nothing runs (or an earlier pass already removed the keys).
+        let assigned = ctx.store.assignment(&keys).await?.is_some();
+        if assigned && control.as_ref().is_none_or(|c| !c.killed) {
+            let c = Control {
+                active: false,
+                killed: true,
+                rebalance_epoch: control.map_or(0, |c| c.rebalance_epoch),
+            };
+            ctx.store.put_control(&keys, &c).await?;
+        }
+        let stats = ctx.store.stats(&keys).await?;
+        Ok::<u64, StoreError>(stats.values().map(|s| s.pending).sum())
+    };
+    let pending = match etcd_step.await {
+        Ok(p) => p,
+        Err(e) if since.elapsed() < give_up => {
+            tracing::warn!(topology = %key, error = %e, "cleanup waits for etcd");
+            return Ok(Some(Duration::from_secs(2)));
+        }
+        Err(e) => {
+            tracing::warn!(topology = %key, error = %e, "etcd unreachable; releasing the finalizer, keys are left to the orphan sweep");
+            0
+        }
+    };
+    if topo.status.as_ref().and_then(|s| s.phase) != Some(Phase::Killing) {
+        let mut st = topo.status.clone().unwrap_or_default();
+        st.phase = Some(Phase::Killing);
+        ctx.event(
+            topo,
+            EventType::Normal,
+            "Killing",
+            format!(
+                "spouts deactivated; tearing down after up to {}s",
+                kill_wait.as_secs()
+            ),
+        )
+        .await;
+        // The object may already be gone from under us; that is fine.
+        let _ = patch_status(ctx, topo, st).await;
+    }
+    // Storm waits the whole kill wait; we also stop early once every open tree has drained.
+    let drained = pending == 0 && since.elapsed() >= Duration::from_secs(1);
+    if since.elapsed() < kill_wait && !drained {
+        return Ok(Some(Duration::from_millis(500)));
+    }
+
+    let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let existing = pod_api
+        .list(&ListParams::default().labels(&pods::selector(&name)))
+        .await?;
+    for pod in existing.items {
+        delete_pod(&pod_api, &pod.name_any()).await?;
+    }
+    if let Err(e) = ctx.store.delete_topology(&keys).await {
+        if since.elapsed() < give_up {
+            tracing::warn!(topology = %key, error = %e, "cannot delete etcd keys yet");
+            return Ok(Some(Duration::from_secs(2)));
+        }
+        tracing::warn!(topology = %key, error = %e, "giving up on etcd keys; the orphan sweep removes them later");
+    }
+    let mut mem = ctx.memory();
+    mem.killing.remove(&key);
+    mem.rebalancing.remove(&key);
+    mem.totals.remove(&key);
+    mem.missing.retain(|(k, _), _| k != &key);
+    drop(mem);
+    tracing::info!(topology = %key, "deleted");
+    Ok(None)
+}
+
+/// Remove etcd keys of topologies that no longer exist (left over from a crash).
+pub async fn sweep_orphans(ctx: &Context) -> Result<usize, Error> {
+    let mut removed = 0;
+    for (ns, name) in ctx.store.topologies().await? {
+        let api: Api<Topology> = Api::namespaced(ctx.client.clone(), &ns);
+        if api.get_opt(&name).await?.is_none() {
+            ctx.store
+                .delete_topology(&TopologyKeys::new(ctx.store.prefix(), &ns, &name))
+                .await?;
+            tracing::info!(namespace = %ns, topology = %name, "removed orphaned etcd keys");
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}

@@ -1,0 +1,177 @@
+//! `squall-operator`: Nimbus on Kubernetes.
+//!
+//! Runs in the cluster (the Helm chart) or outside it with `KUBECONFIG` set:
+//! `squall-operator --etcd http://127.0.0.1:2379`.
+
+mod controller;
+mod etcd;
+mod pods;
+mod telemetry;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use kube::runtime::events::{Recorder, Reporter};
+
+use crate::controller::Context;
+use crate::etcd::Store;
+use crate::pods::PodSettings;
+use crate::telemetry::Metrics;
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "Squall operator: reconciles Topology resources into worker pods"
+)]
+struct Args {
+    /// etcd endpoints for topology state, comma-separated (also handed to workers).
+    #[arg(
+        long,
+        env = "SQUALL_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        required = true
+    )]
+    etcd: Vec<String>,
+    /// Key prefix in etcd.
+    #[arg(long, env = "SQUALL_ETCD_PREFIX", default_value = squall_api::records::DEFAULT_PREFIX)]
+    etcd_prefix: String,
+    /// Watch only this namespace (default: all).
+    #[arg(long, env = "SQUALL_WATCH_NAMESPACE")]
+    namespace: Option<String>,
+    /// The supervisor sidecar image put in every worker pod.
+    #[arg(long, env = "SQUALL_SUPERVISOR_IMAGE", default_value = concat!("squall-supervisor:", env!("CARGO_PKG_VERSION")))]
+    supervisor_image: String,
+    /// Image pull policy for worker pods (default: the cluster's).
+    #[arg(long, env = "SQUALL_IMAGE_PULL_POLICY")]
+    image_pull_policy: Option<String>,
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(long, env = "SQUALL_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    http_addr: SocketAddr,
+    /// Elect a leader through etcd, so several replicas are safe.
+    #[arg(long, env = "SQUALL_LEADER_ELECT")]
+    leader_elect: bool,
+    /// Leader lease TTL in seconds.
+    #[arg(long, env = "SQUALL_LEADER_LEASE_SECONDS", default_value_t = 10)]
+    leader_lease_seconds: i64,
+    /// A ready worker pod without a heartbeat for this long is replaced.
+    #[arg(long, env = "SQUALL_HEARTBEAT_GRACE_SECONDS", default_value_t = 15)]
+    heartbeat_grace_seconds: u64,
+    /// `text` or `json`.
+    #[arg(long, env = "SQUALL_LOG_FORMAT", default_value = "text")]
+    log_format: String,
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube_runtime=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging(&args.log_format);
+    let metrics = Arc::new(Metrics::default());
+    let bound = telemetry::serve(args.http_addr, metrics.clone())
+        .await
+        .with_context(|| format!("cannot listen on {}", args.http_addr))?;
+    tracing::info!(%bound, "serving /metrics, /healthz, /readyz");
+
+    let client = kube::Client::try_default()
+        .await
+        .context("cannot build a Kubernetes client (in-cluster config or KUBECONFIG)")?;
+    let store = Store::connect(&args.etcd, &args.etcd_prefix).await?;
+    metrics.ready.store(true, Ordering::Relaxed);
+
+    if args.leader_elect {
+        lead(&store, &args, &metrics).await?;
+    }
+    metrics.leader.store(true, Ordering::Relaxed);
+
+    let reporter = Reporter {
+        controller: "squall-operator".into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let recorder = Recorder::new(client.clone(), reporter);
+    let settings = PodSettings {
+        supervisor_image: args.supervisor_image.clone(),
+        etcd_endpoints: args.etcd.clone(),
+        etcd_prefix: args.etcd_prefix.clone(),
+        image_pull_policy: args.image_pull_policy.clone(),
+    };
+    let ctx = Context::new(
+        client,
+        store,
+        settings,
+        recorder,
+        metrics,
+        Duration::from_secs(args.heartbeat_grace_seconds),
+    );
+
+    let sweeper = ctx.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            if let Err(e) = controller::sweep_orphans(&sweeper).await {
+                tracing::warn!(error = %e, "orphan sweep failed");
+            }
+        }
+    });
+
+    tracing::info!(namespace = ?args.namespace, etcd = ?args.etcd, "operator running");
+    controller::run(ctx, args.namespace.clone()).await;
+    tracing::info!("operator stopped");
+    Ok(())
+}
+
+/// Block until this replica leads; keep the lease alive in the background and
+/// exit the process if it is lost (Kubernetes restarts it as a standby).
+async fn lead(store: &Store, args: &Args, metrics: &Metrics) -> anyhow::Result<()> {
+    let mut client = store.client();
+    let ttl = args.leader_lease_seconds.max(2);
+    let lease = client
+        .lease_grant(ttl, None)
+        .await
+        .context("leader election: cannot grant a lease")?
+        .id();
+    let (mut keeper, mut responses) = client
+        .lease_keep_alive(lease)
+        .await
+        .context("leader election: keep-alive")?;
+    tokio::spawn(async move {
+        let period = Duration::from_secs((ttl as u64 / 3).max(1));
+        loop {
+            tokio::time::sleep(period).await;
+            let alive = match keeper.keep_alive().await {
+                Ok(()) => matches!(responses.message().await, Ok(Some(r)) if r.ttl() > 0),
+                Err(_) => false,
+            };
+            if !alive {
+                tracing::error!("lost the leader lease; exiting so a standby can take over");
+                std::process::exit(2);
+            }
+        }
+    });
+    let name = squall_api::records::leader_key(&args.etcd_prefix);
+    let me = std::env::var("POD_NAME").unwrap_or_else(|_| format!("pid-{}", std::process::id()));
+    tracing::info!(%name, %me, "campaigning for leadership");
+    metrics.leader.store(false, Ordering::Relaxed);
+    client
+        .campaign(name.as_str(), me.as_str(), lease)
+        .await
+        .context("leader election: campaign")?;
+    tracing::info!(%me, "elected leader");
+    Ok(())
+}

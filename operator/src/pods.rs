@@ -1,0 +1,223 @@
+//! Worker pods: one per slot, a `worker` container running the user's image and a
+//! generic `supervisor` sidecar.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, Pod,
+    PodSpec, Probe,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+use squall_api::Topology;
+
+/// Label holding the topology name (also the scale selector).
+pub const TOPOLOGY_LABEL: &str = "squall.dev/topology";
+/// Label holding the slot number.
+pub const SLOT_LABEL: &str = "squall.dev/slot";
+/// The worker's tuple transport port (Storm's first `supervisor.slots.ports`).
+pub const TRANSPORT_PORT: i32 = 6700;
+/// The worker's health and metrics port.
+pub const WORKER_HTTP_PORT: i32 = 8080;
+/// The supervisor's health and metrics port.
+pub const SUPERVISOR_HTTP_PORT: i32 = 8081;
+
+/// What the operator puts in every worker pod besides the topology itself.
+#[derive(Debug, Clone)]
+pub struct PodSettings {
+    /// The supervisor sidecar image.
+    pub supervisor_image: String,
+    /// etcd endpoints handed to workers and supervisors.
+    pub etcd_endpoints: Vec<String>,
+    /// etcd key prefix.
+    pub etcd_prefix: String,
+    pub image_pull_policy: Option<String>,
+}
+
+/// The pod name of a slot; deterministic, so a restarted operator can never create a duplicate.
+pub fn pod_name(topology: &str, slot: u32) -> String {
+    format!("{topology}-worker-{slot}")
+}
+
+/// The selector of a topology's worker pods.
+pub fn selector(topology: &str) -> String {
+    format!("{TOPOLOGY_LABEL}={topology}")
+}
+
+fn labels(topology: &str, slot: u32) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".into(), "squall-worker".into()),
+        ("app.kubernetes.io/instance".into(), topology.into()),
+        ("app.kubernetes.io/component".into(), "worker".into()),
+        ("app.kubernetes.io/part-of".into(), "squall".into()),
+        (
+            "app.kubernetes.io/managed-by".into(),
+            "squall-operator".into(),
+        ),
+        (TOPOLOGY_LABEL.into(), topology.into()),
+        (SLOT_LABEL.into(), slot.to_string()),
+    ])
+}
+
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn value_env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
+}
+
+fn http_probe(port: i32, path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::Int(port),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(2),
+        ..Default::default()
+    }
+}
+
+/// The pod for one slot of a topology.
+pub fn worker_pod(topo: &Topology, slot: u32, settings: &PodSettings) -> Pod {
+    let name = topo.name_any();
+    let namespace = topo.namespace().unwrap_or_default();
+    let spec = &topo.spec;
+    let template = spec.worker.clone().unwrap_or_default();
+    let topology_ref = format!("{namespace}/{name}");
+    let etcd = settings.etcd_endpoints.join(",");
+    let common_args = vec![
+        "--topology".to_string(),
+        topology_ref,
+        "--slot".to_string(),
+        slot.to_string(),
+        "--etcd".to_string(),
+        etcd,
+        "--etcd-prefix".to_string(),
+        settings.etcd_prefix.clone(),
+    ];
+    let common_env = vec![
+        field_env("POD_NAME", "metadata.name"),
+        field_env("POD_NAMESPACE", "metadata.namespace"),
+        field_env("POD_IP", "status.podIP"),
+        value_env("SQUALL_SLOT", slot.to_string()),
+    ];
+
+    let mut worker_args = vec!["worker".to_string()];
+    worker_args.extend(common_args.iter().cloned());
+    worker_args.extend(["--listen".to_string(), format!("0.0.0.0:{TRANSPORT_PORT}")]);
+    worker_args.extend(["--http".to_string(), format!("0.0.0.0:{WORKER_HTTP_PORT}")]);
+    let mut worker_env = common_env.clone();
+    worker_env.extend(template.env.iter().cloned());
+    let pull = template
+        .image_pull_policy
+        .clone()
+        .or_else(|| settings.image_pull_policy.clone());
+
+    let worker = Container {
+        name: "worker".into(),
+        image: Some(spec.image.clone()),
+        image_pull_policy: pull.clone(),
+        args: Some(worker_args),
+        env: Some(worker_env),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("transport".into()),
+                container_port: TRANSPORT_PORT,
+                ..Default::default()
+            },
+            ContainerPort {
+                name: Some("metrics".into()),
+                container_port: WORKER_HTTP_PORT,
+                ..Default::default()
+            },
+        ]),
+        readiness_probe: Some(http_probe(WORKER_HTTP_PORT, "/readyz", 2, 3)),
+        liveness_probe: Some(http_probe(WORKER_HTTP_PORT, "/healthz", 5, 6)),
+        resources: template.resources.clone(),
+        ..Default::default()
+    };
+    let mut sup_args = common_args;
+    sup_args.extend([
+        "--worker".to_string(),
+        format!("127.0.0.1:{WORKER_HTTP_PORT}"),
+    ]);
+    sup_args.extend([
+        "--http".to_string(),
+        format!("0.0.0.0:{SUPERVISOR_HTTP_PORT}"),
+    ]);
+    let supervisor = Container {
+        name: "supervisor".into(),
+        image: Some(settings.supervisor_image.clone()),
+        image_pull_policy: pull,
+        args: Some(sup_args),
+        env: Some(common_env),
+        ports: Some(vec![ContainerPort {
+            name: Some("sup-metrics".into()),
+            container_port: SUPERVISOR_HTTP_PORT,
+            ..Default::default()
+        }]),
+        liveness_probe: Some(http_probe(SUPERVISOR_HTTP_PORT, "/healthz", 5, 6)),
+        ..Default::default()
+    };
+
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(pod_name(&name, slot)),
+            namespace: Some(namespace),
+            labels: Some(labels(&name, slot)),
+            owner_references: topo.controller_owner_ref(&()).map(|r| vec![r]),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            containers: vec![worker, supervisor],
+            restart_policy: Some("Always".into()),
+            termination_grace_period_seconds: Some(i64::from(spec.kill_wait_seconds.min(60)) + 5),
+            node_selector: (!template.node_selector.is_empty())
+                .then(|| template.node_selector.clone()),
+            tolerations: (!template.tolerations.is_empty()).then(|| template.tolerations.clone()),
+            service_account_name: template.service_account_name.clone(),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// The slot a worker pod serves, from its label.
+pub fn slot_of(pod: &Pod) -> Option<u32> {
+    pod.labels().get(SLOT_LABEL)?.parse().ok()
+}
+
+/// Whether the pod is running with every container ready.
+pub fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Whether the pod has ended for good (it will not run again by itself).
+pub fn is_finished(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Failed") | Some("Succeeded")
+    )
+}

@@ -1,0 +1,487 @@
+//! The operator against a real kube-apiserver, kube-controller-manager and etcd,
+//! with the test node agent running pods as local processes.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client as Etcd, GetOptions};
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::ResourceExt;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use squall_api::Topology;
+use squall_api::records::{Assignment, Control};
+use squall_testenv::TestCluster;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The operator as a local process, killed on drop.
+struct Operator {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Operator {
+    fn start(cluster: &TestCluster, prefix: &str) -> Operator {
+        let log = cluster.control_plane().dir().join(format!(
+            "operator-{}.log",
+            Instant::now().elapsed().as_nanos()
+        ));
+        let file = std::fs::File::create(&log).unwrap();
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_squall-operator"))
+            .env("KUBECONFIG", cluster.kubeconfig_path())
+            .env("RUST_LOG", "info,squall_operator=debug")
+            .args([
+                "--etcd",
+                cluster.control_plane().etcd().client_url(),
+                "--etcd-prefix",
+                prefix,
+            ])
+            .args([
+                "--http-addr",
+                &format!("127.0.0.1:{port}"),
+                "--heartbeat-grace-seconds",
+                "5",
+            ])
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Operator { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn kubectl(cluster: &TestCluster, args: &[&str]) -> std::process::Output {
+    cluster
+        .control_plane()
+        .kubectl()
+        .args(args)
+        .current_dir(repo())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn kubectl_stdin(cluster: &TestCluster, args: &[&str], input: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = cluster
+        .control_plane()
+        .kubectl()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn install_crd(cluster: &TestCluster) {
+    let out = kubectl(cluster, &["apply", "-f", "crds/topology.yaml"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = kubectl(
+        cluster,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd/topologies.squall.dev",
+            "--timeout=30s",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn etcd_get<T: serde::de::DeserializeOwned>(etcd: &mut Etcd, key: &str) -> Option<T> {
+    let resp = etcd.get(key, None).await.ok()?;
+    serde_json::from_slice(resp.kvs().first()?.value()).ok()
+}
+
+async fn etcd_keys(etcd: &mut Etcd, prefix: &str) -> Vec<String> {
+    let resp = etcd
+        .get(
+            prefix,
+            Some(GetOptions::new().with_prefix().with_keys_only()),
+        )
+        .await
+        .unwrap();
+    resp.kvs()
+        .iter()
+        .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+        .collect()
+}
+
+async fn pods(client: &kube::Client, ns: &str, topology: &str) -> Vec<Pod> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    api.list(&ListParams::default().labels(&format!("squall.dev/topology={topology}")))
+        .await
+        .unwrap()
+        .items
+}
+
+const WORD_COUNT: &str = "examples/word-count/topology.yaml";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_assign_pods_scale_deactivate_restart_delete() {
+    let cluster = TestCluster::start().await.unwrap();
+    install_crd(&cluster);
+    let client = cluster.client();
+    let prefix = "/squall-lifecycle";
+    let mut op = Operator::start(&cluster, prefix);
+    let mut etcd = Etcd::connect([cluster.control_plane().etcd().client_url()], None)
+        .await
+        .unwrap();
+    let topos: Api<Topology> = Api::namespaced(client.clone(), "default");
+
+    let out = kubectl(&cluster, &["apply", "-f", WORD_COUNT]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The assignment is in etcd, and one pod per slot with the expected shape.
+    let keys = squall_api::records::TopologyKeys::new(prefix, "default", "word-count");
+    let a: Assignment = wait_for("assignment v1", Duration::from_secs(30), || {
+        let (mut e, k) = (etcd.clone(), keys.assignment());
+        async move { etcd_get(&mut e, &k).await }
+    })
+    .await;
+    assert_eq!(a.version, 1);
+    assert_eq!(a.plan.workers, 3);
+    let ps = wait_for("3 worker pods", Duration::from_secs(30), || {
+        let c = client.clone();
+        async move { Some(pods(&c, "default", "word-count").await).filter(|p| p.len() == 3) }
+    })
+    .await;
+    let mut names: Vec<String> = ps.iter().map(|p| p.name_any()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "word-count-worker-0",
+            "word-count-worker-1",
+            "word-count-worker-2"
+        ]
+    );
+    let pod = &ps[0];
+    let spec = pod.spec.as_ref().unwrap();
+    let containers: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(containers, ["worker", "supervisor"]);
+    assert_eq!(
+        spec.containers[0].image.as_deref(),
+        Some("squall-examples:0.1.0")
+    );
+    assert!(
+        spec.containers[0].readiness_probe.is_some() && spec.containers[0].liveness_probe.is_some()
+    );
+    let env: Vec<&str> = spec.containers[0]
+        .env
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|e| e.name.as_str())
+        .collect();
+    assert!(env.contains(&"POD_IP"), "{env:?}");
+    let owner = &pod.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+        ("Topology", "word-count", Some(true))
+    );
+    let labels = pod.labels();
+    assert_eq!(
+        labels
+            .get("app.kubernetes.io/managed-by")
+            .map(String::as_str),
+        Some("squall-operator")
+    );
+    assert!(labels.contains_key("squall.dev/slot"));
+
+    // Status: observed generation, worker counts, conditions.
+    let st = wait_for("status with conditions", Duration::from_secs(30), || {
+        let t = topos.clone();
+        async move {
+            t.get("word-count")
+                .await
+                .ok()?
+                .status
+                .filter(|s| s.conditions.len() == 3 && s.observed_generation.is_some())
+        }
+    })
+    .await;
+    assert_eq!(st.workers.desired, 3);
+    assert_eq!(st.selector, "squall.dev/topology=word-count");
+    for c in ["Ready", "Progressing", "Degraded"] {
+        assert!(
+            st.conditions
+                .iter()
+                .any(|x| x.type_ == c && !x.reason.is_empty()),
+            "{c} missing: {:?}",
+            st.conditions
+        );
+    }
+
+    // kubectl scale goes through the scale subresource and rebalances to 4 workers.
+    let out = kubectl(&cluster, &["scale", "topology/word-count", "--replicas=4"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let a2: Assignment = wait_for(
+        "assignment v2 with 4 workers",
+        Duration::from_secs(60),
+        || {
+            let (mut e, k) = (etcd.clone(), keys.assignment());
+            async move {
+                etcd_get::<Assignment>(&mut e, &k)
+                    .await
+                    .filter(|a| a.version == 2)
+            }
+        },
+    )
+    .await;
+    assert_eq!(a2.plan.workers, 4);
+    // User components keep their task ids; the default acker count follows the workers.
+    let user = |a: &Assignment| {
+        let mut c = a.plan.components.clone();
+        c.retain(|c| c.id != squall_api::ACKER_ID);
+        c
+    };
+    assert_eq!(user(&a2), user(&a), "a rebalance keeps every task id");
+    wait_for("4 pods", Duration::from_secs(30), || {
+        let c = client.clone();
+        async move { (pods(&c, "default", "word-count").await.len() == 4).then_some(()) }
+    })
+    .await;
+    let c: Control = etcd_get(&mut etcd, &keys.control()).await.unwrap();
+    assert!(c.active, "reactivated after the rebalance");
+    assert_eq!(c.rebalance_epoch, 1);
+
+    // Deactivate through the spec.
+    let patch = serde_json::json!({"spec": {"active": false}});
+    topos
+        .patch("word-count", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    wait_for("control.active = false", Duration::from_secs(30), || {
+        let (mut e, k) = (etcd.clone(), keys.control());
+        async move { etcd_get::<Control>(&mut e, &k).await.filter(|c| !c.active) }
+    })
+    .await;
+
+    // A restarted operator adopts what exists: no duplicate pods, same plan version.
+    drop(op);
+    op = Operator::start(&cluster, prefix);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        pods(&client, "default", "word-count").await.len(),
+        4,
+        "no duplicates after a restart"
+    );
+    let a3: Assignment = etcd_get(&mut etcd, &keys.assignment()).await.unwrap();
+    assert_eq!(a3.version, 2, "a restart does not bump the plan");
+
+    // The printer columns are there.
+    let out = kubectl(&cluster, &["get", "topology", "word-count"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    for col in ["PHASE", "WORKERS", "ACKED/S", "FAILED/S", "LATENCY", "AGE"] {
+        assert!(table.contains(col), "{col} missing in:\n{table}");
+    }
+    let out = kubectl(&cluster, &["get", "topo"]);
+    assert!(out.status.success(), "short name topo works");
+
+    // Delete: finalizer runs, pods and etcd keys go, the object goes.
+    let patch = serde_json::json!({"spec": {"killWaitSeconds": 1}});
+    topos
+        .patch("word-count", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let out = kubectl(
+        &cluster,
+        &["delete", "topology", "word-count", "--wait=false"],
+    );
+    assert!(out.status.success());
+    wait_for("topology gone", Duration::from_secs(60), || {
+        let t = topos.clone();
+        async move {
+            t.get_opt("word-count")
+                .await
+                .ok()
+                .flatten()
+                .is_none()
+                .then_some(())
+        }
+    })
+    .await;
+    wait_for("pods gone", Duration::from_secs(60), || {
+        let c = client.clone();
+        async move {
+            pods(&c, "default", "word-count")
+                .await
+                .is_empty()
+                .then_some(())
+        }
+    })
+    .await;
+    let left = etcd_keys(&mut etcd, keys.root()).await;
+    assert!(left.is_empty(), "etcd keys left: {left:?}\n{}", op.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_manifests_are_rejected_or_reported() {
+    let cluster = TestCluster::start().await.unwrap();
+    install_crd(&cluster);
+    let client = cluster.client();
+    let _op = Operator::start(&cluster, "/squall-bad");
+
+    let head = "apiVersion: squall.dev/v1alpha1\nkind: Topology\nmetadata: {name: bad}\nspec:\n  image: squall-examples:0.1.0\n";
+    let cases = [
+        (
+            "parallelism must not exceed tasks",
+            "  spouts: [{id: s, component: Alpha, parallelism: 4, tasks: 2}]\n",
+        ),
+        (
+            "spout ids must be unique",
+            "  spouts: [{id: s, component: Alpha}, {id: s, component: Beta}]\n",
+        ),
+        (
+            "FIELDS and PARTIAL_KEY groupings need at least one field",
+            "  spouts: [{id: s, component: Alpha}]\n  bolts: [{id: b, component: Beta}]\n  streams: [{from: s, to: b, grouping: {type: FIELDS}}]\n",
+        ),
+        (
+            "must name a spout or a bolt",
+            "  spouts: [{id: s, component: Alpha}]\n  bolts: [{id: b, component: Beta}]\n  streams: [{from: ghost, to: b, grouping: {type: SHUFFLE}}]\n",
+        ),
+        (
+            "must name a bolt",
+            "  spouts: [{id: s, component: Alpha}]\n  streams: [{from: s, to: s, grouping: {type: SHUFFLE}}]\n",
+        ),
+        (
+            "Unsupported value",
+            "  spouts: [{id: s, component: Alpha}]\n  bolts: [{id: b, component: Beta}]\n  streams: [{from: s, to: b, grouping: {type: ROUND_ROBIN}}]\n",
+        ),
+        ("spec.spouts", "  spouts: []\n"),
+        (
+            "spec.workers",
+            "  workers: 0\n  spouts: [{id: s, component: Alpha}]\n",
+        ),
+    ];
+    for (expect, body) in cases {
+        let out = kubectl_stdin(&cluster, &["apply", "-f", "-"], &format!("{head}{body}"));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "the API server must reject:\n{body}");
+        assert!(err.contains(expect), "expected '{expect}' in: {err}");
+    }
+    // Server-side dry run of a valid manifest is accepted.
+    let out = kubectl(&cluster, &["apply", "--dry-run=server", "-f", WORD_COUNT]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // What only the operator can see: a subscription declared twice.
+    let dup = format!(
+        "{head}  spouts: [{{id: s, component: RandomSentenceSpout}}]\n  bolts: [{{id: b, component: SplitSentence}}]\n  streams:\n    - {{from: s, to: b, grouping: {{type: SHUFFLE}}}}\n    - {{from: s, to: b, grouping: {{type: SHUFFLE}}}}\n"
+    );
+    let out = kubectl_stdin(&cluster, &["apply", "-f", "-"], &dup);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let topos: Api<Topology> = Api::namespaced(client.clone(), "default");
+    let st = wait_for("Failed phase", Duration::from_secs(30), || {
+        let t = topos.clone();
+        async move {
+            t.get("bad")
+                .await
+                .ok()?
+                .status
+                .filter(|s| s.phase == Some(squall_api::Phase::Failed))
+        }
+    })
+    .await;
+    let ready = st.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "InvalidTopology")
+    );
+    assert!(
+        ready.message.contains("spec.streams[1]"),
+        "{}",
+        ready.message
+    );
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    wait_for("InvalidTopology event", Duration::from_secs(30), || {
+        let e = events.clone();
+        async move {
+            let list = e.list(&ListParams::default()).await.ok()?;
+            list.items
+                .iter()
+                .any(|ev| ev.reason.as_deref() == Some("InvalidTopology"))
+                .then_some(())
+        }
+    })
+    .await;
+    assert!(
+        pods(&client, "default", "bad").await.is_empty(),
+        "an invalid topology gets no pods"
+    );
+}
