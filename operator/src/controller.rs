@@ -512,7 +512,7 @@ fn compute_status(
         Some(Phase::Running | Phase::Degraded | Phase::Inactive)
     );
 
-    let phase = if let Some(_) = &error {
+    let phase = if error.is_some() {
         Phase::Failed
     } else if rebalancing {
         Phase::Rebalancing

@@ -6,7 +6,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, DeleteOptions, GetOptions};
+use etcd_client::{
+    Certificate, Client, ConnectOptions, DeleteOptions, GetOptions, Identity, TlsOptions,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use squall_api::records::{
@@ -34,6 +36,44 @@ pub enum StoreError {
     },
     #[error("etcd: {op} timed out after {secs}s")]
     Timeout { op: &'static str, secs: u64 },
+    #[error("etcd TLS: cannot read {path}: {source}")]
+    TlsFile {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// PEM files for a TLS connection to etcd.
+#[derive(Debug, Clone, Default)]
+pub struct TlsFiles {
+    /// CA bundle that signed etcd's serving certificate.
+    pub ca: Option<String>,
+    /// Client certificate and key, for etcd's client-certificate auth.
+    pub cert: Option<String>,
+    pub key: Option<String>,
+}
+
+impl TlsFiles {
+    pub fn is_empty(&self) -> bool {
+        self.ca.is_none() && self.cert.is_none() && self.key.is_none()
+    }
+
+    fn options(&self) -> Result<TlsOptions, StoreError> {
+        let read = |path: &str| {
+            std::fs::read(path).map_err(|source| StoreError::TlsFile {
+                path: path.to_string(),
+                source,
+            })
+        };
+        let mut tls = TlsOptions::new();
+        if let Some(ca) = &self.ca {
+            tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+        }
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        Ok(tls)
+    }
 }
 
 /// How long one etcd call may take before the reconcile gives up and retries later.
@@ -47,11 +87,18 @@ pub struct Store {
 }
 
 impl Store {
-    pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Store, StoreError> {
-        let opts = ConnectOptions::new()
+    pub async fn connect(
+        endpoints: &[String],
+        prefix: &str,
+        tls: &TlsFiles,
+    ) -> Result<Store, StoreError> {
+        let mut opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(3))
             .with_timeout(CALL_TIMEOUT)
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        if !tls.is_empty() {
+            opts = opts.with_tls(tls.options()?);
+        }
         let client = Client::connect(endpoints, Some(opts))
             .await
             .map_err(|source| StoreError::Connect {

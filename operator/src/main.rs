@@ -18,7 +18,7 @@ use clap::Parser;
 use kube::runtime::events::{Recorder, Reporter};
 
 use crate::controller::Context;
-use crate::etcd::Store;
+use crate::etcd::{Store, TlsFiles};
 use crate::pods::PodSettings;
 use crate::telemetry::Metrics;
 
@@ -39,6 +39,18 @@ struct Args {
     /// Key prefix in etcd.
     #[arg(long, env = "SQUALL_ETCD_PREFIX", default_value = squall_api::records::DEFAULT_PREFIX)]
     etcd_prefix: String,
+    /// CA bundle for etcd's serving certificate (TLS).
+    #[arg(long, env = "SQUALL_ETCD_CA_FILE")]
+    etcd_ca_file: Option<String>,
+    /// Client certificate for etcd (TLS client auth).
+    #[arg(long, env = "SQUALL_ETCD_CERT_FILE", requires = "etcd_key_file")]
+    etcd_cert_file: Option<String>,
+    /// Client key for etcd (TLS client auth).
+    #[arg(long, env = "SQUALL_ETCD_KEY_FILE", requires = "etcd_cert_file")]
+    etcd_key_file: Option<String>,
+    /// A Secret (keys ca.crt, tls.crt, tls.key) that worker pods mount to reach etcd over TLS.
+    #[arg(long, env = "SQUALL_ETCD_TLS_SECRET")]
+    etcd_tls_secret: Option<String>,
     /// Watch only this namespace (default: all).
     #[arg(long, env = "SQUALL_WATCH_NAMESPACE")]
     namespace: Option<String>,
@@ -91,7 +103,12 @@ async fn main() -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("cannot build a Kubernetes client (in-cluster config or KUBECONFIG)")?;
-    let store = Store::connect(&args.etcd, &args.etcd_prefix).await?;
+    let tls = TlsFiles {
+        ca: args.etcd_ca_file.clone(),
+        cert: args.etcd_cert_file.clone(),
+        key: args.etcd_key_file.clone(),
+    };
+    let store = Store::connect(&args.etcd, &args.etcd_prefix, &tls).await?;
     metrics.ready.store(true, Ordering::Relaxed);
 
     if args.leader_elect {
@@ -109,6 +126,7 @@ async fn main() -> anyhow::Result<()> {
         etcd_endpoints: args.etcd.clone(),
         etcd_prefix: args.etcd_prefix.clone(),
         image_pull_policy: args.image_pull_policy.clone(),
+        etcd_tls_secret: args.etcd_tls_secret.clone(),
     };
     let ctx = Context::new(
         client,

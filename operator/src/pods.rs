@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, Pod,
-    PodSpec, Probe,
+    PodSpec, Probe, SecretVolumeSource, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -33,7 +33,12 @@ pub struct PodSettings {
     /// etcd key prefix.
     pub etcd_prefix: String,
     pub image_pull_policy: Option<String>,
+    /// A Secret with `ca.crt`, `tls.crt` and `tls.key` for reaching etcd over TLS.
+    pub etcd_tls_secret: Option<String>,
 }
+
+/// Where worker pods mount the etcd TLS Secret.
+pub const ETCD_TLS_DIR: &str = "/etc/squall/etcd-tls";
 
 /// The pod name of a slot; deterministic, so a restarted operator can never create a duplicate.
 pub fn pod_name(topology: &str, slot: u32) -> String {
@@ -104,7 +109,7 @@ pub fn worker_pod(topo: &Topology, slot: u32, settings: &PodSettings) -> Pod {
     let template = spec.worker.clone().unwrap_or_default();
     let topology_ref = format!("{namespace}/{name}");
     let etcd = settings.etcd_endpoints.join(",");
-    let common_args = vec![
+    let mut common_args = vec![
         "--topology".to_string(),
         topology_ref,
         "--slot".to_string(),
@@ -114,6 +119,33 @@ pub fn worker_pod(topo: &Topology, slot: u32, settings: &PodSettings) -> Pod {
         "--etcd-prefix".to_string(),
         settings.etcd_prefix.clone(),
     ];
+    let (volumes, mounts) = match &settings.etcd_tls_secret {
+        Some(secret) => {
+            for (flag, file) in [
+                ("--etcd-ca-file", "ca.crt"),
+                ("--etcd-cert-file", "tls.crt"),
+                ("--etcd-key-file", "tls.key"),
+            ] {
+                common_args.extend([flag.to_string(), format!("{ETCD_TLS_DIR}/{file}")]);
+            }
+            let volume = Volume {
+                name: "etcd-tls".into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(secret.clone()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let mount = VolumeMount {
+                name: "etcd-tls".into(),
+                mount_path: ETCD_TLS_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            };
+            (Some(vec![volume]), Some(vec![mount]))
+        }
+        None => (None, None),
+    };
     let common_env = vec![
         field_env("POD_NAME", "metadata.name"),
         field_env("POD_NAMESPACE", "metadata.namespace"),
@@ -153,6 +185,7 @@ pub fn worker_pod(topo: &Topology, slot: u32, settings: &PodSettings) -> Pod {
         readiness_probe: Some(http_probe(WORKER_HTTP_PORT, "/readyz", 2, 3)),
         liveness_probe: Some(http_probe(WORKER_HTTP_PORT, "/healthz", 5, 6)),
         resources: template.resources.clone(),
+        volume_mounts: mounts.clone(),
         ..Default::default()
     };
     let mut sup_args = common_args;
@@ -176,6 +209,7 @@ pub fn worker_pod(topo: &Topology, slot: u32, settings: &PodSettings) -> Pod {
             ..Default::default()
         }]),
         liveness_probe: Some(http_probe(SUPERVISOR_HTTP_PORT, "/healthz", 5, 6)),
+        volume_mounts: mounts,
         ..Default::default()
     };
 
@@ -195,6 +229,7 @@ pub fn worker_pod(topo: &Topology, slot: u32, settings: &PodSettings) -> Pod {
                 .then(|| template.node_selector.clone()),
             tolerations: (!template.tolerations.is_empty()).then(|| template.tolerations.clone()),
             service_account_name: template.service_account_name.clone(),
+            volumes,
             ..Default::default()
         }),
         status: None,
