@@ -172,9 +172,6 @@ pub struct WorkerStats {
     pub applied_version: u64,
     /// Unix time in milliseconds when the snapshot was taken.
     pub timestamp_ms: u64,
-    /// Open tuple trees in this worker's spout tasks (a drain is done at 0).
-    #[serde(default)]
-    pub pending: u64,
     pub components: BTreeMap<String, ComponentStats>,
     /// Tuple trees open at this worker's spout tasks.
     #[serde(default)]
