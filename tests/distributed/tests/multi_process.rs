@@ -2,6 +2,8 @@
 //!
 //! Needs etcd from `make testenv` (`SQUALL_TESTENV_BIN` or the default cache).
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::io::Write as _;

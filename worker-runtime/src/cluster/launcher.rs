@@ -245,8 +245,8 @@ pub fn run(name: &str, mut spec: TopologySpec, opts: &LaunchOptions) -> anyhow::
                 workers = a.plan.workers;
                 eprintln!("assignment version {version}: {workers} workers");
                 for slot in 0..workers {
-                    if !pairs.contains_key(&slot) {
-                        pairs.insert(slot, start_pair(slot)?);
+                    if let std::collections::btree_map::Entry::Vacant(e) = pairs.entry(slot) {
+                        e.insert(start_pair(slot)?);
                     }
                 }
             }

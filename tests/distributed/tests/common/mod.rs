@@ -1,6 +1,6 @@
 //! Helpers: an etcd that can be restarted on the same ports, and the launcher.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
