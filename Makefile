@@ -2,7 +2,7 @@
 SHELL := /usr/bin/env bash
 CARGO ?= cargo
 
-.PHONY: all build run test lint fmt testenv dev-cluster bench crds
+.PHONY: all build run test lint fmt testenv dev-cluster bench crds helm-lint
 
 all: build
 
@@ -32,9 +32,15 @@ fmt:
 dev-cluster: testenv
 	@source <(bash tests/testenv/provision.sh --print-env) && $(CARGO) run -q -p squall-testenv --bin dev-cluster
 
-## Regenerate crds/topology.yaml from the Rust types.
+## Regenerate crds/topology.yaml from the Rust types, and the chart's copy of it
+## (charts/squall/crds/topology.yaml must stay byte-identical: squall-chart-tests checks).
 crds:
 	$(CARGO) run -q -p squall-api --bin crdgen > crds/topology.yaml
+	cp crds/topology.yaml charts/squall/crds/topology.yaml
+
+## helm lint the chart (strict: warnings fail).
+helm-lint: testenv
+	@source <(bash tests/testenv/provision.sh --print-env) && helm lint --strict charts/squall
 
 bench:
 	$(CARGO) run --release -p squall-examples --bin squall-bench
