@@ -1,0 +1,497 @@
+//! The chart without a cluster: `helm lint`, and what `helm template` renders
+//! for the default values and the variants a user sets. Also the CRD copy and
+//! the Dockerfiles, which must agree with what the chart expects.
+
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
+use serde_json::Value;
+use squall_chart_tests::{
+    self as chart, CLUSTER_SCOPED_KINDS, ETCD_TLS_DIR, Manifest, RELEASE, external_etcd_tls_values,
+    test_cluster_values,
+};
+
+fn render(namespace: &str, values: &[&str]) -> Manifest {
+    let text = chart::template(RELEASE, namespace, values, &[]).unwrap();
+    Manifest::parse(&text).unwrap()
+}
+
+const EXTERNAL: &str =
+    "etcd:\n  external:\n    endpoints: [\"http://10.0.0.1:2379\", \"http://10.0.0.2:2379\"]\n";
+
+fn args(m: &Manifest) -> Vec<String> {
+    m.operator_args().unwrap()
+}
+
+fn env_field_ref<'a>(container: &'a Value, name: &str) -> Option<&'a str> {
+    container["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)?["valueFrom"]["fieldRef"]["fieldPath"]
+        .as_str()
+}
+
+#[test]
+fn lint_is_clean_for_every_variant() {
+    let tls = external_etcd_tls_values(&["https://etcd.example:2379"], "etcd-client");
+    let variants: [&[&str]; 5] = [
+        &[],
+        &[EXTERNAL],
+        &[&tls],
+        &["operator:\n  replicas: 3\n  watchNamespace: topologies\n"],
+        &["metrics:\n  serviceMonitor:\n    enabled: true\n"],
+    ];
+    for values in variants {
+        let report = chart::lint(values).unwrap_or_else(|e| panic!("{values:?}: {e}"));
+        assert!(
+            !report.contains("[WARNING]") && !report.contains("[ERROR]"),
+            "helm lint {values:?}:\n{report}"
+        );
+        assert!(report.contains("0 chart(s) failed"), "{report}");
+    }
+}
+
+#[test]
+fn chart_crd_is_byte_identical_to_the_generated_one() {
+    let root = chart::workspace_root();
+    let generated = std::fs::read(root.join("crds/topology.yaml")).unwrap();
+    let in_chart = std::fs::read(root.join("charts/squall/crds/topology.yaml")).unwrap();
+    assert!(
+        generated == in_chart,
+        "charts/squall/crds/topology.yaml differs from crds/topology.yaml: run `make crds`"
+    );
+}
+
+#[test]
+fn default_values_bundle_etcd_and_point_the_operator_at_it() {
+    let m = render("default", &[]);
+    let sts = m.get("StatefulSet", "squall-etcd").unwrap();
+    assert_eq!(sts["spec"]["replicas"], 1);
+    assert_eq!(sts["spec"]["serviceName"], "squall-etcd-headless");
+    let pvc = &sts["spec"]["volumeClaimTemplates"][0];
+    assert_eq!(pvc["metadata"]["name"], "data");
+    assert_eq!(pvc["spec"]["resources"]["requests"]["storage"], "8Gi");
+    assert_eq!(
+        sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"],
+        "Delete"
+    );
+    let etcd = &sts["spec"]["template"]["spec"]["containers"][0];
+    assert!(etcd["image"].as_str().unwrap().contains("etcd:v3.6"));
+    assert_eq!(etcd["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(etcd["livenessProbe"]["httpGet"]["path"], "/livez");
+    assert_eq!(etcd["securityContext"]["readOnlyRootFilesystem"], true);
+    let headless = m.get("Service", "squall-etcd-headless").unwrap();
+    assert_eq!(headless["spec"]["clusterIP"], "None");
+    m.get("Service", "squall-etcd").unwrap();
+
+    assert_eq!(
+        m.operator_flag("--etcd").unwrap().as_deref(),
+        Some("http://squall-etcd.default.svc:2379")
+    );
+    assert_eq!(
+        m.operator_flag("--etcd-prefix").unwrap().as_deref(),
+        Some("/squall")
+    );
+    assert_eq!(
+        m.operator_flag("--supervisor-image").unwrap().as_deref(),
+        Some("ghcr.io/squall-dev/squall-supervisor:0.1.0")
+    );
+    assert_eq!(
+        m.operator_flag("--http-addr").unwrap().as_deref(),
+        Some("0.0.0.0:8080")
+    );
+    assert_eq!(
+        m.operator_flag("--log-format").unwrap().as_deref(),
+        Some("text")
+    );
+    let a = args(&m);
+    assert!(!a.contains(&"--leader-elect".to_string()), "{a:?}");
+    assert!(!a.iter().any(|x| x.starts_with("--etcd-ca-file")), "{a:?}");
+    assert!(!a.iter().any(|x| x.starts_with("--namespace")), "{a:?}");
+}
+
+#[test]
+fn operator_pod_is_hardened_probed_and_knows_its_name() {
+    let m = render("default", &[]);
+    let d = m.operator_deployment().unwrap();
+    assert_eq!(d["metadata"]["name"], "squall-operator");
+    assert_eq!(d["spec"]["replicas"], 1);
+    // One replica without leader election: never two Nimbuses during an upgrade.
+    assert_eq!(d["spec"]["strategy"]["type"], "Recreate");
+    let pod = &d["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "squall-operator");
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["securityContext"]["runAsUser"], 65532);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let c = m.operator_container().unwrap();
+    assert_eq!(c["image"], "ghcr.io/squall-dev/squall-operator:0.1.0");
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(
+        c["securityContext"]["capabilities"]["drop"],
+        serde_json::json!(["ALL"])
+    );
+    assert_eq!(c["ports"][0]["containerPort"], 8080);
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["port"], "http");
+    assert_eq!(env_field_ref(c, "POD_NAME"), Some("metadata.name"));
+    assert_eq!(env_field_ref(c, "POD_IP"), Some("status.podIP"));
+    let rust_log = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "RUST_LOG")
+        .unwrap();
+    assert_eq!(rust_log["value"], "info");
+
+    let svc = m.get("Service", "squall-operator-metrics").unwrap();
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], "http");
+    assert_eq!(
+        svc["spec"]["selector"],
+        d["spec"]["selector"]["matchLabels"]
+    );
+    assert_eq!(m.of_kind("ServiceMonitor").count(), 0);
+}
+
+#[test]
+fn more_than_one_replica_turns_leader_election_on() {
+    let m = render("default", &["operator:\n  replicas: 2\n"]);
+    let d = m.operator_deployment().unwrap();
+    assert_eq!(d["spec"]["replicas"], 2);
+    assert!(d["spec"]["strategy"].is_null(), "{}", d["spec"]["strategy"]);
+    assert!(args(&m).contains(&"--leader-elect".to_string()));
+
+    let m = render(
+        "default",
+        &[
+            "operator:\n  leaderElection:\n    enabled: true\n    leaseSeconds: 7\n  heartbeatGraceSeconds: 9\n",
+        ],
+    );
+    let a = args(&m);
+    assert!(a.contains(&"--leader-elect".to_string()), "{a:?}");
+    assert!(a.contains(&"--leader-lease-seconds=7".to_string()), "{a:?}");
+    assert!(
+        a.contains(&"--heartbeat-grace-seconds=9".to_string()),
+        "{a:?}"
+    );
+}
+
+#[test]
+fn rbac_is_least_privilege() {
+    let m = render("default", &[]);
+    let role = m.get("ClusterRole", "squall-operator").unwrap();
+    let rules = role["rules"].as_array().unwrap();
+    let verbs = |group: &str, resource: &str| -> Vec<String> {
+        rules
+            .iter()
+            .filter(|r| {
+                r["apiGroups"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|g| g == group)
+                    && r["resources"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|x| x == resource)
+            })
+            .flat_map(|r| r["verbs"].as_array().unwrap().iter())
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        verbs("squall.dev", "topologies"),
+        ["get", "list", "watch", "patch", "update"]
+    );
+    assert_eq!(
+        verbs("squall.dev", "topologies/status"),
+        ["get", "patch", "update"]
+    );
+    assert_eq!(verbs("squall.dev", "topologies/finalizers"), ["update"]);
+    assert_eq!(
+        verbs("", "pods"),
+        ["get", "list", "watch", "create", "delete"]
+    );
+    assert_eq!(verbs("", "events"), ["create", "patch"]);
+    assert_eq!(verbs("events.k8s.io", "events"), ["create", "patch"]);
+    // Nothing else: no wildcards, no secrets, no leases (leader election is in etcd).
+    let text = serde_json::to_string(rules).unwrap();
+    for banned in [
+        "\"*\"",
+        "secrets",
+        "leases",
+        "configmaps",
+        "deletecollection",
+    ] {
+        assert!(!text.contains(banned), "{banned} in {text}");
+    }
+    let binding = m.get("ClusterRoleBinding", "squall-operator").unwrap();
+    assert_eq!(binding["roleRef"]["name"], "squall-operator");
+    assert_eq!(
+        binding["subjects"],
+        serde_json::json!([{"kind": "ServiceAccount", "name": "squall-operator", "namespace": "default"}])
+    );
+    assert_eq!(m.of_kind("Role").count(), 0);
+}
+
+#[test]
+fn watching_one_namespace_uses_a_role_there() {
+    let m = render(
+        "squall-system",
+        &["operator:\n  watchNamespace: topologies\n"],
+    );
+    assert_eq!(m.of_kind("ClusterRole").count(), 0);
+    assert_eq!(m.of_kind("ClusterRoleBinding").count(), 0);
+    let role = m.get("Role", "squall-operator").unwrap();
+    assert_eq!(role["metadata"]["namespace"], "topologies");
+    let rb = m.get("RoleBinding", "squall-operator").unwrap();
+    assert_eq!(rb["metadata"]["namespace"], "topologies");
+    assert_eq!(rb["subjects"][0]["namespace"], "squall-system");
+    assert_eq!(
+        m.operator_flag("--namespace").unwrap().as_deref(),
+        Some("topologies")
+    );
+}
+
+#[test]
+fn no_namespace_is_hard_coded() {
+    let text = chart::template(RELEASE, "foo", &[], &[]).unwrap();
+    let m = Manifest::parse(&text).unwrap();
+    assert!(!m.objects.is_empty());
+    for o in &m.objects {
+        let kind = o["kind"].as_str().unwrap();
+        if CLUSTER_SCOPED_KINDS.contains(&kind) {
+            assert!(
+                o["metadata"]["namespace"].is_null(),
+                "{kind} has a namespace"
+            );
+        } else {
+            assert_eq!(
+                o["metadata"]["namespace"], "foo",
+                "{kind}/{} is not in the release namespace",
+                o["metadata"]["name"]
+            );
+        }
+    }
+    // Also inside strings: service DNS names, binding subjects.
+    assert!(!text.contains("default"), "'default' appears in:\n{text}");
+    assert!(text.contains("squall-etcd.foo.svc:2379"));
+    assert!(text.contains("squall-etcd-headless.foo.svc:2380"));
+}
+
+#[test]
+fn external_etcd_renders_no_etcd_of_its_own() {
+    let m = render("default", &[EXTERNAL]);
+    assert_eq!(m.of_kind("StatefulSet").count(), 0);
+    assert!(
+        !m.kinds_and_names().iter().any(|n| n.contains("etcd")),
+        "{:?}",
+        m.kinds_and_names()
+    );
+    assert_eq!(
+        m.operator_flag("--etcd").unwrap().as_deref(),
+        Some("http://10.0.0.1:2379,http://10.0.0.2:2379")
+    );
+    let a = args(&m);
+    assert!(!a.iter().any(|x| x.contains("tls")), "{a:?}");
+    let vols = &m.operator_deployment().unwrap()["spec"]["template"]["spec"]["volumes"];
+    assert!(!vols.to_string().contains("etcd-tls"), "{vols}");
+}
+
+#[test]
+fn external_etcd_with_tls_mounts_the_client_certificates() {
+    let tls = external_etcd_tls_values(&["https://etcd.example:2379"], "etcd-client");
+    let m = render("default", &[&tls]);
+    assert_eq!(m.of_kind("StatefulSet").count(), 0);
+    assert_eq!(
+        m.operator_flag("--etcd").unwrap().as_deref(),
+        Some("https://etcd.example:2379")
+    );
+    for (flag, file) in [
+        ("--etcd-ca-file", "ca.crt"),
+        ("--etcd-cert-file", "tls.crt"),
+        ("--etcd-key-file", "tls.key"),
+    ] {
+        assert_eq!(
+            m.operator_flag(flag).unwrap(),
+            Some(format!("{ETCD_TLS_DIR}/{file}"))
+        );
+    }
+    assert_eq!(
+        m.operator_flag("--etcd-tls-secret").unwrap().as_deref(),
+        Some("etcd-client")
+    );
+    let c = m.operator_container().unwrap();
+    let mount = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "etcd-tls")
+        .unwrap();
+    assert_eq!(mount["mountPath"], ETCD_TLS_DIR);
+    assert_eq!(mount["readOnly"], true);
+    let vol = m.operator_deployment().unwrap()["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "etcd-tls")
+        .unwrap()
+        .clone();
+    assert_eq!(vol["secret"]["secretName"], "etcd-client");
+    let keys: Vec<&str> = vol["secret"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["ca.crt", "tls.crt", "tls.key"]);
+}
+
+#[test]
+fn values_for_images_logs_service_account_and_metrics() {
+    let values = "\
+operator:
+  image: {repository: registry.example/squall/squall-operator, tag: \"1.2.3\", pullPolicy: Always}
+  log: {level: debug, format: json}
+  nodeSelector: {disktype: ssd}
+  tolerations: [{key: dedicated, operator: Equal, value: squall, effect: NoSchedule}]
+  podAnnotations: {example.com/team: streams}
+supervisor:
+  image: {repository: registry.example/squall/squall-supervisor, tag: \"1.2.3\", pullPolicy: Never}
+serviceAccount: {create: false, name: existing-sa}
+metrics:
+  serviceMonitor: {enabled: true, interval: 15s}
+";
+    let m = render("default", &[values]);
+    let c = m.operator_container().unwrap();
+    assert_eq!(c["image"], "registry.example/squall/squall-operator:1.2.3");
+    assert_eq!(c["imagePullPolicy"], "Always");
+    assert_eq!(
+        m.operator_flag("--supervisor-image").unwrap().as_deref(),
+        Some("registry.example/squall/squall-supervisor:1.2.3")
+    );
+    assert_eq!(
+        m.operator_flag("--image-pull-policy").unwrap().as_deref(),
+        Some("Never")
+    );
+    assert_eq!(
+        m.operator_flag("--log-format").unwrap().as_deref(),
+        Some("json")
+    );
+    let pod = &m.operator_deployment().unwrap()["spec"]["template"];
+    assert_eq!(pod["spec"]["nodeSelector"]["disktype"], "ssd");
+    assert_eq!(pod["spec"]["tolerations"][0]["key"], "dedicated");
+    assert_eq!(
+        pod["metadata"]["annotations"]["example.com/team"],
+        "streams"
+    );
+    assert_eq!(pod["spec"]["serviceAccountName"], "existing-sa");
+    assert_eq!(m.of_kind("ServiceAccount").count(), 0);
+    let binding = m.get("ClusterRoleBinding", "squall-operator").unwrap();
+    assert_eq!(binding["subjects"][0]["name"], "existing-sa");
+    let sm = m.get("ServiceMonitor", "squall-operator").unwrap();
+    assert_eq!(sm["spec"]["endpoints"][0]["port"], "http-metrics");
+    assert_eq!(sm["spec"]["endpoints"][0]["interval"], "15s");
+}
+
+#[test]
+fn schema_rejects_misspelt_values() {
+    let err = chart::template(RELEASE, "default", &["etcd:\n  externl: {}\n"], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("externl"), "{err}");
+    let err = chart::template(
+        RELEASE,
+        "default",
+        &["operator:\n  log: {format: xml}\n"],
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("format"), "{err}");
+}
+
+#[test]
+fn test_cluster_values_render_an_operator_for_the_node_agent() {
+    let values = test_cluster_values(&["http://127.0.0.1:23790"]);
+    let m = render("squall-system", &[&values]);
+    assert_eq!(m.of_kind("StatefulSet").count(), 0);
+    assert_eq!(
+        m.operator_flag("--etcd").unwrap().as_deref(),
+        Some("http://127.0.0.1:23790")
+    );
+    // Expanded by the node agent (and Kubernetes) from the POD_IP env var.
+    assert_eq!(
+        m.operator_flag("--http-addr").unwrap().as_deref(),
+        Some("$(POD_IP):8080")
+    );
+    // The images map to workspace binaries by their last path segment.
+    let c = m.operator_container().unwrap();
+    assert!(c["image"].as_str().unwrap().contains("/squall-operator:"));
+    assert!(
+        m.operator_flag("--supervisor-image")
+            .unwrap()
+            .unwrap()
+            .contains("/squall-supervisor:")
+    );
+}
+
+/// The Dockerfiles build the binaries the chart and the operator run, as the
+/// user the chart's security context names, with the expected entrypoints.
+#[test]
+fn dockerfiles_agree_with_the_chart() {
+    let root = chart::workspace_root();
+    for (file, package, binary) in [
+        (
+            "docker/operator.Dockerfile",
+            "squall-operator",
+            "squall-operator",
+        ),
+        (
+            "docker/supervisor.Dockerfile",
+            "squall-runtime",
+            "squall-supervisor",
+        ),
+        (
+            "docker/examples.Dockerfile",
+            "squall-examples",
+            "squall-examples",
+        ),
+    ] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        assert!(
+            text.contains(&format!("-p {package} --bin {binary}")),
+            "{file} does not build {package}/{binary}"
+        );
+        assert!(text.contains("--locked"), "{file}: build without --locked");
+        assert!(
+            text.contains(&format!("ENTRYPOINT [\"/usr/local/bin/{binary}\"]")),
+            "{file}: entrypoint is not {binary}"
+        );
+        assert!(text.contains("USER 65532:65532"), "{file}: not uid 65532");
+        assert_eq!(
+            text.matches("\nFROM ").count(),
+            2,
+            "{file}: expected a build and a runtime stage"
+        );
+    }
+    // Each package is a workspace member that has that binary.
+    let members = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    for dir in ["worker-runtime", "examples"] {
+        assert!(
+            members.contains(&format!("\"{dir}\"")),
+            "{dir} not a member"
+        );
+    }
+    let ignore = std::fs::read_to_string(root.join(".dockerignore")).unwrap();
+    assert!(ignore.lines().any(|l| l.trim() == "target/"));
+    assert!(
+        !ignore
+            .lines()
+            .any(|l| l.trim() == ".cargo" || l.trim() == ".cargo/")
+    );
+}
