@@ -35,5 +35,6 @@ LABEL org.opencontainers.image.source="https://github.com/squall-dev/squall" \
 COPY --from=build /out/squall-examples /usr/local/bin/squall-examples
 COPY --from=build /out/share/examples/ /usr/share/squall/examples/
 USER 65532:65532
-EXPOSE 6700 8080
+# 6700: tuple transport (gRPC), 7071: the supervisor agent, 8080: /metrics /healthz /readyz
+EXPOSE 6700 7071 8080
 ENTRYPOINT ["/usr/local/bin/squall-examples"]

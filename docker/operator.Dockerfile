@@ -29,5 +29,6 @@ LABEL org.opencontainers.image.source="https://github.com/squall-dev/squall" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /out/squall-operator /usr/local/bin/squall-operator
 USER 65532:65532
+# 8080: /metrics /healthz /readyz (--http-addr)
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/squall-operator"]

@@ -28,6 +28,6 @@ LABEL org.opencontainers.image.source="https://github.com/squall-dev/squall" \
       org.opencontainers.image.title="squall-supervisor" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /out/squall-supervisor /usr/local/bin/squall-supervisor
+# It listens on nothing: it reaches the worker's agent and etcd as a client.
 USER 65532:65532
-EXPOSE 8081
 ENTRYPOINT ["/usr/local/bin/squall-supervisor"]

@@ -174,6 +174,7 @@ async fn helm_install_grants_least_privilege_and_uninstall_cleans_up() {
         "examples/word-count/topology.yaml",
         "kubectl get topology",
         "kubectl scale topology",
+        "kubectl get pods -l squall.dev/topology=word-count",
         "docs/helm.md",
     ] {
         assert!(
