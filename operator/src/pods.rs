@@ -20,8 +20,8 @@ pub const SLOT_LABEL: &str = "squall.dev/slot";
 pub const TRANSPORT_PORT: i32 = 6700;
 /// The worker's health and metrics port.
 pub const WORKER_HTTP_PORT: i32 = 8080;
-/// The supervisor's health and metrics port.
-pub const SUPERVISOR_HTTP_PORT: i32 = 8081;
+/// The worker's channel to its supervisor.
+pub const AGENT_PORT: i32 = 7071;
 
 /// What the operator puts in every worker pod besides the topology itself.
 #[derive(Debug, Clone)]
@@ -116,7 +116,7 @@ pub fn worker_pod(topo: &Topology, slot: u32, settings: &PodSettings) -> Pod {
         slot.to_string(),
         "--etcd".to_string(),
         etcd,
-        "--etcd-prefix".to_string(),
+        "--prefix".to_string(),
         settings.etcd_prefix.clone(),
     ];
     let (volumes, mounts) = match &settings.etcd_tls_secret {
@@ -153,10 +153,23 @@ pub fn worker_pod(topo: &Topology, slot: u32, settings: &PodSettings) -> Pod {
         value_env("SQUALL_SLOT", slot.to_string()),
     ];
 
+    // Everything binds to the pod IP (expanded by the kubelet from the env):
+    // in a real pod that is the pod's own address, and where several pods
+    // share a host network (the test node agent) it keeps their ports apart.
+    // The supervisor channel is on the pod IP rather than 127.0.0.1 for the same reason.
+    let agent = format!("$(POD_IP):{AGENT_PORT}");
+    common_args.extend(["--agent-addr".to_string(), agent]);
     let mut worker_args = vec!["worker".to_string()];
     worker_args.extend(common_args.iter().cloned());
-    worker_args.extend(["--listen".to_string(), format!("0.0.0.0:{TRANSPORT_PORT}")]);
-    worker_args.extend(["--http".to_string(), format!("0.0.0.0:{WORKER_HTTP_PORT}")]);
+    worker_args.extend([
+        "--listen".to_string(),
+        format!("$(POD_IP):{TRANSPORT_PORT}"),
+    ]);
+    worker_args.extend(["--advertise".to_string(), "$(POD_IP)".to_string()]);
+    worker_args.extend([
+        "--http".to_string(),
+        format!("$(POD_IP):{WORKER_HTTP_PORT}"),
+    ]);
     let mut worker_env = common_env.clone();
     worker_env.extend(template.env.iter().cloned());
     let pull = template
@@ -188,27 +201,16 @@ pub fn worker_pod(topo: &Topology, slot: u32, settings: &PodSettings) -> Pod {
         volume_mounts: mounts.clone(),
         ..Default::default()
     };
-    let mut sup_args = common_args;
-    sup_args.extend([
-        "--worker".to_string(),
-        format!("127.0.0.1:{WORKER_HTTP_PORT}"),
-    ]);
-    sup_args.extend([
-        "--http".to_string(),
-        format!("0.0.0.0:{SUPERVISOR_HTTP_PORT}"),
-    ]);
+    // The supervisor image's entrypoint is `squall-supervisor`: flags only.
+    let sup_args = common_args;
     let supervisor = Container {
         name: "supervisor".into(),
         image: Some(settings.supervisor_image.clone()),
         image_pull_policy: pull,
         args: Some(sup_args),
         env: Some(common_env),
-        ports: Some(vec![ContainerPort {
-            name: Some("sup-metrics".into()),
-            container_port: SUPERVISOR_HTTP_PORT,
-            ..Default::default()
-        }]),
-        liveness_probe: Some(http_probe(SUPERVISOR_HTTP_PORT, "/healthz", 5, 6)),
+        // The supervisor exits non-zero when it cannot do its job (etcd gone past
+        // its deadline), and the kubelet restarts it; it needs no probe.
         volume_mounts: mounts,
         ..Default::default()
     };

@@ -3,182 +3,24 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-use etcd_client::{Client as Etcd, GetOptions};
-use k8s_openapi::api::core::v1::{Event, Pod};
+use std::time::Duration;
+
+use etcd_client::Client as Etcd;
+use k8s_openapi::api::core::v1::Event;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use squall_api::Topology;
 use squall_api::records::{Assignment, Control};
-use squall_testenv::TestCluster;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The operator as a local process, killed on drop.
-struct Operator {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Operator {
-    fn start(cluster: &TestCluster, prefix: &str) -> Operator {
-        let log = cluster.control_plane().dir().join(format!(
-            "operator-{}.log",
-            Instant::now().elapsed().as_nanos()
-        ));
-        let file = std::fs::File::create(&log).unwrap();
-        let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_squall-operator"))
-            .env("KUBECONFIG", cluster.kubeconfig_path())
-            .env("RUST_LOG", "info,squall_operator=debug")
-            .args([
-                "--etcd",
-                cluster.control_plane().etcd().client_url(),
-                "--etcd-prefix",
-                prefix,
-            ])
-            .args([
-                "--http-addr",
-                &format!("127.0.0.1:{port}"),
-                "--heartbeat-grace-seconds",
-                "5",
-            ])
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .unwrap();
-        Operator { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-fn kubectl(cluster: &TestCluster, args: &[&str]) -> std::process::Output {
-    cluster
-        .control_plane()
-        .kubectl()
-        .args(args)
-        .current_dir(repo())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-fn kubectl_stdin(cluster: &TestCluster, args: &[&str], input: &str) -> std::process::Output {
-    use std::io::Write;
-    let mut child = cluster
-        .control_plane()
-        .kubectl()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
-
-fn install_crd(cluster: &TestCluster) {
-    let out = kubectl(cluster, &["apply", "-f", "crds/topology.yaml"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = kubectl(
-        cluster,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd/topologies.squall.dev",
-            "--timeout=30s",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-async fn etcd_get<T: serde::de::DeserializeOwned>(etcd: &mut Etcd, key: &str) -> Option<T> {
-    let resp = etcd.get(key, None).await.ok()?;
-    serde_json::from_slice(resp.kvs().first()?.value()).ok()
-}
-
-async fn etcd_keys(etcd: &mut Etcd, prefix: &str) -> Vec<String> {
-    let resp = etcd
-        .get(
-            prefix,
-            Some(GetOptions::new().with_prefix().with_keys_only()),
-        )
-        .await
-        .unwrap();
-    resp.kvs()
-        .iter()
-        .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
-        .collect()
-}
-
-async fn pods(client: &kube::Client, ns: &str, topology: &str) -> Vec<Pod> {
-    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
-    api.list(&ListParams::default().labels(&format!("squall.dev/topology={topology}")))
-        .await
-        .unwrap()
-        .items
-}
+use common::*;
 
 const WORD_COUNT: &str = "examples/word-count/topology.yaml";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifecycle_assign_pods_scale_deactivate_restart_delete() {
-    let cluster = TestCluster::start().await.unwrap();
+    let cluster = cluster().await;
     install_crd(&cluster);
     let client = cluster.client();
     let prefix = "/squall-lifecycle";
@@ -201,14 +43,16 @@ async fn lifecycle_assign_pods_scale_deactivate_restart_delete() {
         let (mut e, k) = (etcd.clone(), keys.assignment());
         async move { etcd_get(&mut e, &k).await }
     })
-    .await;
+    .await
+    .unwrap();
     assert_eq!(a.version, 1);
     assert_eq!(a.plan.workers, 3);
     let ps = wait_for("3 worker pods", Duration::from_secs(30), || {
         let c = client.clone();
         async move { Some(pods(&c, "default", "word-count").await).filter(|p| p.len() == 3) }
     })
-    .await;
+    .await
+    .unwrap();
     let mut names: Vec<String> = ps.iter().map(|p| p.name_any()).collect();
     names.sort();
     assert_eq!(
@@ -263,7 +107,8 @@ async fn lifecycle_assign_pods_scale_deactivate_restart_delete() {
                 .filter(|s| s.conditions.len() == 3 && s.observed_generation.is_some())
         }
     })
-    .await;
+    .await
+    .unwrap();
     assert_eq!(st.workers.desired, 3);
     assert_eq!(st.selector, "squall.dev/topology=word-count");
     for c in ["Ready", "Progressing", "Degraded"] {
@@ -295,7 +140,8 @@ async fn lifecycle_assign_pods_scale_deactivate_restart_delete() {
             }
         },
     )
-    .await;
+    .await
+    .unwrap();
     assert_eq!(a2.plan.workers, 4);
     // User components keep their task ids; the default acker count follows the workers.
     let user = |a: &Assignment| {
@@ -308,7 +154,8 @@ async fn lifecycle_assign_pods_scale_deactivate_restart_delete() {
         let c = client.clone();
         async move { (pods(&c, "default", "word-count").await.len() == 4).then_some(()) }
     })
-    .await;
+    .await
+    .unwrap();
     let c: Control = etcd_get(&mut etcd, &keys.control()).await.unwrap();
     assert!(c.active, "reactivated after the rebalance");
     assert_eq!(c.rebalance_epoch, 1);
@@ -323,7 +170,8 @@ async fn lifecycle_assign_pods_scale_deactivate_restart_delete() {
         let (mut e, k) = (etcd.clone(), keys.control());
         async move { etcd_get::<Control>(&mut e, &k).await.filter(|c| !c.active) }
     })
-    .await;
+    .await
+    .unwrap();
 
     // A restarted operator adopts what exists: no duplicate pods, same plan version.
     drop(op);
@@ -368,7 +216,8 @@ async fn lifecycle_assign_pods_scale_deactivate_restart_delete() {
                 .then_some(())
         }
     })
-    .await;
+    .await
+    .unwrap();
     wait_for("pods gone", Duration::from_secs(60), || {
         let c = client.clone();
         async move {
@@ -378,14 +227,15 @@ async fn lifecycle_assign_pods_scale_deactivate_restart_delete() {
                 .then_some(())
         }
     })
-    .await;
+    .await
+    .unwrap();
     let left = etcd_keys(&mut etcd, keys.root()).await;
     assert!(left.is_empty(), "etcd keys left: {left:?}\n{}", op.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_manifests_are_rejected_or_reported() {
-    let cluster = TestCluster::start().await.unwrap();
+    let cluster = cluster().await;
     install_crd(&cluster);
     let client = cluster.client();
     let _op = Operator::start(&cluster, "/squall-bad");
@@ -457,7 +307,8 @@ async fn bad_manifests_are_rejected_or_reported() {
                 .filter(|s| s.phase == Some(squall_api::Phase::Failed))
         }
     })
-    .await;
+    .await
+    .unwrap();
     let ready = st.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
     assert_eq!(
         (ready.status.as_str(), ready.reason.as_str()),
@@ -479,7 +330,8 @@ async fn bad_manifests_are_rejected_or_reported() {
                 .then_some(())
         }
     })
-    .await;
+    .await
+    .unwrap();
     assert!(
         pods(&client, "default", "bad").await.is_empty(),
         "an invalid topology gets no pods"

@@ -1,0 +1,242 @@
+//! The operator with real workers: pods run `squall-examples worker` and
+//! `squall-supervisor` as local processes through the test node agent.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Event;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use squall_api::{Phase, Topology, TopologyStatus};
+
+use common::*;
+
+fn status(t: &Topology) -> TopologyStatus {
+    t.status.clone().unwrap_or_default()
+}
+
+async fn get(api: &Api<Topology>, name: &str) -> Option<TopologyStatus> {
+    api.get(name).await.ok().map(|t| status(&t))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn word_count_runs_recovers_and_obeys_activation() {
+    let cluster = cluster().await;
+    install_crd(&cluster);
+    let op = Operator::start(&cluster, "/squall-running");
+    let topos: Api<Topology> = Api::namespaced(cluster.client(), "default");
+
+    // A finite word count: 2 spout tasks × 1500 sentences, 3 workers.
+    let manifest = std::fs::read_to_string(repo().join("examples/word-count/topology.yaml"))
+        .unwrap()
+        .replace("config: {rate: 2000}", "config: {rate: 500, limit: 1500}")
+        .replace("messageTimeoutSeconds: 30", "messageTimeoutSeconds: 5");
+    let applied = Instant::now();
+    let out = kubectl_stdin(&cluster, &["apply", "-f", "-"], &manifest);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Running with every worker ready, and trees acked.
+    let st = wait_for(
+        "Running 3/3 with acked > 0",
+        Duration::from_secs(90),
+        || {
+            let t = topos.clone();
+            async move {
+                get(&t, "word-count").await.filter(|s| {
+                    s.phase == Some(Phase::Running)
+                        && s.workers.ready == 3
+                        && s.stats.as_ref().is_some_and(|x| x.acked_total > 0)
+                })
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
+    eprintln!(
+        "kubectl apply → Running with trees acked: {:?}",
+        applied.elapsed()
+    );
+    assert_eq!(st.workers.summary, "3/3");
+    let ready = st.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!(ready.status, "True");
+
+    // Kill the worker process of slot 2 (it holds no spout task): Degraded, then Running.
+    let killed_at = Instant::now();
+    cluster
+        .agent()
+        .kill_container("default", "word-count-worker-2", "worker")
+        .unwrap();
+    wait_for(
+        "Degraded after a worker died",
+        Duration::from_secs(30),
+        || {
+            let t = topos.clone();
+            async move {
+                get(&t, "word-count")
+                    .await
+                    .filter(|s| s.phase == Some(Phase::Degraded))
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
+    wait_for("Running again", Duration::from_secs(60), || {
+        let t = topos.clone();
+        async move {
+            get(&t, "word-count")
+                .await
+                .filter(|s| s.phase == Some(Phase::Running) && s.workers.ready == 3)
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
+    eprintln!("killed worker → Running again: {:?}", killed_at.elapsed());
+
+    // Every root is acked in the end: replays cover what the dead worker held.
+    let done = wait_for("all 3000 roots acked", Duration::from_secs(120), || {
+        let t = topos.clone();
+        async move {
+            get(&t, "word-count")
+                .await
+                .filter(|s| s.stats.as_ref().is_some_and(|x| x.acked_total >= 3000))
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
+    let stats = done.stats.unwrap();
+    assert_eq!(stats.acked_total, 3000, "no root acked twice: {stats:?}");
+    assert!(stats.emitted_total >= 3000);
+
+    // Deactivate: once drained, acked stops rising. (Use a fresh endless topology.)
+    let endless =
+        std::fs::read_to_string(repo().join("examples/exclamation/topology.yaml")).unwrap();
+    let out = kubectl_stdin(&cluster, &["apply", "-f", "-"], &endless);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let acked_now = |t: Api<Topology>| async move {
+        get(&t, "exclamation")
+            .await
+            .and_then(|s| s.stats)
+            .map(|s| s.acked_total)
+            .unwrap_or(0)
+    };
+    wait_for("exclamation acking", Duration::from_secs(90), || {
+        let t = topos.clone();
+        async move {
+            get(&t, "exclamation").await.filter(|s| {
+                s.phase == Some(Phase::Running)
+                    && s.stats.as_ref().is_some_and(|x| x.acked_total > 0)
+            })
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
+    let patch = serde_json::json!({"spec": {"active": false}});
+    topos
+        .patch(
+            "exclamation",
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+    wait_for("Inactive", Duration::from_secs(30), || {
+        let t = topos.clone();
+        async move {
+            get(&t, "exclamation")
+                .await
+                .filter(|s| s.phase == Some(Phase::Inactive))
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
+    tokio::time::sleep(Duration::from_secs(4)).await; // drain + a stats publish
+    let a1 = acked_now(topos.clone()).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let a2 = acked_now(topos.clone()).await;
+    assert_eq!(a1, a2, "acked must not rise while deactivated");
+    let patch = serde_json::json!({"spec": {"active": true}});
+    topos
+        .patch(
+            "exclamation",
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+    wait_for(
+        "acked rising after reactivation",
+        Duration::from_secs(30),
+        || {
+            let t = topos.clone();
+            async move { (acked_now(t).await > a2).then_some(()) }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_component_ends_in_a_condition_and_an_event() {
+    let cluster = cluster().await;
+    install_crd(&cluster);
+    let op = Operator::start(&cluster, "/squall-unknown");
+    let manifest = "apiVersion: squall.dev/v1alpha1\nkind: Topology\nmetadata: {name: typo}\nspec:\n  image: squall-examples:0.1.0\n  spouts: [{id: s, component: RandomSentenceSpout}]\n  bolts: [{id: b, component: SplitSentance}]\n  streams: [{from: s, to: b, grouping: {type: SHUFFLE}}]\n";
+    let out = kubectl_stdin(&cluster, &["apply", "-f", "-"], manifest);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let topos: Api<Topology> = Api::namespaced(cluster.client(), "default");
+    let st = wait_for(
+        "Failed with the worker's error",
+        Duration::from_secs(90),
+        || {
+            let t = topos.clone();
+            async move {
+                get(&t, "typo")
+                    .await
+                    .filter(|s| s.phase == Some(Phase::Failed))
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
+    let ready = st.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!(ready.status, "False");
+    assert!(
+        ready.message.contains("spec.bolts[0].component")
+            && ready.message.contains("SplitSentance"),
+        "{}",
+        ready.message
+    );
+    let events: Api<Event> = Api::namespaced(cluster.client(), "default");
+    wait_for("WorkerError event", Duration::from_secs(30), || {
+        let e = events.clone();
+        async move {
+            let list = e.list(&ListParams::default()).await.ok()?;
+            list.items
+                .iter()
+                .any(|ev| {
+                    ev.reason.as_deref() == Some("WorkerError")
+                        && ev
+                            .message
+                            .as_deref()
+                            .is_some_and(|m| m.contains("SplitSentance"))
+                })
+                .then_some(())
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
+}
