@@ -22,12 +22,26 @@ pub struct WorkerControl {
     /// them) and park their spouts here instead of closing them, so that a new
     /// plan version can carry them over (a rebalance keeps spout state).
     pub keep_spouts: AtomicBool,
-    pub parked_spouts: std::sync::Mutex<Vec<(TaskId, Box<dyn Spout>)>>,
+    pub parked_spouts: std::sync::Mutex<Vec<ParkedSpout>>,
+}
+
+/// A spout task parked by a rebalance, to be carried into the next plan version
+/// when the task stays in this worker: the user's spout with its in-memory
+/// state, and the task's acking state without its open trees (they were failed
+/// to the spout, which replays them; the failed ids are kept so that those
+/// replays are counted as replays).
+pub struct ParkedSpout {
+    pub task: TaskId,
+    pub spout: Box<dyn Spout>,
+    pub(crate) state: SpoutTaskState,
 }
 
 impl std::fmt::Debug for WorkerControl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WorkerControl").field("active", &self.active).field("shutdown", &self.shutdown).finish()
+        f.debug_struct("WorkerControl")
+            .field("active", &self.active)
+            .field("shutdown", &self.shutdown)
+            .finish()
     }
 }
 
@@ -260,15 +274,33 @@ impl SpoutExecutor {
         self.core.emitter.outbox.flush(now_ns());
         self.report_progress();
         if self.core.control.keep_spouts.load(Ordering::Relaxed) {
+            // Acks that already arrived complete their trees instead of replaying them.
+            while let Ok(batch) = self.core.rx.try_recv() {
+                self.handle(batch);
+            }
             let mut parked = Vec::new();
             for (mut spout, mut st) in std::mem::take(&mut self.tasks) {
-                for (_, p) in st.pending.drain() {
+                // Fail the open trees in emit order, so that the spout replays them in order.
+                let mut open: Vec<_> = st.pending.drain().map(|(_, p)| p).collect();
+                open.sort_by_key(|p| p.start_ns);
+                for p in open {
                     self.core.emitter.metrics.failed += 1;
+                    st.remember_failed(p.msg_id);
                     spout.fail(p.msg_id);
                 }
-                parked.push((st.task, spout));
+                st.timeouts.clear();
+                parked.push(ParkedSpout {
+                    task: st.task,
+                    spout,
+                    state: st,
+                });
             }
-            self.core.control.parked_spouts.lock().unwrap_or_else(|p| p.into_inner()).extend(parked);
+            self.core
+                .control
+                .parked_spouts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(parked);
         }
         for (spout, _) in &mut self.tasks {
             spout.close();

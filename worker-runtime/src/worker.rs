@@ -13,7 +13,8 @@ use crate::acker::AckerState;
 use crate::collector::{Emitter, SpoutTaskState};
 use crate::component::{ComponentError, Factory, Registry, TopologyContext};
 use crate::executor::{
-    AckerExecutor, BoltExecutor, ExecutorCore, SpoutExecutor, SpoutProgress, WorkerControl,
+    AckerExecutor, BoltExecutor, ExecutorCore, ParkedSpout, SpoutExecutor, SpoutProgress,
+    WorkerControl,
 };
 use crate::layout::Layout;
 use crate::metrics::MetricsHub;
@@ -62,11 +63,24 @@ impl Worker {
         transfer: TransferConfig,
         metrics: MetricsHub,
     ) -> Result<Worker, StartError> {
-        Self::start_carrying(layout, registry, slots, remote, transfer, metrics, Vec::new())
+        Self::start_carrying(
+            layout,
+            registry,
+            slots,
+            remote,
+            transfer,
+            metrics,
+            Vec::new(),
+        )
     }
 
     /// [`Worker::start`], reusing spouts parked by [`Worker::shutdown_keeping_spouts`]
-    /// for the tasks they ran (they are not opened again).
+    /// for the tasks they ran (they are not opened again, and keep their state).
+    ///
+    /// A parked spout whose task is no longer in `slots` has moved to another
+    /// worker: it is closed here, and its in-memory state is lost, as in Storm (the
+    /// task starts afresh where it now runs; a real spout replays from a durable
+    /// source).
     pub fn start_carrying(
         layout: Arc<Layout>,
         registry: &Registry,
@@ -74,12 +88,28 @@ impl Worker {
         remote: Option<Arc<dyn RemoteSink>>,
         transfer: TransferConfig,
         metrics: MetricsHub,
-        mut carried: Vec<(TaskId, Box<dyn crate::component::Spout>)>,
+        mut carried: Vec<ParkedSpout>,
     ) -> Result<Worker, StartError> {
         let plan = &layout.plan;
         let mine: Vec<usize> = (0..plan.executors.len())
             .filter(|&i| slots.contains(&plan.executors[i].slot))
             .collect();
+        carried.retain_mut(|p| {
+            let stays = plan
+                .slot_of(p.task)
+                .is_some_and(|slot| slots.contains(&slot))
+                && plan
+                    .component_of(p.task)
+                    .is_some_and(|c| c.kind == PlannedKind::Spout);
+            if !stays {
+                tracing::warn!(
+                    task = p.task,
+                    "spout task moved to another worker: closing it here; its in-memory state is lost"
+                );
+                p.spout.close();
+            }
+            stays
+        });
 
         // Queues for local executors, and where every task lives.
         let mut senders = Vec::with_capacity(mine.len());
@@ -164,9 +194,10 @@ impl Worker {
                     };
                     let mut tasks = Vec::new();
                     for t in ex.tasks() {
-                        if let Some(i) = carried.iter().position(|(ct, _)| *ct == t) {
-                            let (_, spout) = carried.swap_remove(i);
-                            tasks.push((spout, SpoutTaskState::new(t)));
+                        if let Some(i) = carried.iter().position(|p| p.task == t) {
+                            let p = carried.swap_remove(i);
+                            tracing::info!(task = t, "spout task carried over with its state");
+                            tasks.push((p.spout, p.state));
                             continue;
                         }
                         let c = ctx(t);
@@ -255,11 +286,16 @@ impl Worker {
 
     /// Stop every executor, but keep the spouts (open trees are failed to them,
     /// so they replay) for [`Worker::start_carrying`].
-    pub fn shutdown_keeping_spouts(self) -> Vec<(TaskId, Box<dyn crate::component::Spout>)> {
+    pub fn shutdown_keeping_spouts(self) -> Vec<ParkedSpout> {
         self.control.keep_spouts.store(true, Ordering::Relaxed);
         let control = self.control.clone();
         self.shutdown();
-        std::mem::take(&mut *control.parked_spouts.lock().unwrap_or_else(|p| p.into_inner()))
+        std::mem::take(
+            &mut *control
+                .parked_spouts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        )
     }
 
     /// Stop every executor and wait for the threads (components are closed/cleaned up).

@@ -4,7 +4,13 @@
 //! writes the assignment and control records, starts one worker + supervisor
 //! process pair per slot, restarts a process that dies (as a pod's
 //! `restartPolicy: Always` would), starts pairs for new slots after a
-//! rebalance, and reads progress back from the stats records in etcd.
+//! rebalance and stops the pairs of slots that a rebalance removed (once they
+//! have drained), and reads progress back from the stats records in etcd.
+//!
+//! A worker's counters live in its process, so a restarted worker reports from
+//! zero again. The launcher keeps a [`Ledger`]: the last totals of each earlier
+//! process of a slot are banked and added to what the current process reports,
+//! so run totals never go down across restarts.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -84,6 +90,146 @@ fn spawn_logged(exe: &Path, args: &[String], log: &Path) -> anyhow::Result<Child
 struct Pair {
     worker: Proc,
     supervisor: Proc,
+}
+
+impl Pair {
+    /// Ask both processes to stop (SIGTERM: the worker stops its executors and exits).
+    fn terminate(&self) {
+        for p in [&self.worker, &self.supervisor] {
+            // The pid is ours and not reaped yet (`kill(1)`: no unsafe code for kill(2)).
+            let _ = Command::new("kill")
+                .args(["-TERM", &p.child.id().to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+
+    /// Both processes have exited (reaped).
+    fn exited(&mut self) -> bool {
+        let w = !matches!(self.worker.child.try_wait(), Ok(None));
+        let s = !matches!(self.supervisor.child.try_wait(), Ok(None));
+        w && s
+    }
+
+    fn kill(&mut self) {
+        for p in [&mut self.worker, &mut self.supervisor] {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+    }
+}
+
+/// A pair whose slot left the plan: asked to stop, killed if it lingers.
+struct Retiring {
+    slot: u32,
+    pair: Pair,
+    /// When SIGTERM was sent (`None`: still waiting for the worker to drain).
+    terminated: Option<Instant>,
+    /// Stop it anyway after this, drained or not.
+    deadline: Instant,
+}
+
+/// Run totals per slot across worker restarts.
+///
+/// Every process of a slot counts from zero. When the launcher starts a new
+/// worker process for a slot that had one, the previous process's last
+/// snapshot becomes final: it is banked, and later snapshots stamped before the
+/// restart (published late) replace it. Snapshots stamped after the restart
+/// belong to the new process.
+#[derive(Default)]
+pub struct Ledger {
+    slots: BTreeMap<u32, SlotLedger>,
+}
+
+#[derive(Default)]
+struct SlotLedger {
+    /// Totals of every finished process of the slot but the last one.
+    banked: BTreeMap<String, ComponentStats>,
+    /// The last snapshot of the most recently finished process.
+    previous: Option<WorkerStats>,
+    /// Unix ms when the current process was started (0: the first process).
+    since_ms: u64,
+    current: Option<WorkerStats>,
+}
+
+impl Ledger {
+    /// A new worker process was started for `slot` (a restart, or a slot that comes back).
+    pub fn restarted(&mut self, slot: u32) {
+        self.restarted_at(slot, super::unix_ms());
+    }
+
+    fn restarted_at(&mut self, slot: u32, now_ms: u64) {
+        let l = self.slots.entry(slot).or_default();
+        if let Some(p) = l.previous.take() {
+            add_components(&mut l.banked, &p.components);
+        }
+        l.previous = l.current.take();
+        l.since_ms = now_ms;
+    }
+
+    /// Take in the snapshots read from etcd.
+    pub fn update(&mut self, stats: &BTreeMap<u32, WorkerStats>) {
+        for (slot, s) in stats {
+            let l = self.slots.entry(*slot).or_default();
+            if s.timestamp_ms < l.since_ms {
+                // Published late by the previous process.
+                if l.previous
+                    .as_ref()
+                    .is_none_or(|p| p.timestamp_ms <= s.timestamp_ms)
+                {
+                    l.previous = Some(s.clone());
+                }
+            } else {
+                l.current = Some(s.clone());
+            }
+        }
+    }
+
+    /// Per slot: the current process's state (applied version, pending, spouts
+    /// done) with counters totalled over every process of the slot. A slot whose
+    /// current process has not reported yet is left out.
+    pub fn totals(&self) -> BTreeMap<u32, WorkerStats> {
+        let mut out = BTreeMap::new();
+        for (slot, l) in &self.slots {
+            let Some(cur) = &l.current else { continue };
+            let mut components = l.banked.clone();
+            if let Some(p) = &l.previous {
+                add_components(&mut components, &p.components);
+            }
+            add_components(&mut components, &cur.components);
+            out.insert(
+                *slot,
+                WorkerStats {
+                    components,
+                    ..cur.clone()
+                },
+            );
+        }
+        out
+    }
+}
+
+/// Add `more` into `into`, component by component.
+fn add_components(
+    into: &mut BTreeMap<String, ComponentStats>,
+    more: &BTreeMap<String, ComponentStats>,
+) {
+    for (id, c) in more {
+        let e = into.entry(id.clone()).or_default();
+        e.emitted += c.emitted;
+        e.transferred += c.transferred;
+        e.acked += c.acked;
+        e.failed += c.failed;
+        e.executed += c.executed;
+        e.replayed += c.replayed;
+        e.roots += c.roots;
+        e.capacity = e.capacity.max(c.capacity);
+        e.complete_latency_ms = merge_latency(e.complete_latency_ms, c.complete_latency_ms);
+        e.execute_latency_ms = merge_latency(e.execute_latency_ms, c.execute_latency_ms);
+        e.process_latency_ms = merge_latency(e.process_latency_ms, c.process_latency_ms);
+    }
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -190,6 +336,10 @@ pub fn run(name: &str, mut spec: TopologySpec, opts: &LaunchOptions) -> anyhow::
     for slot in 0..workers {
         pairs.insert(slot, start_pair(slot)?);
     }
+    let mut retiring: Vec<Retiring> = Vec::new();
+    let mut ledger = Ledger::default();
+    // How long a removed slot gets to apply the new plan (drain its trees) before it is stopped anyway.
+    let retire_grace = timeout + Duration::from_secs(15);
 
     let started = Instant::now();
     let mut last_report = Instant::now();
@@ -221,6 +371,10 @@ pub fn run(name: &str, mut spec: TopologySpec, opts: &LaunchOptions) -> anyhow::
             ] {
                 if let Ok(Some(status)) = p.child.try_wait() {
                     p.restarts += 1;
+                    if what == "worker" {
+                        // Its counters start from zero again: bank what the dead one counted.
+                        ledger.restarted(*slot);
+                    }
                     eprintln!(
                         "slot {slot}: {what} exited ({status}); restarting (restart {})",
                         p.restarts
@@ -246,16 +400,44 @@ pub fn run(name: &str, mut spec: TopologySpec, opts: &LaunchOptions) -> anyhow::
                 eprintln!("assignment version {version}: {workers} workers");
                 for slot in 0..workers {
                     if let std::collections::btree_map::Entry::Vacant(e) = pairs.entry(slot) {
+                        // A slot that comes back while its old pair is still stopping: stop that one now.
+                        if let Some(i) = retiring.iter().position(|r| r.slot == slot) {
+                            retiring.swap_remove(i).pair.kill();
+                        }
+                        if ledger.slots.contains_key(&slot) {
+                            ledger.restarted(slot);
+                        }
                         e.insert(start_pair(slot)?);
                     }
                 }
+                // Slots the new plan no longer has: their workers go idle once they
+                // have applied it (their trees drained or failed back); then stop them.
+                let gone: Vec<u32> = pairs.range(workers..).map(|(s, _)| *s).collect();
+                for slot in gone {
+                    if let Some(pair) = pairs.remove(&slot) {
+                        eprintln!(
+                            "slot {slot}: not in the plan any more; stopping it once drained"
+                        );
+                        retiring.push(Retiring {
+                            slot,
+                            pair,
+                            terminated: None,
+                            deadline: Instant::now() + retire_grace,
+                        });
+                    }
+                }
             }
+        }
+        if !retiring.is_empty() {
+            retire(&mut retiring, &ledger.totals(), version);
         }
         if last_check.elapsed() >= Duration::from_millis(250) {
             last_check = Instant::now();
             let Ok(stats) = rt.block_on(store.stats()) else {
                 continue;
             };
+            ledger.update(&stats);
+            let stats = ledger.totals();
             let done = (0..workers).all(|s| {
                 stats.get(&s).is_some_and(|w| {
                     w.applied_version == version && w.spouts_done && w.pending == 0
@@ -292,21 +474,27 @@ pub fn run(name: &str, mut spec: TopologySpec, opts: &LaunchOptions) -> anyhow::
         ..Control::default()
     }));
     let drain_deadline = Instant::now() + timeout + Duration::from_secs(2);
-    let mut fin = rt.block_on(store.stats()).unwrap_or_default();
+    let read = |ledger: &mut Ledger| {
+        if let Ok(stats) = rt.block_on(store.stats()) {
+            ledger.update(&stats);
+        }
+        ledger.totals()
+    };
+    let mut fin = read(&mut ledger);
     while Instant::now() < drain_deadline && !interrupted() {
         std::thread::sleep(Duration::from_millis(200));
-        fin = rt.block_on(store.stats()).unwrap_or(fin);
+        fin = read(&mut ledger);
         if fin.values().all(|w| w.pending == 0) && stopped_by != "limit" {
             // One more round so that every supervisor published after the drain.
             std::thread::sleep(Duration::from_millis(1200));
-            fin = rt.block_on(store.stats()).unwrap_or(fin);
+            fin = read(&mut ledger);
             break;
         }
         if stopped_by == "limit" {
             // Executors publish their counters about once a second and supervisors
             // read them once a second: wait for two rounds so the totals are final.
             std::thread::sleep(Duration::from_millis(2500));
-            fin = rt.block_on(store.stats()).unwrap_or(fin);
+            fin = read(&mut ledger);
             break;
         }
     }
@@ -323,33 +511,49 @@ pub fn run(name: &str, mut spec: TopologySpec, opts: &LaunchOptions) -> anyhow::
         }
     }
     for (_, mut pair) in pairs {
-        for p in [&mut pair.worker, &mut pair.supervisor] {
-            let _ = p.child.kill();
-            let _ = p.child.wait();
-        }
+        pair.kill();
+    }
+    for mut r in retiring {
+        r.pair.kill();
     }
     let _ = rt.block_on(store.delete_all());
     Ok(summarize(name, &fin, &kinds, elapsed, stopped_by))
+}
+
+/// Move retiring pairs along: SIGTERM once their worker applied plan `version`
+/// (or the grace is over), SIGKILL if they linger 5 s after that, forget them once exited.
+fn retire(retiring: &mut Vec<Retiring>, stats: &BTreeMap<u32, WorkerStats>, version: u64) {
+    retiring.retain_mut(|r| match r.terminated {
+        None => {
+            let applied = stats
+                .get(&r.slot)
+                .is_some_and(|w| w.applied_version >= version && w.pending == 0);
+            if applied || Instant::now() >= r.deadline {
+                r.pair.terminate();
+                r.terminated = Some(Instant::now());
+            }
+            true
+        }
+        Some(at) => {
+            if r.pair.exited() {
+                eprintln!("slot {}: stopped", r.slot);
+                return false;
+            }
+            if at.elapsed() >= Duration::from_secs(5) {
+                r.pair.kill();
+                eprintln!("slot {}: killed (did not stop within 5s)", r.slot);
+                return false;
+            }
+            true
+        }
+    });
 }
 
 /// Sum the stats of every worker per component.
 pub fn aggregate(stats: &BTreeMap<u32, WorkerStats>) -> BTreeMap<String, ComponentStats> {
     let mut out: BTreeMap<String, ComponentStats> = BTreeMap::new();
     for w in stats.values() {
-        for (id, c) in &w.components {
-            let e = out.entry(id.clone()).or_default();
-            e.emitted += c.emitted;
-            e.transferred += c.transferred;
-            e.acked += c.acked;
-            e.failed += c.failed;
-            e.executed += c.executed;
-            e.replayed += c.replayed;
-            e.roots += c.roots;
-            e.capacity = e.capacity.max(c.capacity);
-            e.complete_latency_ms = merge_latency(e.complete_latency_ms, c.complete_latency_ms);
-            e.execute_latency_ms = merge_latency(e.execute_latency_ms, c.execute_latency_ms);
-            e.process_latency_ms = merge_latency(e.process_latency_ms, c.process_latency_ms);
-        }
+        add_components(&mut out, &w.components);
     }
     out
 }

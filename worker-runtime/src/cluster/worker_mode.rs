@@ -8,8 +8,14 @@
 //!
 //! A new plan version (a rebalance) replaces the executors: spouts are
 //! deactivated, open trees get a short time to complete, the old executors stop
-//! and the new ones start. Trees that were cut off time out at their spouts and
-//! are replayed, so at-least-once holds.
+//! and the new ones start. Task ids do not change across a rebalance. A spout
+//! task that stays in this slot keeps its spout instance (and so its in-memory
+//! state): the trees it still had open are failed to it on the way out, and it
+//! replays them under the new plan, so at-least-once holds. A spout task that
+//! moves to another slot moves to another process: its instance is closed here
+//! and the task starts afresh where it now runs, so whatever it held in memory
+//! is lost, exactly as in Storm (a real spout is backed by a durable source
+//! that it replays from).
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -23,6 +29,7 @@ use tokio::sync::mpsc;
 use super::agent::{AgentService, Notified, WorkerStatus};
 use crate::component::Registry;
 use crate::coord::{self, TopologyStore};
+use crate::executor::ParkedSpout;
 use crate::layout::Layout;
 use crate::metrics::MetricsHub;
 use crate::net::client::{Links, Peers};
@@ -69,7 +76,7 @@ struct State {
     version: u64,
     control: Control,
     /// Spouts of the previous plan version, kept across a rebalance with their state.
-    carried: Vec<(squall_api::TaskId, Box<dyn crate::component::Spout>)>,
+    carried: Vec<ParkedSpout>,
 }
 
 impl State {
@@ -95,6 +102,18 @@ impl State {
             self.carried = r.worker.shutdown_keeping_spouts();
         } else {
             r.worker.shutdown();
+            self.close_carried();
+        }
+    }
+
+    /// Close spouts that were parked but will not run here again.
+    fn close_carried(&mut self) {
+        for mut p in self.carried.drain(..) {
+            tracing::warn!(
+                task = p.task,
+                "spout task left this worker: closing it; its in-memory state is lost"
+            );
+            p.spout.close();
         }
     }
 
@@ -122,6 +141,7 @@ impl State {
                 workers = a.plan.workers,
                 "this slot is not in the plan; idle"
             );
+            self.close_carried();
             self.set_status(|s| {
                 s.state = Some(WorkerState::Draining);
                 s.applied_version = a.version;
@@ -166,14 +186,23 @@ impl State {
             self.opts.net,
         );
         let remote: Arc<dyn RemoteSink> = links.clone();
-        let worker = Worker::start(
+        // Spout tasks that stay in this slot continue with their state; the others are closed.
+        let worker = Worker::start_carrying(
             layout,
             &self.registry,
             &[self.opts.slot],
             Some(remote),
             self.opts.transfer,
             self.hub.clone(),
-        )?;
+            std::mem::take(&mut self.carried),
+        );
+        let worker = match worker {
+            Ok(w) => w,
+            Err(e) => {
+                links.close();
+                return Err(e.into());
+            }
+        };
         worker.set_active(self.control.active && !self.control.killed);
         *self.target.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(Target {
             inbound: worker.inbound(),
