@@ -128,6 +128,10 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
             async move {
                 match res {
                     Ok((obj, _)) => tracing::debug!(topology = %obj.name, "reconciled"),
+                    // An owned pod outlived its topology: nothing to do.
+                    Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
+                        tracing::debug!(object = %obj.name, "event for a topology that is gone");
+                    }
                     Err(e) => {
                         ctx.metrics
                             .errors
@@ -170,8 +174,16 @@ async fn reconcile_inner(topo: &Topology, ctx: &Context) -> Result<Action, Error
         return match cleanup(topo, ctx).await? {
             Some(wait) => Ok(Action::requeue(wait)),
             None => {
-                let rest: Vec<&String> = finalizers.iter().filter(|f| *f != FINALIZER).collect();
-                set_finalizers(&api, topo, serde_json::json!(rest)).await?;
+                // Cleanup patched the status, so re-read for a current resource version.
+                let Some(fresh) = api.get_opt(&topo.name_any()).await? else {
+                    return Ok(Action::await_change());
+                };
+                let rest: Vec<&String> = fresh
+                    .finalizers()
+                    .iter()
+                    .filter(|f| *f != FINALIZER)
+                    .collect();
+                set_finalizers(&api, &fresh, serde_json::json!(rest)).await?;
                 Ok(Action::await_change())
             }
         };
