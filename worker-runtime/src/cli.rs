@@ -69,6 +69,9 @@ struct WorkerArgs {
     /// Tuples per batch between executors and on the wire.
     #[arg(long, default_value_t = 256)]
     batch_size: usize,
+    /// Serve `/metrics`, `/healthz` and `/readyz` here (the pod's probes).
+    #[arg(long)]
+    http: Option<SocketAddr>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -91,6 +94,9 @@ struct SupervisorArgs {
     /// Lease time-to-live.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     ttl: Duration,
+    /// How often to check the worker and publish its stats.
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    health_interval: Duration,
     /// Exit non-zero when etcd has been unreachable this long.
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     etcd_deadline: Duration,
@@ -286,9 +292,13 @@ fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<ExitCode> {
                 listen: a.listen,
                 advertise: a.advertise,
                 agent: a.agent_addr,
-                transfer: crate::transfer::TransferConfig { batch_size: a.batch_size.max(1), ..Default::default() },
+                transfer: crate::transfer::TransferConfig {
+                    batch_size: a.batch_size.max(1),
+                    ..Default::default()
+                },
                 net: crate::net::NetConfig::default(),
                 rebalance_drain: Duration::from_secs(5),
+                http: a.http,
             };
             crate::cluster::worker_mode::run(registry, opts)
         }
@@ -304,10 +314,12 @@ fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<ExitCode> {
                 agent: a.agent_addr,
                 heartbeat: a.heartbeat,
                 ttl: a.ttl,
-                health_every: Duration::from_secs(1),
+                health_every: a.health_interval,
                 etcd_deadline: a.etcd_deadline,
             };
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             match rt.block_on(crate::cluster::supervisor::run(opts)) {
                 Ok(()) => Ok(ExitCode::SUCCESS),
                 Err(e) => {
@@ -319,9 +331,16 @@ fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<ExitCode> {
         }
         Command::Rebalance(a) => {
             let (namespace, name) = crate::cluster::split_topology(&a.topology);
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let version = rt.block_on(crate::cluster::launcher::rebalance(&a.etcd, &a.prefix, &namespace, &name, a.workers))?;
-            println!("{namespace}/{name}: assignment version {version} with {} workers", a.workers);
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let version = rt.block_on(crate::cluster::launcher::rebalance(
+                &a.etcd, &a.prefix, &namespace, &name, a.workers,
+            ))?;
+            println!(
+                "{namespace}/{name}: assignment version {version} with {} workers",
+                a.workers
+            );
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -8,8 +8,11 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Produces the body for a path, or `None` for 404.
-pub type Handler = Arc<dyn Fn(&str) -> Option<(&'static str, String)> + Send + Sync>;
+/// An answer: status code, content type, body.
+pub type Reply = (u16, &'static str, String);
+
+/// Produces the reply for a path, or `None` for 404.
+pub type Handler = Arc<dyn Fn(&str) -> Option<Reply> + Send + Sync>;
 
 /// Serve `handler` on `addr` from a background thread. Returns the bound address.
 pub fn serve(addr: SocketAddr, handler: Handler) -> std::io::Result<SocketAddr> {
@@ -39,9 +42,12 @@ fn answer(mut stream: TcpStream, handler: &Handler) -> std::io::Result<()> {
     }
     let path = request_line.split_whitespace().nth(1).unwrap_or("/");
     let path = path.split('?').next().unwrap_or(path);
-    let (status, content_type, body) = match handler(path) {
-        Some((ct, body)) => ("200 OK", ct, body),
-        None => ("404 Not Found", "text/plain", "not found\n".to_string()),
+    let (code, content_type, body) = handler(path).unwrap_or((404, "text/plain", "not found\n".to_string()));
+    let status = match code {
+        200 => "200 OK",
+        404 => "404 Not Found",
+        503 => "503 Service Unavailable",
+        _ => "500 Internal Server Error",
     };
     write!(
         stream,

@@ -114,11 +114,12 @@ pub fn run(
             "/metrics" => {
                 let stats = stats_of(&hub.collect(), None);
                 Some((
+                    200,
                     crate::http::PROMETHEUS,
                     render_prometheus(&[("topology", &topology)], &stats),
                 ))
             }
-            "/healthz" | "/readyz" => Some(("text/plain", "ok\n".to_string())),
+            "/healthz" | "/readyz" => Some((200, "text/plain", "ok\n".to_string())),
             _ => None,
         });
         let bound = crate::http::serve(addr, handler).map_err(LocalError::Metrics)?;

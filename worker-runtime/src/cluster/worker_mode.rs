@@ -57,6 +57,8 @@ pub struct WorkerOptions {
     pub net: NetConfig,
     /// Longest a rebalance waits for open trees before cutting them off.
     pub rebalance_drain: Duration,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` (the pod's probes).
+    pub http: Option<SocketAddr>,
 }
 
 struct Running {
@@ -241,6 +243,40 @@ impl State {
     }
 }
 
+/// `/metrics` for Prometheus; `/readyz` is 200 once the slot's executors run
+/// (or the slot is idle in the plan); `/healthz` is 200 while the process serves.
+fn http_handler(
+    topology: &str,
+    slot: u32,
+    hub: MetricsHub,
+    status: Arc<Mutex<WorkerStatus>>,
+) -> crate::http::Handler {
+    let topology = topology.to_string();
+    let slot = slot.to_string();
+    Arc::new(move |path| match path {
+        "/metrics" => {
+            let stats = crate::local::stats_of(&hub.collect(), None);
+            let labels = [("topology", topology.as_str()), ("slot", slot.as_str())];
+            Some((
+                200,
+                crate::http::PROMETHEUS,
+                crate::metrics::render_prometheus(&labels, &stats),
+            ))
+        }
+        "/healthz" => Some((200, "text/plain", "ok\n".to_string())),
+        "/readyz" => {
+            let state = status.lock().unwrap_or_else(|p| p.into_inner()).state;
+            match state {
+                Some(WorkerState::Running | WorkerState::Draining) => {
+                    Some((200, "text/plain", "ok\n".to_string()))
+                }
+                other => Some((503, "text/plain", format!("not ready: {other:?}\n"))),
+            }
+        }
+        _ => None,
+    })
+}
+
 /// Run a worker until it is killed (control `killed`), or SIGTERM/SIGINT.
 pub fn run(registry: Registry, opts: WorkerOptions) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -295,6 +331,14 @@ pub fn run(registry: Registry, opts: WorkerOptions) -> anyhow::Result<ExitCode> 
         ..Default::default()
     }));
     let hub = MetricsHub::new();
+    if let Some(addr) = opts.http {
+        let bound = crate::http::serve(
+            addr,
+            http_handler(&topology, opts.slot, hub.clone(), status.clone()),
+        )
+        .with_context(|| format!("cannot serve HTTP on {addr}"))?;
+        tracing::info!(%bound, "serving /metrics, /healthz, /readyz");
+    }
     let (ntx, mut nrx) = mpsc::channel::<Notified>(16);
     let agent = AgentService {
         slot: opts.slot,
