@@ -700,3 +700,64 @@ pub async fn rebalance(
     store.put_control(&control).await?;
     Ok(a.version)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(slot: u32, ts: u64, acked: u64, executed: u64) -> WorkerStats {
+        let mut components = BTreeMap::new();
+        components.insert(
+            "c".to_string(),
+            ComponentStats {
+                acked,
+                executed,
+                ..ComponentStats::default()
+            },
+        );
+        WorkerStats {
+            slot,
+            applied_version: 1,
+            timestamp_ms: ts,
+            components,
+            pending: 0,
+            spouts_done: false,
+        }
+    }
+
+    fn totals(l: &Ledger, slot: u32) -> (u64, u64) {
+        let t = l.totals();
+        let c = &t[&slot].components["c"];
+        (c.acked, c.executed)
+    }
+
+    #[test]
+    fn totals_keep_what_a_restarted_worker_counted() {
+        let mut l = Ledger::default();
+        l.update(&BTreeMap::from([
+            (0, snap(0, 1000, 10, 100)),
+            (1, snap(1, 1000, 5, 50)),
+        ]));
+        l.update(&BTreeMap::from([(0, snap(0, 2000, 20, 200))]));
+        assert_eq!(totals(&l, 0), (20, 200));
+        // Slot 0's worker dies at 2500 and a new one starts.
+        l.restarted_at(0, 2500);
+        // The old record is still in etcd until the new process publishes: not counted twice.
+        l.update(&BTreeMap::from([(0, snap(0, 2000, 20, 200))]));
+        assert!(
+            !l.totals().contains_key(&0),
+            "no report from the new process yet"
+        );
+        // A late snapshot of the dead process replaces its banked one.
+        l.update(&BTreeMap::from([(0, snap(0, 2400, 22, 220))]));
+        l.update(&BTreeMap::from([(0, snap(0, 3000, 1, 30))]));
+        assert_eq!(totals(&l, 0), (23, 250));
+        // A second restart banks the first process's totals for good.
+        l.update(&BTreeMap::from([(0, snap(0, 4000, 3, 40))]));
+        l.restarted_at(0, 4500);
+        l.update(&BTreeMap::from([(0, snap(0, 5000, 2, 2))]));
+        assert_eq!(totals(&l, 0), (27, 262));
+        // Other slots are untouched.
+        assert_eq!(totals(&l, 1), (5, 50));
+    }
+}
