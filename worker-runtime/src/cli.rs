@@ -69,6 +69,9 @@ struct WorkerArgs {
     /// Tuples per batch between executors and on the wire.
     #[arg(long, default_value_t = 256)]
     batch_size: usize,
+    /// Serve `/metrics`, `/healthz` and `/readyz` here (the pod's probes).
+    #[arg(long)]
+    http: Option<SocketAddr>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -295,6 +298,7 @@ fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<ExitCode> {
                 },
                 net: crate::net::NetConfig::default(),
                 rebalance_drain: Duration::from_secs(5),
+                http: a.http,
             };
             crate::cluster::worker_mode::run(registry, opts)
         }
