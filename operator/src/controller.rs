@@ -54,8 +54,18 @@ struct Memory {
     killing: HashMap<String, Instant>,
     /// When a ready pod's heartbeat was first seen missing, by (topology, slot).
     missing: HashMap<(String, u32), Instant>,
-    /// Last totals seen, for rates.
-    totals: HashMap<String, (Instant, u64, u64)>,
+    /// The last rate sample per topology.
+    rates: HashMap<String, Rates>,
+}
+
+/// Acked and failed totals at a worker timestamp, and the rates they gave.
+#[derive(Clone)]
+struct Rates {
+    at_ms: u64,
+    acked: u64,
+    failed: u64,
+    acked_per_s: f64,
+    failed_per_s: f64,
 }
 
 /// Shared by every reconcile.
@@ -635,17 +645,41 @@ fn aggregate_stats(
             }
         }
     }
+    // Rates come from the workers' own timestamps over windows of at least 5 s,
+    // so that passes triggered in quick succession (our own status patches are
+    // watch events too) neither report 0 nor keep patching a jittering number.
     let key = key_of(topo);
-    let now = Instant::now();
+    let at_ms = stats.values().map(|w| w.timestamp_ms).max().unwrap_or(0);
     let mut mem = ctx.memory();
-    let (acked_per_second, failed_per_second) = match mem.totals.get(&key) {
-        Some(&(at, a, f)) if now > at && acked >= a && failed >= f => {
-            let secs = (now - at).as_secs_f64().max(0.001);
-            ((acked - a) as f64 / secs, (failed - f) as f64 / secs)
+    let sample = match mem.rates.get(&key) {
+        Some(r) if acked < r.acked || failed < r.failed => Rates {
+            at_ms,
+            acked,
+            failed,
+            acked_per_s: 0.0,
+            failed_per_s: 0.0,
+        },
+        Some(r) if at_ms >= r.at_ms + 5000 => {
+            let secs = (at_ms - r.at_ms) as f64 / 1000.0;
+            Rates {
+                at_ms,
+                acked,
+                failed,
+                acked_per_s: (acked - r.acked) as f64 / secs,
+                failed_per_s: (failed - r.failed) as f64 / secs,
+            }
         }
-        _ => (0.0, 0.0),
+        Some(r) => r.clone(),
+        None => Rates {
+            at_ms,
+            acked,
+            failed,
+            acked_per_s: 0.0,
+            failed_per_s: 0.0,
+        },
     };
-    mem.totals.insert(key, (now, acked, failed));
+    let (acked_per_second, failed_per_second) = (sample.acked_per_s, sample.failed_per_s);
+    mem.rates.insert(key, sample);
     let round = |x: f64| (x * 10.0).round() / 10.0;
     TopologyStats {
         acked_per_second: round(acked_per_second),
@@ -803,7 +837,7 @@ async fn cleanup(topo: &Topology, ctx: &Context) -> Result<Option<Duration>, Err
     let mut mem = ctx.memory();
     mem.killing.remove(&key);
     mem.rebalancing.remove(&key);
-    mem.totals.remove(&key);
+    mem.rates.remove(&key);
     mem.missing.retain(|(k, _), _| k != &key);
     drop(mem);
     tracing::info!(topology = %key, "deleted");

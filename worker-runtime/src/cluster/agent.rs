@@ -6,8 +6,13 @@ use squall_api::records::{Assignment, Control, WorkerState, WorkerStats};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use squall_api::records::ComponentStats;
+
 use crate::local::stats_of;
-use crate::metrics::MetricsHub;
+use crate::metrics::{ComponentMetrics, MetricsHub};
 use crate::net::proto::worker_agent_server::WorkerAgent;
 use crate::net::proto::{HealthReply, HealthRequest, Notice, NoticeReply};
 
@@ -33,6 +38,40 @@ pub struct AgentService {
     pub status: Arc<Mutex<WorkerStatus>>,
     pub hub: MetricsHub,
     pub notices: mpsc::Sender<Notified>,
+    /// The metrics at the start of the current latency window.
+    pub baseline: Mutex<Option<(Instant, BTreeMap<String, ComponentMetrics>)>>,
+}
+
+/// Latencies in published stats cover at least this much recent time.
+const LATENCY_WINDOW: Duration = Duration::from_secs(5);
+
+impl AgentService {
+    /// Counters are totals since the worker started; latencies and capacity cover
+    /// the last 5–10 s, so a status shows how the topology does now rather than
+    /// averaged over its whole life (a rebalance's slow trees fade out).
+    fn stats(&self) -> BTreeMap<String, ComponentStats> {
+        let now = self.hub.collect();
+        let mut baseline = self.baseline.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = stats_of(&now, None);
+        if let Some((at, base)) = baseline.as_ref() {
+            let window = stats_of(&now, Some((base, at.elapsed().as_nanos() as u64)));
+            for (id, s) in &mut out {
+                if let Some(w) = window.get(id) {
+                    s.execute_latency_ms = w.execute_latency_ms;
+                    s.process_latency_ms = w.process_latency_ms;
+                    s.complete_latency_ms = w.complete_latency_ms;
+                    s.capacity = w.capacity;
+                }
+            }
+        }
+        if baseline
+            .as_ref()
+            .is_none_or(|(at, _)| at.elapsed() >= LATENCY_WINDOW)
+        {
+            *baseline = Some((Instant::now(), now));
+        }
+        out
+    }
 }
 
 pub fn state_name(s: WorkerState) -> &'static str {
@@ -71,7 +110,7 @@ impl WorkerAgent for AgentService {
             slot: self.slot,
             applied_version: applied,
             timestamp_ms: super::unix_ms(),
-            components: stats_of(&self.hub.collect(), None),
+            components: self.stats(),
             pending,
             spouts_done: done,
         };
