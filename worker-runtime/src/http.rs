@@ -42,7 +42,8 @@ fn answer(mut stream: TcpStream, handler: &Handler) -> std::io::Result<()> {
     }
     let path = request_line.split_whitespace().nth(1).unwrap_or("/");
     let path = path.split('?').next().unwrap_or(path);
-    let (code, content_type, body) = handler(path).unwrap_or((404, "text/plain", "not found\n".to_string()));
+    let (code, content_type, body) =
+        handler(path).unwrap_or((404, "text/plain", "not found\n".to_string()));
     let status = match code {
         200 => "200 OK",
         404 => "404 Not Found",

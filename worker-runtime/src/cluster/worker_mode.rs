@@ -345,6 +345,7 @@ pub fn run(registry: Registry, opts: WorkerOptions) -> anyhow::Result<ExitCode> 
         status: status.clone(),
         hub: hub.clone(),
         notices: ntx.clone(),
+        baseline: Mutex::new(None),
     };
     rt.spawn(async move {
         let r = tonic::transport::Server::builder()
