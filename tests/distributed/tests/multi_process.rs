@@ -313,6 +313,7 @@ fn rebalance_from_two_to_three_workers_loses_nothing() {
         },
     );
     let summary = launch.wait(Duration::from_secs(180));
+    eprintln!("summary: {summary}");
     assert_all_acked(&summary, 60_000);
     // The spout tasks stayed in their slots: both were carried over, none started afresh.
     for slot in [0, 1] {
