@@ -79,6 +79,30 @@ impl TlsFiles {
 /// How long one etcd call may take before the reconcile gives up and retries later.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A client for `endpoints`; `timeout` bounds every request (leave it off for
+/// calls that block by design, such as a leader-election campaign).
+pub async fn connect_client(
+    endpoints: &[String],
+    tls: &TlsFiles,
+    timeout: Option<Duration>,
+) -> Result<Client, StoreError> {
+    let mut opts = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(3))
+        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+    if let Some(t) = timeout {
+        opts = opts.with_timeout(t);
+    }
+    if !tls.is_empty() {
+        opts = opts.with_tls(tls.options()?);
+    }
+    Client::connect(endpoints, Some(opts))
+        .await
+        .map_err(|source| StoreError::Connect {
+            endpoints: endpoints.to_vec(),
+            source,
+        })
+}
+
 /// A cheap, cloneable handle to etcd.
 #[derive(Clone)]
 pub struct Store {
@@ -92,19 +116,7 @@ impl Store {
         prefix: &str,
         tls: &TlsFiles,
     ) -> Result<Store, StoreError> {
-        let mut opts = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(3))
-            .with_timeout(CALL_TIMEOUT)
-            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
-        if !tls.is_empty() {
-            opts = opts.with_tls(tls.options()?);
-        }
-        let client = Client::connect(endpoints, Some(opts))
-            .await
-            .map_err(|source| StoreError::Connect {
-                endpoints: endpoints.to_vec(),
-                source,
-            })?;
+        let client = connect_client(endpoints, tls, Some(CALL_TIMEOUT)).await?;
         Ok(Store {
             client,
             prefix: prefix.trim_end_matches('/').to_string(),
@@ -117,10 +129,6 @@ impl Store {
 
     pub fn keys(&self, namespace: &str, name: &str) -> TopologyKeys {
         TopologyKeys::new(&self.prefix, namespace, name)
-    }
-
-    pub fn client(&self) -> Client {
-        self.client.clone()
     }
 
     async fn timed<T>(

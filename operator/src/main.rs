@@ -112,7 +112,7 @@ async fn main() -> anyhow::Result<()> {
     metrics.ready.store(true, Ordering::Relaxed);
 
     if args.leader_elect {
-        lead(&store, &args, &metrics).await?;
+        lead(&args, &tls, &metrics).await?;
     }
     metrics.leader.store(true, Ordering::Relaxed);
 
@@ -156,8 +156,9 @@ async fn main() -> anyhow::Result<()> {
 
 /// Block until this replica leads; keep the lease alive in the background and
 /// exit the process if it is lost (Kubernetes restarts it as a standby).
-async fn lead(store: &Store, args: &Args, metrics: &Metrics) -> anyhow::Result<()> {
-    let mut client = store.client();
+async fn lead(args: &Args, tls: &TlsFiles, metrics: &Metrics) -> anyhow::Result<()> {
+    // A campaign blocks until this replica leads, so its client has no request timeout.
+    let mut client = etcd::connect_client(&args.etcd, tls, None).await?;
     let ttl = args.leader_lease_seconds.max(2);
     let lease = client
         .lease_grant(ttl, None)
