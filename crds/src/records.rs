@@ -173,6 +173,10 @@ pub struct WorkerStats {
     /// Unix time in milliseconds when the snapshot was taken.
     pub timestamp_ms: u64,
     pub components: BTreeMap<String, ComponentStats>,
+    /// Complete latency of each spout component over the last 5–10 s (the
+    /// latencies in `components` cover the worker's whole life).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub recent_complete_latency_ms: BTreeMap<String, LatencySummary>,
     /// Tuple trees open at this worker's spout tasks.
     #[serde(default)]
     pub pending: u64,

@@ -133,4 +133,5 @@ async fn main() {
         start.elapsed()
     );
     let _ = op.kill();
+    let _ = op.wait();
 }

@@ -633,15 +633,17 @@ fn aggregate_stats(
     let spouts: Vec<&str> = topo.spec.spouts.iter().map(|s| s.id.as_str()).collect();
     let (mut acked, mut failed, mut emitted, mut p99) = (0u64, 0u64, 0u64, 0f64);
     for w in stats.values() {
+        // Percentiles do not add up; the worst worker's recent p99 bounds the whole.
+        for (id, l) in &w.recent_complete_latency_ms {
+            if spouts.contains(&id.as_str()) {
+                p99 = p99.max(l.p99);
+            }
+        }
         for (id, c) in &w.components {
             if spouts.contains(&id.as_str()) {
                 acked += c.acked;
                 failed += c.failed;
                 emitted += c.roots;
-                // Percentiles do not add up; the worst worker's p99 bounds the whole.
-                if let Some(l) = c.complete_latency_ms {
-                    p99 = p99.max(l.p99);
-                }
             }
         }
     }
@@ -824,8 +826,18 @@ async fn cleanup(topo: &Topology, ctx: &Context) -> Result<Option<Duration>, Err
     let existing = pod_api
         .list(&ListParams::default().labels(&pods::selector(&name)))
         .await?;
-    for pod in existing.items {
-        delete_pod(&pod_api, &pod.name_any()).await?;
+    // `kubectl delete` returns once the finalizer goes: let that mean the
+    // worker processes are gone too, not merely asked to stop.
+    if !existing.items.is_empty() {
+        for pod in &existing.items {
+            if pod.metadata.deletion_timestamp.is_none() {
+                delete_pod(&pod_api, &pod.name_any()).await?;
+            }
+        }
+        if since.elapsed() < give_up + Duration::from_secs(60) {
+            return Ok(Some(Duration::from_millis(500)));
+        }
+        tracing::warn!(topology = %key, "worker pods are slow to terminate; releasing the finalizer anyway");
     }
     if let Err(e) = ctx.store.delete_topology(&keys).await {
         if since.elapsed() < give_up {

@@ -54,11 +54,8 @@ async fn operator_from_the_chart_runs_with_its_service_account() {
     let cluster = TestCluster::start().await.unwrap();
     let cp = cluster.control_plane();
     let values = test_cluster_values(&[cp.etcd().client_url()]);
-    // One replica with leader election forced on: the election path runs,
-    // and no standby is left waiting. (Two replicas: a standby's campaign
-    // currently ends in the etcd client's request timeout and the pod
-    // restarts; that is the operator's to fix, not the chart's.)
-    let more = "operator:\n  leaderElection:\n    enabled: true\netcd:\n  prefix: /squall-chart\n";
+    // Two replicas: leader election is on, one leads, the other stands by (and is Ready).
+    let more = "operator:\n  replicas: 2\netcd:\n  prefix: /squall-chart\n";
     chart::install(
         cp,
         RELEASE,
@@ -80,7 +77,7 @@ async fn operator_from_the_chart_runs_with_its_service_account() {
         ],
     );
     let pods = pods["items"].as_array().unwrap().clone();
-    assert_eq!(pods.len(), 1, "{pods:#?}");
+    assert_eq!(pods.len(), 2, "{pods:#?}");
     for pod in &pods {
         assert!(ready(pod), "{:#}", pod["status"]);
         assert_eq!(pod["spec"]["serviceAccountName"], "squall-operator");
@@ -92,6 +89,22 @@ async fn operator_from_the_chart_runs_with_its_service_account() {
         let metrics = http_get(&format!("{ip}:8080"), "/metrics").unwrap_or_default();
         assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
     }
+    let ips: Vec<String> = pods
+        .iter()
+        .map(|p| p["status"]["podIP"].as_str().unwrap().to_string())
+        .collect();
+    wait_until("exactly one replica leads", Duration::from_secs(30), || {
+        let leaders = ips
+            .iter()
+            .filter(|ip| {
+                http_get(&format!("{ip}:8080"), "/metrics")
+                    .is_some_and(|m| m.contains("squall_operator_leader 1"))
+            })
+            .count();
+        async move { (leaders == 1).then_some(()) }
+    })
+    .await
+    .unwrap();
 
     // One of them leads and acts on a Topology: the finalizer and the status
     // it writes need the chart's RBAC (topologies patch, status, finalizers).

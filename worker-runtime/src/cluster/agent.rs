@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use squall_api::records::ComponentStats;
+use squall_api::records::{ComponentStats, LatencySummary};
 
 use crate::local::stats_of;
 use crate::metrics::{ComponentMetrics, MetricsHub};
@@ -46,31 +46,32 @@ pub struct AgentService {
 const LATENCY_WINDOW: Duration = Duration::from_secs(5);
 
 impl AgentService {
-    /// Counters are totals since the worker started; latencies and capacity cover
-    /// the last 5–10 s, so a status shows how the topology does now rather than
-    /// averaged over its whole life (a rebalance's slow trees fade out).
-    fn stats(&self) -> BTreeMap<String, ComponentStats> {
+    /// Whole-life stats per component, and each spout's complete latency over
+    /// the last 5–10 s, so a status shows how the topology does now (a
+    /// rebalance's slow trees fade out instead of ruling p99 for good).
+    fn stats(
+        &self,
+    ) -> (
+        BTreeMap<String, ComponentStats>,
+        BTreeMap<String, LatencySummary>,
+    ) {
         let now = self.hub.collect();
         let mut baseline = self.baseline.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out = stats_of(&now, None);
-        if let Some((at, base)) = baseline.as_ref() {
-            let window = stats_of(&now, Some((base, at.elapsed().as_nanos() as u64)));
-            for (id, s) in &mut out {
-                if let Some(w) = window.get(id) {
-                    s.execute_latency_ms = w.execute_latency_ms;
-                    s.process_latency_ms = w.process_latency_ms;
-                    s.complete_latency_ms = w.complete_latency_ms;
-                    s.capacity = w.capacity;
-                }
-            }
-        }
+        let recent = match baseline.as_ref() {
+            Some((at, base)) => stats_of(&now, Some((base, at.elapsed().as_nanos() as u64)))
+                .into_iter()
+                .filter_map(|(id, s)| s.complete_latency_ms.map(|l| (id, l)))
+                .collect(),
+            None => BTreeMap::new(),
+        };
+        let total = stats_of(&now, None);
         if baseline
             .as_ref()
             .is_none_or(|(at, _)| at.elapsed() >= LATENCY_WINDOW)
         {
             *baseline = Some((Instant::now(), now));
         }
-        out
+        (total, recent)
     }
 }
 
@@ -82,7 +83,6 @@ pub fn state_name(s: WorkerState) -> &'static str {
         WorkerState::Error => "error",
     }
 }
-
 pub fn parse_state(s: &str) -> WorkerState {
     match s {
         "running" => WorkerState::Running,
@@ -106,11 +106,13 @@ impl WorkerAgent for AgentService {
                 s.spouts_done,
             )
         };
+        let (components, recent_complete_latency_ms) = self.stats();
         let stats = WorkerStats {
             slot: self.slot,
             applied_version: applied,
             timestamp_ms: super::unix_ms(),
-            components: self.stats(),
+            components,
+            recent_complete_latency_ms,
             pending,
             spouts_done: done,
         };

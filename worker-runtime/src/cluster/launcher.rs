@@ -722,6 +722,7 @@ mod tests {
             components,
             pending: 0,
             spouts_done: false,
+            recent_complete_latency_ms: Default::default(),
         }
     }
 
