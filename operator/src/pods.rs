@@ -119,14 +119,16 @@ pub fn worker_pod(topo: &Topology, slot: u32, settings: &PodSettings) -> Pod {
         "--prefix".to_string(),
         settings.etcd_prefix.clone(),
     ];
+    // Workers and supervisors read these the same way the operator does.
+    let mut tls_env = Vec::new();
     let (volumes, mounts) = match &settings.etcd_tls_secret {
         Some(secret) => {
-            for (flag, file) in [
-                ("--etcd-ca-file", "ca.crt"),
-                ("--etcd-cert-file", "tls.crt"),
-                ("--etcd-key-file", "tls.key"),
+            for (var, file) in [
+                ("SQUALL_ETCD_CA_FILE", "ca.crt"),
+                ("SQUALL_ETCD_CERT_FILE", "tls.crt"),
+                ("SQUALL_ETCD_KEY_FILE", "tls.key"),
             ] {
-                common_args.extend([flag.to_string(), format!("{ETCD_TLS_DIR}/{file}")]);
+                tls_env.push(value_env(var, format!("{ETCD_TLS_DIR}/{file}")));
             }
             let volume = Volume {
                 name: "etcd-tls".into(),
@@ -146,12 +148,13 @@ pub fn worker_pod(topo: &Topology, slot: u32, settings: &PodSettings) -> Pod {
         }
         None => (None, None),
     };
-    let common_env = vec![
+    let mut common_env = vec![
         field_env("POD_NAME", "metadata.name"),
         field_env("POD_NAMESPACE", "metadata.namespace"),
         field_env("POD_IP", "status.podIP"),
         value_env("SQUALL_SLOT", slot.to_string()),
     ];
+    common_env.extend(tls_env);
 
     // Everything binds to the pod IP (expanded by the kubelet from the env):
     // in a real pod that is the pod's own address, and where several pods
@@ -257,4 +260,95 @@ pub fn is_finished(pod: &Pod) -> bool {
         pod.status.as_ref().and_then(|s| s.phase.as_deref()),
         Some("Failed") | Some("Succeeded")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topo() -> Topology {
+        let (_, spec) = squall_api::TopologySpec::from_manifest(
+            "image: img:1\nworkers: 2\nspouts: [{id: s, component: X}]\nworker: {nodeSelector: {disk: ssd}}\n",
+        )
+        .unwrap();
+        let mut t = Topology::new("wc", spec);
+        t.metadata.namespace = Some("ns".into());
+        t.metadata.uid = Some("uid-1".into());
+        t
+    }
+
+    fn settings(tls: Option<&str>) -> PodSettings {
+        PodSettings {
+            supervisor_image: "sup:1".into(),
+            etcd_endpoints: vec!["https://a:2379".into(), "https://b:2379".into()],
+            etcd_prefix: "/p".into(),
+            image_pull_policy: None,
+            etcd_tls_secret: tls.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn a_worker_pod_carries_its_slot_owner_and_bindings() {
+        let pod = worker_pod(&topo(), 1, &settings(None));
+        assert_eq!(pod.metadata.name.as_deref(), Some("wc-worker-1"));
+        assert_eq!(slot_of(&pod), Some(1));
+        let owner = &pod.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!((owner.name.as_str(), owner.controller), ("wc", Some(true)));
+        let spec = pod.spec.unwrap();
+        assert_eq!(spec.node_selector.unwrap()["disk"], "ssd");
+        let worker = &spec.containers[0];
+        let args = worker.args.as_ref().unwrap().join(" ");
+        assert!(
+            args.starts_with(
+                "worker --topology ns/wc --slot 1 --etcd https://a:2379,https://b:2379 --prefix /p"
+            ),
+            "{args}"
+        );
+        assert!(
+            args.contains("--listen $(POD_IP):6700") && args.contains("--http $(POD_IP):8080"),
+            "{args}"
+        );
+        let sup = &spec.containers[1];
+        assert_eq!(sup.image.as_deref(), Some("sup:1"));
+        assert!(
+            sup.args
+                .as_ref()
+                .unwrap()
+                .join(" ")
+                .contains("--agent-addr $(POD_IP):7071")
+        );
+        assert!(spec.volumes.is_none());
+    }
+
+    #[test]
+    fn an_etcd_tls_secret_is_mounted_and_named_in_env_for_both_containers() {
+        let pod = worker_pod(&topo(), 0, &settings(Some("etcd-client")));
+        let spec = pod.spec.unwrap();
+        let vol = &spec.volumes.as_ref().unwrap()[0];
+        assert_eq!(
+            vol.secret.as_ref().unwrap().secret_name.as_deref(),
+            Some("etcd-client")
+        );
+        for c in &spec.containers {
+            assert_eq!(
+                c.volume_mounts.as_ref().unwrap()[0].mount_path,
+                ETCD_TLS_DIR
+            );
+            let env: Vec<(String, Option<String>)> = c
+                .env
+                .as_ref()
+                .unwrap()
+                .iter()
+                .map(|e| (e.name.clone(), e.value.clone()))
+                .collect();
+            assert!(
+                env.contains(&(
+                    "SQUALL_ETCD_CA_FILE".into(),
+                    Some(format!("{ETCD_TLS_DIR}/ca.crt"))
+                )),
+                "{env:?}"
+            );
+            assert!(env.iter().any(|(n, _)| n == "SQUALL_ETCD_KEY_FILE"));
+        }
+    }
 }

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use etcd_client::{
-    Client, ConnectOptions, DeleteOptions, EventType, GetOptions, PutOptions, WatchOptions,
+    Certificate, Client, ConnectOptions, DeleteOptions, EventType, GetOptions, Identity,
+    PutOptions, TlsOptions, WatchOptions,
 };
 use tokio::sync::mpsc;
 
@@ -21,17 +22,51 @@ pub struct EtcdCoordinator {
 
 impl EtcdCoordinator {
     pub async fn connect(endpoints: &[&str]) -> Result<Self, CoordError> {
-        let opts = ConnectOptions::new()
+        let mut opts = ConnectOptions::new()
             .with_connect_timeout(REQUEST_TIMEOUT)
             .with_timeout(REQUEST_TIMEOUT)
             .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2))
             .with_keep_alive_while_idle(true);
+        if let Some(tls) = tls_from_env()? {
+            opts = opts.with_tls(tls);
+        }
         let client =
             tokio::time::timeout(REQUEST_TIMEOUT * 2, Client::connect(endpoints, Some(opts)))
                 .await
                 .map_err(|_| CoordError::Timeout(REQUEST_TIMEOUT * 2))??;
         Ok(EtcdCoordinator { client })
     }
+}
+
+/// TLS settings from the environment, as the operator sets them in worker pods
+/// (and as the chart sets them for the operator): `SQUALL_ETCD_CA_FILE`, and
+/// `SQUALL_ETCD_CERT_FILE` with `SQUALL_ETCD_KEY_FILE` for client certificates.
+fn tls_from_env() -> Result<Option<TlsOptions>, CoordError> {
+    let var = |name: &'static str| {
+        std::env::var(name)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .map(|v| (name, v))
+    };
+    let read = |(var, path): (&'static str, String)| {
+        std::fs::read(&path).map_err(|source| CoordError::TlsFile { var, path, source })
+    };
+    let (ca, cert, key) = (
+        var("SQUALL_ETCD_CA_FILE"),
+        var("SQUALL_ETCD_CERT_FILE"),
+        var("SQUALL_ETCD_KEY_FILE"),
+    );
+    if ca.is_none() && cert.is_none() {
+        return Ok(None);
+    }
+    let mut tls = TlsOptions::new();
+    if let Some(ca) = ca {
+        tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+    }
+    if let (Some(cert), Some(key)) = (cert, key) {
+        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(Some(tls))
 }
 
 async fn bounded<T>(

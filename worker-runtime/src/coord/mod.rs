@@ -44,6 +44,12 @@ pub enum CoordError {
     Encode(#[from] serde_json::Error),
     #[error("the watch on {0} ended")]
     WatchClosed(String),
+    #[error("etcd TLS: cannot read {path} (from {var}): {source}")]
+    TlsFile {
+        var: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// What a prefix watch reports.
