@@ -74,8 +74,9 @@ struct WorkerArgs {
     http: Option<SocketAddr>,
 }
 
+/// The supervisor's flags, shared by the `supervisor` subcommand and the `squall-supervisor` binary.
 #[derive(clap::Args, Debug)]
-struct SupervisorArgs {
+pub struct SupervisorArgs {
     #[arg(long)]
     topology: String,
     #[arg(long)]
@@ -149,6 +150,35 @@ struct LocalArgs {
     /// With `--processes`: where the processes' logs and pid files go.
     #[arg(long)]
     log_dir: Option<PathBuf>,
+}
+
+/// Run a supervisor sidecar until it stops; the exit code tells Kubernetes why.
+pub fn run_supervisor(a: SupervisorArgs) -> anyhow::Result<ExitCode> {
+    let (namespace, name) = crate::cluster::split_topology(&a.topology);
+    let opts = crate::cluster::supervisor::SupervisorOptions {
+        pod: a.pod.unwrap_or_else(|| format!("{name}-{}", a.slot)),
+        namespace,
+        name,
+        slot: a.slot,
+        etcd: a.etcd,
+        prefix: a.prefix,
+        agent: a.agent_addr,
+        heartbeat: a.heartbeat,
+        ttl: a.ttl,
+        health_every: a.health_interval,
+        etcd_deadline: a.etcd_deadline,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match rt.block_on(crate::cluster::supervisor::run(opts)) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            tracing::error!(error = %e, "supervisor stopping");
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(crate::cluster::supervisor::exit_code(&e)))
+        }
+    }
 }
 
 /// Parse `250ms`, `30s`, `2m`, `1h` or a bare number of seconds.
@@ -302,33 +332,7 @@ fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<ExitCode> {
             };
             crate::cluster::worker_mode::run(registry, opts)
         }
-        Command::Supervisor(a) => {
-            let (namespace, name) = crate::cluster::split_topology(&a.topology);
-            let opts = crate::cluster::supervisor::SupervisorOptions {
-                pod: a.pod.unwrap_or_else(|| format!("{name}-{}", a.slot)),
-                namespace,
-                name,
-                slot: a.slot,
-                etcd: a.etcd,
-                prefix: a.prefix,
-                agent: a.agent_addr,
-                heartbeat: a.heartbeat,
-                ttl: a.ttl,
-                health_every: a.health_interval,
-                etcd_deadline: a.etcd_deadline,
-            };
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            match rt.block_on(crate::cluster::supervisor::run(opts)) {
-                Ok(()) => Ok(ExitCode::SUCCESS),
-                Err(e) => {
-                    tracing::error!(error = %e, "supervisor stopping");
-                    eprintln!("error: {e}");
-                    Ok(ExitCode::from(crate::cluster::supervisor::exit_code(&e)))
-                }
-            }
-        }
+        Command::Supervisor(a) => run_supervisor(a),
         Command::Rebalance(a) => {
             let (namespace, name) = crate::cluster::split_topology(&a.topology);
             let rt = tokio::runtime::Builder::new_current_thread()

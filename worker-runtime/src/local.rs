@@ -205,33 +205,52 @@ fn summarize(
     for c in fin.values().filter(|c| c.kind == PlannedKind::Spout) {
         spouts.merge(&c.metrics);
     }
-    let h = &spouts.complete_ns;
-    let complete = if !h.is_empty() {
-        Percentiles {
-            p50: h.value_at_quantile(0.5) as f64 / 1e6,
-            p99: h.value_at_quantile(0.99) as f64 / 1e6,
-            max: h.max() as f64 / 1e6,
-        }
-    } else {
-        Percentiles::default()
-    };
-    let secs = elapsed.as_secs_f64();
-    Summary {
-        topology: name.to_string(),
-        acked: spouts.acked,
-        failed: spouts.failed,
-        emitted: spouts.roots,
-        replayed: spouts.replayed,
-        duration_s: secs,
-        acked_per_s: if secs > 0.0 {
-            spouts.acked as f64 / secs
-        } else {
-            0.0
-        },
-        complete_latency_ms: complete,
-        stopped_by: stopped_by.to_string(),
+    Summary::new(
+        name,
+        &spouts.to_stats(0, 0),
+        elapsed,
+        stopped_by,
         open_at_end,
-        components: stats_of(fin, None),
+        stats_of(fin, None),
+    )
+}
+
+impl Summary {
+    /// A run's summary from its spouts' totals (acked, failed, roots, replayed,
+    /// complete latency) and the per-component stats.
+    pub fn new(
+        name: &str,
+        spouts: &ComponentStats,
+        elapsed: Duration,
+        stopped_by: &str,
+        open_at_end: usize,
+        components: BTreeMap<String, ComponentStats>,
+    ) -> Summary {
+        let secs = elapsed.as_secs_f64();
+        Summary {
+            topology: name.to_string(),
+            acked: spouts.acked,
+            failed: spouts.failed,
+            emitted: spouts.roots,
+            replayed: spouts.replayed,
+            duration_s: secs,
+            acked_per_s: if secs > 0.0 {
+                spouts.acked as f64 / secs
+            } else {
+                0.0
+            },
+            complete_latency_ms: spouts.complete_latency_ms.map_or_else(
+                Percentiles::default,
+                |l| Percentiles {
+                    p50: l.p50,
+                    p99: l.p99,
+                    max: l.max,
+                },
+            ),
+            stopped_by: stopped_by.to_string(),
+            open_at_end,
+            components,
+        }
     }
 }
 

@@ -25,7 +25,7 @@ use squall_api::records::{Assignment, ComponentStats, Control, TopologyRef, Work
 use squall_api::{PhysicalPlan, PlannedKind, TopologySpec};
 
 use crate::coord::{self, TopologyStore};
-use crate::local::{Percentiles, Summary};
+use crate::local::Summary;
 
 /// How a multi-process run behaves.
 #[derive(Debug, Clone)]
@@ -599,28 +599,9 @@ fn summarize(
             latency = merge_latency(latency, c.complete_latency_ms);
         }
     }
-    let secs = elapsed.as_secs_f64();
-    Summary {
-        topology: name.to_string(),
-        acked: spouts.acked,
-        failed: spouts.failed,
-        emitted: spouts.roots,
-        replayed: spouts.replayed,
-        duration_s: secs,
-        acked_per_s: if secs > 0.0 {
-            spouts.acked as f64 / secs
-        } else {
-            0.0
-        },
-        complete_latency_ms: latency.map_or_else(Percentiles::default, |l| Percentiles {
-            p50: l.p50,
-            p99: l.p99,
-            max: l.max,
-        }),
-        stopped_by: stopped_by.to_string(),
-        open_at_end: fin.values().map(|w| w.pending as usize).sum(),
-        components,
-    }
+    spouts.complete_latency_ms = latency;
+    let open = fin.values().map(|w| w.pending as usize).sum();
+    Summary::new(name, &spouts, elapsed, stopped_by, open, components)
 }
 
 /// The live table, from the stats records: rates over the last window.
