@@ -105,11 +105,15 @@ impl Context {
     }
 
     async fn event(&self, topo: &Topology, type_: EventType, reason: &str, note: String) {
+        // The recorder folds events with the same reason and action into one
+        // series that keeps the first note; keying the action on the note keeps
+        // "plan version 2" from being shown as a repeat of "plan version 1".
+        let action: String = note.chars().take(128).collect();
         let ev = Event {
             type_,
             reason: reason.into(),
             note: Some(note),
-            action: reason.into(),
+            action,
             secondary: None,
         };
         if let Err(e) = self.recorder.publish(&ev, &topo.object_ref(&())).await {
@@ -489,7 +493,10 @@ async fn apply(topo: &Topology, ctx: &Context) -> Result<Action, Error> {
             topo,
             kind,
             &format!("{p:?}"),
-            format!("phase {:?} → {p:?}", old_status.phase),
+            match old_status.phase {
+                Some(old) => format!("phase {old:?} → {p:?}"),
+                None => format!("phase → {p:?}"),
+            },
         )
         .await;
     }
@@ -536,7 +543,8 @@ fn compute_status(
 
     let phase = if error.is_some() {
         Phase::Failed
-    } else if rebalancing {
+    } else if rebalancing || (old.phase == Some(Phase::Rebalancing) && ready < desired) {
+        // A rebalance lasts until every worker runs the new plan.
         Phase::Rebalancing
     } else if ready == desired {
         if spec.active {
@@ -596,7 +604,11 @@ fn compute_status(
                 (
                     "True",
                     "Rebalancing",
-                    "spouts deactivated while open trees drain",
+                    if rebalancing {
+                        "spouts deactivated while open trees drain"
+                    } else {
+                        "new plan assigned; workers are moving to it"
+                    },
                 ),
                 ("False", "Rebalancing", &progress_msg),
             );
