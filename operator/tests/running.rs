@@ -240,3 +240,88 @@ async fn an_unknown_component_ends_in_a_condition_and_an_event() {
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_heartbeat_lapses_is_replaced() {
+    let cluster = cluster().await;
+    install_crd(&cluster);
+    let op = Operator::start(&cluster, "/squall-heartbeat");
+    let topos: Api<Topology> = Api::namespaced(cluster.client(), "default");
+    let manifest = std::fs::read_to_string(repo().join("examples/exclamation/topology.yaml"))
+        .unwrap()
+        .replace("workers: 2", "workers: 2\n  killWaitSeconds: 1");
+    let out = kubectl_stdin(&cluster, &["apply", "-f", "-"], &manifest);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("Running 2/2", Duration::from_secs(90), || {
+        let t = topos.clone();
+        async move {
+            get(&t, "exclamation")
+                .await
+                .filter(|s| s.phase == Some(Phase::Running) && s.workers.ready == 2)
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
+    let pods_api: Api<k8s_openapi::api::core::v1::Pod> =
+        Api::namespaced(cluster.client(), "default");
+    let uid = pods_api
+        .get("exclamation-worker-1")
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
+
+    // Freeze the supervisor: the worker's pod still looks ready, but its lease
+    // (the heartbeat) lapses. The operator must replace the pod.
+    cluster
+        .agent()
+        .signal_container(
+            "default",
+            "exclamation-worker-1",
+            "supervisor",
+            nix::sys::signal::Signal::SIGSTOP,
+        )
+        .unwrap();
+    let frozen = Instant::now();
+    wait_for(
+        "the hung worker's pod replaced",
+        Duration::from_secs(60),
+        || {
+            let p = pods_api.clone();
+            let uid = uid.clone();
+            async move {
+                let pod = p.get_opt("exclamation-worker-1").await.ok()??;
+                (pod.metadata.uid.as_deref() != Some(uid.as_str())).then_some(())
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
+    eprintln!("heartbeat lapse → pod replaced: {:?}", frozen.elapsed());
+    wait_for("Running 2/2 again", Duration::from_secs(90), || {
+        let t = topos.clone();
+        async move {
+            get(&t, "exclamation")
+                .await
+                .filter(|s| s.phase == Some(Phase::Running) && s.workers.ready == 2)
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
+    let events: Api<Event> = Api::namespaced(cluster.client(), "default");
+    let list = events.list(&ListParams::default()).await.unwrap();
+    assert!(
+        list.items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("WorkerLost")
+                && e.message
+                    .as_deref()
+                    .is_some_and(|m| m.contains("stopped heartbeating"))),
+        "a WorkerLost event says why"
+    );
+}
