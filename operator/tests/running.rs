@@ -325,3 +325,69 @@ async fn a_worker_whose_heartbeat_lapses_is_replaced() {
         "a WorkerLost event says why"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletion_rides_out_a_brief_etcd_outage() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+
+    let cluster = cluster().await;
+    install_crd(&cluster);
+    // Topology state in an etcd of its own, so stopping it leaves the API server up.
+    let etcd = squall_testenv::Etcd::start().await.unwrap();
+    let op = Operator::start_with_etcd(&cluster, etcd.client_url(), "/squall-outage");
+    let topos: Api<Topology> = Api::namespaced(cluster.client(), "default");
+    let manifest = std::fs::read_to_string(repo().join("examples/exclamation/topology.yaml"))
+        .unwrap()
+        .replace("workers: 2", "workers: 2\n  killWaitSeconds: 2");
+    let out = kubectl_stdin(&cluster, &["apply", "-f", "-"], &manifest);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("Running 2/2", Duration::from_secs(90), || {
+        let t = topos.clone();
+        async move {
+            get(&t, "exclamation")
+                .await
+                .filter(|s| s.phase == Some(Phase::Running))
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
+
+    // etcd freezes, then the user deletes the topology.
+    let pid = Pid::from_raw(etcd.pid() as i32);
+    kill(pid, Signal::SIGSTOP).unwrap();
+    let out = kubectl(
+        &cluster,
+        &["delete", "topology", "exclamation", "--wait=false"],
+    );
+    assert!(out.status.success());
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let still = topos.get_opt("exclamation").await.unwrap();
+    assert!(
+        still.is_some(),
+        "the finalizer holds while etcd cannot be cleaned"
+    );
+    kill(pid, Signal::SIGCONT).unwrap();
+
+    // etcd is back: the deletion completes, with pods and keys gone.
+    wait_for("topology gone", Duration::from_secs(90), || {
+        let t = topos.clone();
+        async move { t.get_opt("exclamation").await.ok()?.is_none().then_some(()) }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
+    assert!(
+        pods(&cluster.client(), "default", "exclamation")
+            .await
+            .is_empty()
+    );
+    let mut client = etcd_client::Client::connect([etcd.client_url()], None)
+        .await
+        .unwrap();
+    let left = etcd_keys(&mut client, "/squall-outage/").await;
+    assert!(left.is_empty(), "etcd keys left: {left:?}");
+}

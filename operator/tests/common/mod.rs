@@ -27,6 +27,11 @@ pub struct Operator {
 
 impl Operator {
     pub fn start(cluster: &TestCluster, prefix: &str) -> Operator {
+        Self::start_with_etcd(cluster, cluster.control_plane().etcd().client_url(), prefix)
+    }
+
+    /// With topology state in its own etcd (so a test can stop it without the API server).
+    pub fn start_with_etcd(cluster: &TestCluster, etcd: &str, prefix: &str) -> Operator {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = cluster
@@ -42,12 +47,7 @@ impl Operator {
         let child = Command::new(env!("CARGO_BIN_EXE_squall-operator"))
             .env("KUBECONFIG", cluster.kubeconfig_path())
             .env("RUST_LOG", "info,squall_operator=debug")
-            .args([
-                "--etcd",
-                cluster.control_plane().etcd().client_url(),
-                "--etcd-prefix",
-                prefix,
-            ])
+            .args(["--etcd", etcd, "--etcd-prefix", prefix])
             .args([
                 "--http-addr",
                 &format!("127.0.0.1:{port}"),
