@@ -243,12 +243,15 @@ fn key_of(topo: &Topology) -> String {
     )
 }
 
-/// The spec as the assignment compares it: `active` is control and
-/// `killWaitSeconds` only matters to the operator, so neither needs a new plan.
+/// The spec as the assignment compares it: `active` is control,
+/// `killWaitSeconds` only matters to the operator and `image` to the pods,
+/// so none of them needs a new plan.
 fn placement(spec: &TopologySpec) -> TopologySpec {
     let mut s = spec.clone();
     s.active = true;
     s.kill_wait_seconds = 0;
+    // The image only decides what pods run; changing it rolls them, not the plan.
+    s.image.clear();
     s
 }
 
@@ -298,7 +301,7 @@ async fn apply(topo: &Topology, ctx: &Context) -> Result<Action, Error> {
                     namespace: ns.clone(),
                     name: name.clone(),
                 },
-                spec: wanted,
+                spec: spec.clone(),
                 plan: plan.clone(),
             };
             ctx.store.put_assignment(&keys, &a).await?;
@@ -318,7 +321,7 @@ async fn apply(topo: &Topology, ctx: &Context) -> Result<Action, Error> {
             .await;
             1
         }
-        Some(a) if a.spec != wanted => {
+        Some(a) if placement(&a.spec) != wanted => {
             // Storm's rebalance: deactivate, let open trees drain, reassign, reactivate.
             let since = *ctx
                 .memory()
@@ -353,7 +356,7 @@ async fn apply(topo: &Topology, ctx: &Context) -> Result<Action, Error> {
                         namespace: ns.clone(),
                         name: name.clone(),
                     },
-                    spec: wanted,
+                    spec: spec.clone(),
                     plan: plan.clone(),
                 };
                 ctx.store.put_assignment(&keys, &next).await?;
@@ -420,6 +423,18 @@ async fn apply(topo: &Topology, ctx: &Context) -> Result<Action, Error> {
                 EventType::Warning,
                 "WorkerLost",
                 format!("pod {pod_name} (slot {slot}) ended; replacing it"),
+            )
+            .await;
+            delete_pod(&pod_api, &pod_name).await?;
+            continue;
+        }
+        // A new image (the topology's or the supervisor's) means new pods.
+        if !rebalancing && pods::images_differ(&pod, &spec.image, &ctx.settings.supervisor_image) {
+            ctx.event(
+                topo,
+                EventType::Normal,
+                "Upgrading",
+                format!("pod {pod_name} (slot {slot}) runs an old image; replacing it"),
             )
             .await;
             delete_pod(&pod_api, &pod_name).await?;

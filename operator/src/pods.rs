@@ -246,6 +246,19 @@ pub fn slot_of(pod: &Pod) -> Option<u32> {
     pod.labels().get(SLOT_LABEL)?.parse().ok()
 }
 
+/// Whether the pod's containers run other images than the topology's and the
+/// supervisor's (a pod without those containers counts as different).
+pub fn images_differ(pod: &Pod, worker_image: &str, supervisor_image: &str) -> bool {
+    let image = |name: &str| {
+        pod.spec
+            .as_ref()
+            .and_then(|s| s.containers.iter().find(|c| c.name == name))
+            .and_then(|c| c.image.clone())
+    };
+    image("worker").as_deref() != Some(worker_image)
+        || image("supervisor").as_deref() != Some(supervisor_image)
+}
+
 /// Whether the pod is running with every container ready.
 pub fn is_ready(pod: &Pod) -> bool {
     pod.status
@@ -318,6 +331,14 @@ mod tests {
                 .contains("--agent-addr $(POD_IP):7071")
         );
         assert!(spec.volumes.is_none());
+    }
+
+    #[test]
+    fn a_pod_with_another_image_is_stale() {
+        let pod = worker_pod(&topo(), 0, &settings(None));
+        assert!(!images_differ(&pod, "img:1", "sup:1"));
+        assert!(images_differ(&pod, "img:2", "sup:1"));
+        assert!(images_differ(&pod, "img:1", "sup:2"));
     }
 
     #[test]

@@ -173,6 +173,33 @@ async fn lifecycle_assign_pods_scale_deactivate_restart_delete() {
     .await
     .unwrap();
 
+    // A new image rolls the pods (the node agent maps images by repository, so a new tag runs the same binary).
+    let before: Vec<String> = pods(&client, "default", "word-count")
+        .await
+        .iter()
+        .filter_map(|p| p.metadata.uid.clone())
+        .collect();
+    let patch = serde_json::json!({"spec": {"image": "squall-examples:0.1.1"}});
+    topos
+        .patch("word-count", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    wait_for("pods on the new image", Duration::from_secs(90), || {
+        let (c, before) = (client.clone(), before.clone());
+        async move {
+            let ps = pods(&c, "default", "word-count").await;
+            let fresh = ps.iter().all(|p| {
+                p.metadata.deletion_timestamp.is_none()
+                    && !before.contains(p.metadata.uid.as_ref().unwrap())
+                    && p.spec.as_ref().unwrap().containers[0].image.as_deref()
+                        == Some("squall-examples:0.1.1")
+            });
+            (ps.len() == 4 && fresh).then_some(())
+        }
+    })
+    .await
+    .unwrap();
+
     // A restarted operator adopts what exists: no duplicate pods, same plan version.
     drop(op);
     op = Operator::start(&cluster, prefix);
