@@ -56,6 +56,33 @@ struct Memory {
     missing: HashMap<(String, u32), Instant>,
     /// The last rate sample per topology.
     rates: HashMap<String, Rates>,
+    /// Spout counters per (topology, slot), carried across worker restarts.
+    ledgers: HashMap<(String, u32), SlotLedger>,
+}
+
+/// Spout counters of one worker process.
+#[derive(Clone, Copy, Default)]
+struct Counts {
+    acked: u64,
+    failed: u64,
+    roots: u64,
+}
+
+impl Counts {
+    fn add(&mut self, o: &Counts) {
+        self.acked += o.acked;
+        self.failed += o.failed;
+        self.roots += o.roots;
+    }
+}
+
+/// A slot's counters across the worker processes it has had.
+#[derive(Default)]
+struct SlotLedger {
+    /// Totals of earlier processes.
+    banked: Counts,
+    /// The latest figures of the current process.
+    last: Counts,
 }
 
 /// Acked and failed totals at a worker timestamp, and the rates they gave.
@@ -658,28 +685,42 @@ fn aggregate_stats(
     ctx: &Context,
 ) -> TopologyStats {
     let spouts: Vec<&str> = topo.spec.spouts.iter().map(|s| s.id.as_str()).collect();
+    let key = key_of(topo);
+    let mut mem = ctx.memory();
     let (mut acked, mut failed, mut emitted, mut p99) = (0u64, 0u64, 0u64, 0f64);
-    for w in stats.values() {
+    for (slot, w) in stats {
         // Percentiles do not add up; the worst worker's recent p99 bounds the whole.
         for (id, l) in &w.recent_complete_latency_ms {
             if spouts.contains(&id.as_str()) {
                 p99 = p99.max(l.p99);
             }
         }
+        let mut now = Counts::default();
         for (id, c) in &w.components {
             if spouts.contains(&id.as_str()) {
-                acked += c.acked;
-                failed += c.failed;
-                emitted += c.roots;
+                now.acked += c.acked;
+                now.failed += c.failed;
+                now.roots += c.roots;
             }
         }
+        // A restarted worker counts from zero again: bank what its previous
+        // process had counted, so totals never go backwards.
+        let ledger = mem.ledgers.entry((key.clone(), *slot)).or_default();
+        if now.acked < ledger.last.acked
+            || now.failed < ledger.last.failed
+            || now.roots < ledger.last.roots
+        {
+            ledger.banked.add(&ledger.last);
+        }
+        ledger.last = now;
+        acked += ledger.banked.acked + now.acked;
+        failed += ledger.banked.failed + now.failed;
+        emitted += ledger.banked.roots + now.roots;
     }
     // Rates come from the workers' own timestamps over windows of at least 5 s,
     // so that passes triggered in quick succession (our own status patches are
     // watch events too) neither report 0 nor keep patching a jittering number.
-    let key = key_of(topo);
     let at_ms = stats.values().map(|w| w.timestamp_ms).max().unwrap_or(0);
-    let mut mem = ctx.memory();
     let sample = match mem.rates.get(&key) {
         Some(r) if acked < r.acked || failed < r.failed => Rates {
             at_ms,
@@ -877,6 +918,7 @@ async fn cleanup(topo: &Topology, ctx: &Context) -> Result<Option<Duration>, Err
     mem.killing.remove(&key);
     mem.rebalancing.remove(&key);
     mem.rates.remove(&key);
+    mem.ledgers.retain(|(k, _), _| k != &key);
     mem.missing.retain(|(k, _), _| k != &key);
     drop(mem);
     tracing::info!(topology = %key, "deleted");

@@ -249,7 +249,9 @@ async fn a_worker_whose_heartbeat_lapses_is_replaced() {
     let topos: Api<Topology> = Api::namespaced(cluster.client(), "default");
     let manifest = std::fs::read_to_string(repo().join("examples/exclamation/topology.yaml"))
         .unwrap()
-        .replace("workers: 2", "workers: 2\n  killWaitSeconds: 1");
+        .replace("workers: 2", "workers: 2\n  killWaitSeconds: 1")
+        // Slow enough that a restarted spout needs several status passes to catch up.
+        .replace("config: {rate: 1000}", "config: {rate: 200}");
     let out = kubectl_stdin(&cluster, &["apply", "-f", "-"], &manifest);
     assert!(
         out.status.success(),
@@ -266,6 +268,41 @@ async fn a_worker_whose_heartbeat_lapses_is_replaced() {
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
+    // A worker holding a spout task crashes and restarts from zero: the status
+    // totals must not go backwards (the operator banks the dead process's counts).
+    let acked = |t: Api<Topology>| async move {
+        get(&t, "exclamation")
+            .await
+            .and_then(|s| s.stats)
+            .map(|s| s.acked_total)
+            .unwrap_or(0)
+    };
+    wait_for("some acks", Duration::from_secs(30), || {
+        let t = topos.clone();
+        async move { (acked(t).await > 2000).then_some(()) }
+    })
+    .await
+    .unwrap();
+    let before = acked(topos.clone()).await;
+    cluster
+        .agent()
+        .kill_container("default", "exclamation-worker-0", "worker")
+        .unwrap();
+    let mut lowest = u64::MAX;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        lowest = lowest.min(acked(topos.clone()).await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        lowest >= before,
+        "acked total went back from {before} to {lowest} after a worker restart"
+    );
+    assert!(
+        acked(topos.clone()).await > before,
+        "acks continue after the restart"
+    );
+
     let pods_api: Api<k8s_openapi::api::core::v1::Pod> =
         Api::namespaced(cluster.client(), "default");
     let uid = pods_api
