@@ -261,10 +261,25 @@ pub fn render_table(
     window: Duration,
     uptime: Duration,
 ) -> String {
-    let w = window.as_secs_f64().max(1e-9);
     let stats = stats_of(now, Some((prev, window.as_nanos() as u64)));
+    let rows = stats
+        .into_iter()
+        .filter_map(|(id, s)| now.get(&id).map(|c| (id, (c.kind, s))))
+        .collect();
+    format_table(&rows, window, uptime, "")
+}
+
+/// The live table, one row per component. The counters in `rows` are the
+/// activity within `window`; `note` ends the header line.
+pub fn format_table(
+    rows: &BTreeMap<String, (PlannedKind, ComponentStats)>,
+    window: Duration,
+    uptime: Duration,
+    note: &str,
+) -> String {
+    let w = window.as_secs_f64().max(1e-9);
     let mut out = format!(
-        "--- {:>6.1}s {:<16} {:>6} {:>11} {:>11} {:>10} {:>9} {:>11} {:>10} {:>10} {:>8}\n",
+        "--- {:>6.1}s {:<16} {:>6} {:>11} {:>11} {:>10} {:>9} {:>11} {:>10} {:>10} {:>8}{note}\n",
         uptime.as_secs_f64(),
         "component",
         "kind",
@@ -277,12 +292,12 @@ pub fn render_table(
         "compl p99",
         "capacity"
     );
-    for (id, s) in &stats {
-        let kind = now.get(id).map_or("?", |c| match c.kind {
+    for (id, (kind, s)) in rows {
+        let kind = match kind {
             PlannedKind::Spout => "spout",
             PlannedKind::Bolt => "bolt",
             PlannedKind::Acker => "acker",
-        });
+        };
         let ms = |l: Option<squall_api::records::LatencySummary>| {
             l.map_or("-".to_string(), |l| format_ms(l.p99))
         };

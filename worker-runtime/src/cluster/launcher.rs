@@ -612,47 +612,29 @@ fn render_table(
     window: Duration,
     uptime: Duration,
 ) -> String {
-    let w = window.as_secs_f64().max(1e-9);
-    let a = aggregate(now);
-    let b = aggregate(prev);
-    let mut out = format!(
-        "--- {:>6.1}s {:<16} {:>6} {:>11} {:>11} {:>10} {:>9} {:>11} {:>10} {:>8}  workers reporting: {}\n",
-        uptime.as_secs_f64(),
-        "component",
-        "kind",
-        "emitted/s",
-        "transfer/s",
-        "acked/s",
-        "failed/s",
-        "executed/s",
-        "compl p99",
-        "capacity",
-        now.len()
-    );
-    for (id, s) in &a {
-        let p = b.get(id).cloned().unwrap_or_default();
-        let rate = |x: u64, y: u64| x.saturating_sub(y) as f64 / w;
-        let kind = match kinds.get(id) {
-            Some(PlannedKind::Spout) => "spout",
-            Some(PlannedKind::Bolt) => "bolt",
-            Some(PlannedKind::Acker) => "acker",
-            None => "?",
-        };
-        out.push_str(&format!(
-            "          {:<16} {:>6} {:>11.0} {:>11.0} {:>10.0} {:>9.0} {:>11.0} {:>10} {:>8.2}\n",
-            id,
-            kind,
-            rate(s.emitted, p.emitted),
-            rate(s.transferred, p.transferred),
-            rate(s.acked, p.acked),
-            rate(s.failed, p.failed),
-            rate(s.executed, p.executed),
-            s.complete_latency_ms
-                .map_or("-".to_string(), |l| format!("{:.2}ms", l.p99)),
-            s.capacity
-        ));
-    }
-    out
+    let before = aggregate(prev);
+    let rows = aggregate(now)
+        .into_iter()
+        .filter_map(|(id, s)| {
+            let kind = *kinds.get(&id)?;
+            let p = before.get(&id).cloned().unwrap_or_default();
+            let delta = ComponentStats {
+                emitted: s.emitted.saturating_sub(p.emitted),
+                transferred: s.transferred.saturating_sub(p.transferred),
+                acked: s.acked.saturating_sub(p.acked),
+                failed: s.failed.saturating_sub(p.failed),
+                executed: s.executed.saturating_sub(p.executed),
+                ..s
+            };
+            Some((id, (kind, delta)))
+        })
+        .collect();
+    crate::local::format_table(
+        &rows,
+        window,
+        uptime,
+        &format!("  workers reporting: {}", now.len()),
+    )
 }
 
 /// Write a new plan with `workers` slots (task counts unchanged) and bump the
