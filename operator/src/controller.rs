@@ -444,54 +444,50 @@ async fn apply(topo: &Topology, ctx: &Context) -> Result<Action, Error> {
             delete_pod(&pod_api, &pod_name).await?;
             continue;
         }
-        if pods::is_finished(&pod) {
-            ctx.event(
-                topo,
-                EventType::Warning,
-                "WorkerLost",
-                format!("pod {pod_name} (slot {slot}) ended; replacing it"),
-            )
-            .await;
-            delete_pod(&pod_api, &pod_name).await?;
-            continue;
-        }
-        // A new image (the topology's or the supervisor's) means new pods.
-        if !rebalancing && pods::images_differ(&pod, &spec.image, &ctx.settings.supervisor_image) {
-            ctx.event(
-                topo,
-                EventType::Normal,
-                "Upgrading",
-                format!("pod {pod_name} (slot {slot}) runs an old image; replacing it"),
-            )
-            .await;
-            delete_pod(&pod_api, &pod_name).await?;
-            continue;
-        }
-        // A pod that was ready but whose heartbeat lease expired is hung: replace it.
+        // A pod that was ready but whose heartbeat lease expired is hung.
         let hb_key = (key.clone(), slot);
-        if pods::is_ready(&pod) && !workers.contains_key(&slot) {
+        let hung = if pods::is_ready(&pod) && !workers.contains_key(&slot) {
             let since = *ctx
                 .memory()
                 .missing
-                .entry(hb_key)
+                .entry(hb_key.clone())
                 .or_insert_with(Instant::now);
-            if since.elapsed() > ctx.heartbeat_grace {
-                ctx.memory().missing.remove(&(key.clone(), slot));
-                ctx.event(
-                    topo,
-                    EventType::Warning,
-                    "WorkerLost",
-                    format!(
-                        "slot {slot} stopped heartbeating for {:?}; replacing pod {pod_name}",
-                        ctx.heartbeat_grace
-                    ),
-                )
-                .await;
-                delete_pod(&pod_api, &pod_name).await?;
-                continue;
-            }
+            since.elapsed() > ctx.heartbeat_grace
         } else {
             ctx.memory().missing.remove(&hb_key);
+            false
+        };
+        // Pods that must be replaced: ended, on an old image (the topology's or
+        // the supervisor's), or hung.
+        let replace = if pods::is_finished(&pod) {
+            Some((
+                EventType::Warning,
+                "WorkerLost",
+                format!("pod {pod_name} (slot {slot}) ended; replacing it"),
+            ))
+        } else if !rebalancing
+            && pods::images_differ(&pod, &spec.image, &ctx.settings.supervisor_image)
+        {
+            Some((
+                EventType::Normal,
+                "Upgrading",
+                format!("pod {pod_name} (slot {slot}) runs an old image; replacing it"),
+            ))
+        } else if hung {
+            let grace = ctx.heartbeat_grace;
+            Some((
+                EventType::Warning,
+                "WorkerLost",
+                format!("slot {slot} stopped heartbeating for {grace:?}; replacing pod {pod_name}"),
+            ))
+        } else {
+            None
+        };
+        if let Some((kind, reason, note)) = replace {
+            ctx.memory().missing.remove(&hb_key);
+            ctx.event(topo, kind, reason, note).await;
+            delete_pod(&pod_api, &pod_name).await?;
+            continue;
         }
         by_slot.insert(slot, pod);
     }

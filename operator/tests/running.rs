@@ -13,6 +13,23 @@ use squall_api::{Phase, Topology, TopologyStatus};
 
 use common::*;
 
+/// Wait until a topology's status satisfies `ok`; a timeout fails with the operator's log.
+async fn wait_status(
+    topos: &Api<Topology>,
+    name: &str,
+    what: &str,
+    secs: u64,
+    op: &Operator,
+    ok: impl Fn(&TopologyStatus) -> bool,
+) -> TopologyStatus {
+    let ok = &ok;
+    wait_for(what, Duration::from_secs(secs), || async move {
+        get(topos, name).await.filter(|s| ok(s))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", op.log()))
+}
+
 fn status(t: &Topology) -> TopologyStatus {
     t.status.clone().unwrap_or_default()
 }
@@ -42,22 +59,19 @@ async fn word_count_runs_recovers_and_obeys_activation() {
     );
 
     // Running with every worker ready, and trees acked.
-    let st = wait_for(
+    let st = wait_status(
+        &topos,
+        "word-count",
         "Running 3/3 with acked > 0",
-        Duration::from_secs(90),
-        || {
-            let t = topos.clone();
-            async move {
-                get(&t, "word-count").await.filter(|s| {
-                    s.phase == Some(Phase::Running)
-                        && s.workers.ready == 3
-                        && s.stats.as_ref().is_some_and(|x| x.acked_total > 0)
-                })
-            }
+        90,
+        &op,
+        |s| {
+            s.phase == Some(Phase::Running)
+                && s.workers.ready == 3
+                && s.stats.as_ref().is_some_and(|x| x.acked_total > 0)
         },
     )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
+    .await;
     eprintln!(
         "kubectl apply → Running with trees acked: {:?}",
         applied.elapsed()
@@ -72,43 +86,31 @@ async fn word_count_runs_recovers_and_obeys_activation() {
         .agent()
         .kill_container("default", "word-count-worker-2", "worker")
         .unwrap();
-    wait_for(
+    wait_status(
+        &topos,
+        "word-count",
         "Degraded after a worker died",
-        Duration::from_secs(30),
-        || {
-            let t = topos.clone();
-            async move {
-                get(&t, "word-count")
-                    .await
-                    .filter(|s| s.phase == Some(Phase::Degraded))
-            }
-        },
+        30,
+        &op,
+        |s| s.phase == Some(Phase::Degraded),
     )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
-    wait_for("Running again", Duration::from_secs(60), || {
-        let t = topos.clone();
-        async move {
-            get(&t, "word-count")
-                .await
-                .filter(|s| s.phase == Some(Phase::Running) && s.workers.ready == 3)
-        }
+    .await;
+    wait_status(&topos, "word-count", "Running again", 60, &op, |s| {
+        s.phase == Some(Phase::Running) && s.workers.ready == 3
     })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
+    .await;
     eprintln!("killed worker → Running again: {:?}", killed_at.elapsed());
 
     // Every root is acked in the end: replays cover what the dead worker held.
-    let done = wait_for("all 3000 roots acked", Duration::from_secs(120), || {
-        let t = topos.clone();
-        async move {
-            get(&t, "word-count")
-                .await
-                .filter(|s| s.stats.as_ref().is_some_and(|x| x.acked_total >= 3000))
-        }
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
+    let done = wait_status(
+        &topos,
+        "word-count",
+        "all 3000 roots acked",
+        120,
+        &op,
+        |s| s.stats.as_ref().is_some_and(|x| x.acked_total >= 3000),
+    )
+    .await;
     let stats = done.stats.unwrap();
     assert_eq!(stats.acked_total, 3000, "no root acked twice: {stats:?}");
     assert!(stats.emitted_total >= 3000);
@@ -129,17 +131,10 @@ async fn word_count_runs_recovers_and_obeys_activation() {
             .map(|s| s.acked_total)
             .unwrap_or(0)
     };
-    wait_for("exclamation acking", Duration::from_secs(90), || {
-        let t = topos.clone();
-        async move {
-            get(&t, "exclamation").await.filter(|s| {
-                s.phase == Some(Phase::Running)
-                    && s.stats.as_ref().is_some_and(|x| x.acked_total > 0)
-            })
-        }
+    wait_status(&topos, "exclamation", "exclamation acking", 90, &op, |s| {
+        s.phase == Some(Phase::Running) && s.stats.as_ref().is_some_and(|x| x.acked_total > 0)
     })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
+    .await;
     let patch = serde_json::json!({"spec": {"active": false}});
     topos
         .patch(
@@ -149,16 +144,10 @@ async fn word_count_runs_recovers_and_obeys_activation() {
         )
         .await
         .unwrap();
-    wait_for("Inactive", Duration::from_secs(30), || {
-        let t = topos.clone();
-        async move {
-            get(&t, "exclamation")
-                .await
-                .filter(|s| s.phase == Some(Phase::Inactive))
-        }
+    wait_status(&topos, "exclamation", "Inactive", 30, &op, |s| {
+        s.phase == Some(Phase::Inactive)
     })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
+    .await;
     tokio::time::sleep(Duration::from_secs(4)).await; // drain + a stats publish
     let a1 = acked_now(topos.clone()).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -198,20 +187,15 @@ async fn an_unknown_component_ends_in_a_condition_and_an_event() {
         String::from_utf8_lossy(&out.stderr)
     );
     let topos: Api<Topology> = Api::namespaced(cluster.client(), "default");
-    let st = wait_for(
+    let st = wait_status(
+        &topos,
+        "typo",
         "Failed with the worker's error",
-        Duration::from_secs(90),
-        || {
-            let t = topos.clone();
-            async move {
-                get(&t, "typo")
-                    .await
-                    .filter(|s| s.phase == Some(Phase::Failed))
-            }
-        },
+        90,
+        &op,
+        |s| s.phase == Some(Phase::Failed),
     )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
+    .await;
     let ready = st.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
     assert_eq!(ready.status, "False");
     assert!(
@@ -258,16 +242,10 @@ async fn a_worker_whose_heartbeat_lapses_is_replaced() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    wait_for("Running 2/2", Duration::from_secs(90), || {
-        let t = topos.clone();
-        async move {
-            get(&t, "exclamation")
-                .await
-                .filter(|s| s.phase == Some(Phase::Running) && s.workers.ready == 2)
-        }
+    wait_status(&topos, "exclamation", "Running 2/2", 90, &op, |s| {
+        s.phase == Some(Phase::Running) && s.workers.ready == 2
     })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
+    .await;
     // A worker holding a spout task crashes and restarts from zero: the status
     // totals must not go backwards (the operator banks the dead process's counts).
     let acked = |t: Api<Topology>| async move {
@@ -340,16 +318,10 @@ async fn a_worker_whose_heartbeat_lapses_is_replaced() {
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
     eprintln!("heartbeat lapse → pod replaced: {:?}", frozen.elapsed());
-    wait_for("Running 2/2 again", Duration::from_secs(90), || {
-        let t = topos.clone();
-        async move {
-            get(&t, "exclamation")
-                .await
-                .filter(|s| s.phase == Some(Phase::Running) && s.workers.ready == 2)
-        }
+    wait_status(&topos, "exclamation", "Running 2/2 again", 90, &op, |s| {
+        s.phase == Some(Phase::Running) && s.workers.ready == 2
     })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
+    .await;
     let events: Api<Event> = Api::namespaced(cluster.client(), "default");
     let list = events.list(&ListParams::default()).await.unwrap();
     assert!(
@@ -383,16 +355,10 @@ async fn deletion_rides_out_a_brief_etcd_outage() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    wait_for("Running 2/2", Duration::from_secs(90), || {
-        let t = topos.clone();
-        async move {
-            get(&t, "exclamation")
-                .await
-                .filter(|s| s.phase == Some(Phase::Running))
-        }
+    wait_status(&topos, "exclamation", "Running 2/2", 90, &op, |s| {
+        s.phase == Some(Phase::Running)
     })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
+    .await;
 
     // etcd freezes, then the user deletes the topology.
     let pid = Pid::from_raw(etcd.pid() as i32);
