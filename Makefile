@@ -11,7 +11,7 @@ build:
 
 ## Run word count in one process (Storm's LocalCluster).
 run:
-	$(CARGO) run --release -p squall-examples -- local examples/word-count/topology.yaml --duration 10s
+	$(CARGO) run --release -p squall-examples --bin squall-examples -- local examples/word-count/topology.yaml --duration 10s
 
 ## Provision the test control plane (etcd, kube-apiserver, kube-controller-manager, helm) into a cache.
 testenv:

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Provision the Squall test control plane into a cache outside the work tree:
-#   kube-apiserver, kube-controller-manager (k8s.io/kubernetes, built through a
-#   wrapper go.mod), etcd (go.etcd.io/etcd/server/v3) and helm (go install).
+#   kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and
+#   kube-proxy (k8s.io/kubernetes, built through a wrapper go.mod), etcd
+#   (go.etcd.io/etcd/server/v3), CoreDNS and helm (go install), plus the
+#   Debian packages of the real node (containerd, runc, CNI plugins, iptables,
+#   umoci/skopeo/buildah for images) when running as root.
 #
 # Usage:
 #   bash tests/testenv/provision.sh              build whatever is missing (idempotent)
@@ -17,9 +20,13 @@ set -euo pipefail
 K8S_VERSION="v1.33.13"     # k8s.io/kubernetes; staging modules use v0.33.13
 ETCD_VERSION="v3.6.16"     # go.etcd.io/etcd/server/v3
 HELM_VERSION="v3.22.0"     # helm.sh/helm/v3
+COREDNS_VERSION="v1.15.0"  # github.com/coredns/coredns
+# Debian packages of the real node (see shared notes real-node.md).
+NODE_PACKAGES=(containerd runc iptables conntrack socat busybox-static containernetworking-plugins
+               umoci skopeo buildah iproute2 util-linux)
 
 CACHE_ROOT="${SQUALL_TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/squall-testenv}"
-KEY="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_helm-${HELM_VERSION}"
+KEY="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_helm-${HELM_VERSION}_coredns-${COREDNS_VERSION}"
 DIR="${CACHE_ROOT}/${KEY}"
 BIN="${DIR}/bin"
 
@@ -34,12 +41,43 @@ fi
 
 log() { printf 'testenv: %s\n' "$*" >&2; }
 
+K8S_BINS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
+
 have_all() {
     local b
-    for b in etcd kube-apiserver kube-controller-manager helm; do
+    for b in etcd etcdctl "${K8S_BINS[@]}" helm coredns; do
         [[ -x "$BIN/$b" ]] || return 1
     done
 }
+
+# The real node's Debian packages. Root only (CI and the dev machine run as root);
+# anyone else gets the list to install.
+have_packages() {
+    local b
+    for b in containerd runc ctr iptables conntrack socat umoci skopeo buildah nsenter ip; do
+        command -v "$b" >/dev/null 2>&1 || return 1
+    done
+    [[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local && -x /usr/lib/cni/portmap && -x /bin/busybox ]]
+}
+
+install_packages() {
+    have_packages && return 0
+    if [[ $(id -u) -ne 0 ]]; then
+        log "the real node needs Debian packages; as root run: apt-get install -y --no-install-recommends ${NODE_PACKAGES[*]}"
+        return 0
+    fi
+    log "installing Debian packages: ${NODE_PACKAGES[*]}"
+    local logf="$CACHE_ROOT/apt.log"
+    mkdir -p "$CACHE_ROOT"
+    if ! { DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+           DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${NODE_PACKAGES[@]}"; } >"$logf" 2>&1; then
+        log "step 'apt-get install' FAILED; last lines of $logf:"
+        tail -n 30 "$logf" | sed 's/^/    /' >&2
+        exit 1
+    fi
+}
+
+install_packages
 
 if have_all; then
     log "cache hit: $BIN"
@@ -124,6 +162,16 @@ EOF
     mv -f "$BIN/etcd.tmp" "$BIN/etcd"
 }
 
+# etcdctl goes into the etcd image, so that `kubectl exec` can inspect the bundled etcd.
+build_etcdctl() {
+    local gobin="$DIR/src/etcdctl-bin"
+    rm -rf "$gobin"; mkdir -p "$gobin"
+    GOBIN="$gobin" "${NICE[@]}" "$GO" install -trimpath -ldflags "-s -w" \
+        "go.etcd.io/etcd/etcdctl/v3@${ETCD_VERSION}"
+    "$gobin/etcdctl" version
+    mv -f "$gobin/etcdctl" "$BIN/etcdctl"
+}
+
 # ---------------------------------------------------------------- helm
 build_helm() {
     local gobin="$DIR/src/helm-bin"
@@ -167,6 +215,9 @@ package tools
 import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubelet"
 )
 EOF
     cat "$src/go.mod"
@@ -189,20 +240,34 @@ build_k8s() {
         done
     done
     mkdir -p "$DIR/src/k8s-out"
-    (cd "$src" && "${NICE[@]}" "$GO" build -trimpath -ldflags "$ld" -o "$DIR/src/k8s-out/" \
-        k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager)
-    local b
-    for b in kube-apiserver kube-controller-manager; do
+    local b pkgs=()
+    for b in "${K8S_BINS[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$b"); done
+    (cd "$src" && "${NICE[@]}" "$GO" build -trimpath -ldflags "$ld" -o "$DIR/src/k8s-out/" "${pkgs[@]}")
+    for b in "${K8S_BINS[@]}"; do
         "$DIR/src/k8s-out/$b" --version
         "$DIR/src/k8s-out/$b" --version | grep -q "${ver}" || { echo "$b --version does not print ${ver}"; return 1; }
     done
-    for b in kube-apiserver kube-controller-manager; do mv -f "$DIR/src/k8s-out/$b" "$BIN/$b"; done
+    for b in "${K8S_BINS[@]}"; do mv -f "$DIR/src/k8s-out/$b" "$BIN/$b"; done
+}
+
+# ---------------------------------------------------------------- coredns
+build_coredns() {
+    local gobin="$DIR/src/coredns-bin"
+    rm -rf "$gobin"; mkdir -p "$gobin"
+    GOBIN="$gobin" "${NICE[@]}" "$GO" install -trimpath -ldflags "-s -w" \
+        "github.com/coredns/coredns@${COREDNS_VERSION}"
+    "$gobin/coredns" -version
+    mv -f "$gobin/coredns" "$BIN/coredns"
 }
 
 log "provisioning into $DIR (${GO_VERSION#go version }, jobs: ${JOBS})"
 [[ -x "$BIN/etcd" ]] || step etcd build_etcd
+[[ -x "$BIN/etcdctl" ]] || step etcdctl build_etcdctl
 [[ -x "$BIN/helm" ]] || step helm build_helm
-if [[ ! -x "$BIN/kube-apiserver" || ! -x "$BIN/kube-controller-manager" ]]; then
+[[ -x "$BIN/coredns" ]] || step coredns build_coredns
+need_k8s=0
+for b in "${K8S_BINS[@]}"; do [[ -x "$BIN/$b" ]] || need_k8s=1; done
+if [[ $need_k8s -eq 1 ]]; then
     step kubernetes-module k8s_mod
     step kubernetes-build build_k8s
 fi

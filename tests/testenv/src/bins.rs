@@ -9,7 +9,7 @@ pub const ETCD_VERSION: &str = "v3.6.16";
 /// helm release (keep in sync with provision.sh).
 pub const HELM_VERSION: &str = "v3.22.0";
 /// Name of the cache entry provision.sh builds into.
-pub const CACHE_KEY: &str = "k8s-v1.33.13_etcd-v3.6.16_helm-v3.22.0";
+pub const CACHE_KEY: &str = "k8s-v1.33.13_etcd-v3.6.16_helm-v3.22.0_coredns-v1.15.0";
 
 /// The directory holding the provisioned binaries: `$SQUALL_TESTENV_BIN`, else
 /// the default cache path (`${SQUALL_TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/squall-testenv}/<CACHE_KEY>/bin`).
