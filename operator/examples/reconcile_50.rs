@@ -1,7 +1,8 @@
 //! Measures the operator with many topologies at once on the test cluster.
 //!
-//! `cargo run -p squall-operator --example reconcile_50 [-- N]` (after `make testenv`
-//! and `cargo build --workspace`): applies N small topologies (default 50, one
+//! With `make dev-cluster` running (or inside `with-cluster`), as root:
+//! `SQUALL_TEST_CLUSTER=/var/tmp/squall-cluster/<pid>/cluster.json cargo run -p squall-operator --example reconcile_50 [-- N]`
+//! (after `cargo build --workspace`): applies N small topologies (default 50, one
 //! worker each) in one `kubectl apply`, and reports how long until every one has
 //! its assignment and pod, and until every one is Running with trees acked; then
 //! deletes them all and reports how long the teardown takes.
@@ -31,16 +32,17 @@ async fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(50);
-    let cluster = TestCluster::start().await.unwrap();
+    let cluster = TestCluster::shared().await.unwrap();
+    let ns = cluster.namespace("reconcile").await.unwrap();
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let kubectl = || {
-        let mut c = cluster.control_plane().kubectl();
-        c.current_dir(&repo);
+        let mut c = cluster.kubectl();
+        c.current_dir(&repo).args(["-n", &ns]);
         c
     };
     assert!(
         kubectl()
-            .args(["apply", "-f", "crds/topology.yaml"])
+            .args(["apply", "--server-side", "--force-conflicts", "-f", "crds/topology.yaml"])
             .status()
             .unwrap()
             .success()
@@ -52,7 +54,11 @@ async fn main() {
         .env("RUST_LOG", "warn")
         .args([
             "--etcd",
-            cluster.control_plane().etcd().client_url(),
+            cluster.etcd_url(),
+            "--worker-etcd",
+            cluster.etcd_url_from_pods(),
+            "--namespace",
+            &ns,
             "--http-addr",
             "127.0.0.1:0",
         ])
@@ -60,7 +66,7 @@ async fn main() {
         .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let api: Api<Topology> = Api::namespaced(cluster.client(), "default");
+    let api: Api<Topology> = Api::namespaced(cluster.client(), &ns);
     let start = Instant::now();
     let mut apply = kubectl()
         .args(["apply", "-f", "-"])

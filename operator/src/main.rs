@@ -28,7 +28,8 @@ use crate::telemetry::Metrics;
     about = "Squall operator: reconciles Topology resources into worker pods"
 )]
 struct Args {
-    /// etcd endpoints for topology state, comma-separated (also handed to workers).
+    /// etcd endpoints for topology state, comma-separated (also handed to
+    /// workers, unless --worker-etcd says otherwise).
     #[arg(
         long,
         env = "SQUALL_ETCD_ENDPOINTS",
@@ -36,6 +37,11 @@ struct Args {
         required = true
     )]
     etcd: Vec<String>,
+    /// The same etcd as worker pods reach it, when that differs from --etcd:
+    /// an operator run outside the cluster reaches etcd at one address, pods
+    /// at another.
+    #[arg(long, env = "SQUALL_WORKER_ETCD_ENDPOINTS", value_delimiter = ',')]
+    worker_etcd: Vec<String>,
     /// Key prefix in etcd.
     #[arg(long, env = "SQUALL_ETCD_PREFIX", default_value = squall_api::records::DEFAULT_PREFIX)]
     etcd_prefix: String,
@@ -123,7 +129,11 @@ async fn main() -> anyhow::Result<()> {
     let recorder = Recorder::new(client.clone(), reporter);
     let settings = PodSettings {
         supervisor_image: args.supervisor_image.clone(),
-        etcd_endpoints: args.etcd.clone(),
+        etcd_endpoints: if args.worker_etcd.is_empty() {
+            args.etcd.clone()
+        } else {
+            args.worker_etcd.clone()
+        },
         etcd_prefix: args.etcd_prefix.clone(),
         image_pull_policy: args.image_pull_policy.clone(),
         etcd_tls_secret: args.etcd_tls_secret.clone(),

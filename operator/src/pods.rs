@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, Pod,
-    PodSpec, Probe, SecretVolumeSource, Volume, VolumeMount,
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    ObjectFieldSelector, Pod, PodSecurityContext, PodSpec, Probe, SeccompProfile,
+    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -156,11 +157,10 @@ pub fn worker_pod(topo: &Topology, slot: u32, settings: &PodSettings) -> Pod {
     ];
     common_env.extend(tls_env);
 
-    // Everything binds to the pod IP (expanded by the kubelet from the env):
-    // in a real pod that is the pod's own address, and where several pods
-    // share a host network (the test node agent) it keeps their ports apart.
-    // The supervisor channel is on the pod IP rather than 127.0.0.1 for the same reason.
-    let agent = format!("$(POD_IP):{AGENT_PORT}");
+    // The transport and HTTP bind the pod IP (expanded by the kubelet from
+    // the env). The supervisor channel stays inside the pod: loopback, which
+    // the containers of one pod share and nothing outside it reaches.
+    let agent = format!("127.0.0.1:{AGENT_PORT}");
     common_args.extend(["--agent-addr".to_string(), agent]);
     let mut worker_args = vec!["worker".to_string()];
     worker_args.extend(common_args.iter().cloned());
@@ -202,6 +202,7 @@ pub fn worker_pod(topo: &Topology, slot: u32, settings: &PodSettings) -> Pod {
         liveness_probe: Some(http_probe(WORKER_HTTP_PORT, "/healthz", 5, 6)),
         resources: template.resources.clone(),
         volume_mounts: mounts.clone(),
+        security_context: Some(container_security()),
         ..Default::default()
     };
     // The supervisor image's entrypoint is `squall-supervisor`: flags only.
@@ -215,6 +216,7 @@ pub fn worker_pod(topo: &Topology, slot: u32, settings: &PodSettings) -> Pod {
         // The supervisor exits non-zero when it cannot do its job (etcd gone past
         // its deadline), and the kubelet restarts it; it needs no probe.
         volume_mounts: mounts,
+        security_context: Some(container_security()),
         ..Default::default()
     };
 
@@ -234,10 +236,50 @@ pub fn worker_pod(topo: &Topology, slot: u32, settings: &PodSettings) -> Pod {
                 .then(|| template.node_selector.clone()),
             tolerations: (!template.tolerations.is_empty()).then(|| template.tolerations.clone()),
             service_account_name: template.service_account_name.clone(),
+            // Workers never call the API server: no token in the pod.
+            automount_service_account_token: Some(false),
+            security_context: Some(pod_security()),
             volumes,
             ..Default::default()
         }),
         status: None,
+    }
+}
+
+/// The user the worker images run as (distroless `nonroot`).
+pub const WORKER_UID: i64 = 65532;
+
+/// Pod-level settings of Pod Security Admission's `restricted` profile.
+fn pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(WORKER_UID),
+        run_as_group: Some(WORKER_UID),
+        fs_group: Some(WORKER_UID),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Container-level settings of the `restricted` profile, plus a read-only
+/// root filesystem: workers and supervisors write nothing to disk.
+fn container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
     }
 }
 
@@ -328,9 +370,27 @@ mod tests {
                 .as_ref()
                 .unwrap()
                 .join(" ")
-                .contains("--agent-addr $(POD_IP):7071")
+                .contains("--agent-addr 127.0.0.1:7071")
         );
         assert!(spec.volumes.is_none());
+    }
+
+    #[test]
+    fn a_worker_pod_fits_the_restricted_pod_security_profile() {
+        let spec = worker_pod(&topo(), 0, &settings(None)).spec.unwrap();
+        assert_eq!(spec.automount_service_account_token, Some(false));
+        let psc = spec.security_context.unwrap();
+        assert_eq!(psc.run_as_non_root, Some(true));
+        assert_eq!(psc.seccomp_profile.unwrap().type_, "RuntimeDefault");
+        for c in &spec.containers {
+            let sc = c.security_context.as_ref().unwrap();
+            assert_eq!(sc.allow_privilege_escalation, Some(false), "{}", c.name);
+            assert_eq!(sc.read_only_root_filesystem, Some(true), "{}", c.name);
+            assert_eq!(
+                sc.capabilities.as_ref().unwrap().drop.as_deref(),
+                Some(&["ALL".to_string()][..])
+            );
+        }
     }
 
     #[test]

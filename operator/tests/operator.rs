@@ -1,5 +1,5 @@
 //! The operator against a real kube-apiserver, kube-controller-manager and etcd,
-//! with the test node agent running pods as local processes.
+//! with worker pods on the shared real node.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -20,15 +20,16 @@ const WORD_COUNT: &str = "examples/word-count/topology.yaml";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifecycle_assign_pods_scale_deactivate_restart_delete() {
-    let cluster = cluster().await;
+    let cluster = env("op-lifecycle").await;
+    let ns: &'static str = Box::leak(cluster.ns.clone().into_boxed_str());
     install_crd(&cluster);
     let client = cluster.client();
     let prefix = "/squall-lifecycle";
     let mut op = Operator::start(&cluster, prefix);
-    let mut etcd = Etcd::connect([cluster.control_plane().etcd().client_url()], None)
+    let mut etcd = Etcd::connect([cluster.etcd_url()], None)
         .await
         .unwrap();
-    let topos: Api<Topology> = Api::namespaced(client.clone(), "default");
+    let topos: Api<Topology> = Api::namespaced(client.clone(), ns);
 
     let out = kubectl(&cluster, &["apply", "-f", WORD_COUNT]);
     assert!(
@@ -38,7 +39,7 @@ async fn lifecycle_assign_pods_scale_deactivate_restart_delete() {
     );
 
     // The assignment is in etcd, and one pod per slot with the expected shape.
-    let keys = squall_api::records::TopologyKeys::new(prefix, "default", "word-count");
+    let keys = squall_api::records::TopologyKeys::new(prefix, ns, "word-count");
     let a: Assignment = wait_for("assignment v1", Duration::from_secs(30), || {
         let (mut e, k) = (etcd.clone(), keys.assignment());
         async move { etcd_get(&mut e, &k).await }
@@ -49,7 +50,7 @@ async fn lifecycle_assign_pods_scale_deactivate_restart_delete() {
     assert_eq!(a.plan.workers, 3);
     let ps = wait_for("3 worker pods", Duration::from_secs(30), || {
         let c = client.clone();
-        async move { Some(pods(&c, "default", "word-count").await).filter(|p| p.len() == 3) }
+        async move { Some(pods(&c, ns, "word-count").await).filter(|p| p.len() == 3) }
     })
     .await
     .unwrap();
@@ -152,7 +153,7 @@ async fn lifecycle_assign_pods_scale_deactivate_restart_delete() {
     assert_eq!(user(&a2), user(&a), "a rebalance keeps every task id");
     wait_for("4 pods", Duration::from_secs(30), || {
         let c = client.clone();
-        async move { (pods(&c, "default", "word-count").await.len() == 4).then_some(()) }
+        async move { (pods(&c, ns, "word-count").await.len() == 4).then_some(()) }
     })
     .await
     .unwrap();
@@ -174,7 +175,7 @@ async fn lifecycle_assign_pods_scale_deactivate_restart_delete() {
     .unwrap();
 
     // A new image rolls the pods (the node agent maps images by repository, so a new tag runs the same binary).
-    let before: Vec<String> = pods(&client, "default", "word-count")
+    let before: Vec<String> = pods(&client, ns, "word-count")
         .await
         .iter()
         .filter_map(|p| p.metadata.uid.clone())
@@ -187,7 +188,7 @@ async fn lifecycle_assign_pods_scale_deactivate_restart_delete() {
     wait_for("pods on the new image", Duration::from_secs(90), || {
         let (c, before) = (client.clone(), before.clone());
         async move {
-            let ps = pods(&c, "default", "word-count").await;
+            let ps = pods(&c, ns, "word-count").await;
             let fresh = ps.iter().all(|p| {
                 p.metadata.deletion_timestamp.is_none()
                     && !before.contains(p.metadata.uid.as_ref().unwrap())
@@ -205,7 +206,7 @@ async fn lifecycle_assign_pods_scale_deactivate_restart_delete() {
     op = Operator::start(&cluster, prefix);
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(
-        pods(&client, "default", "word-count").await.len(),
+        pods(&client, ns, "word-count").await.len(),
         4,
         "no duplicates after a restart"
     );
@@ -248,7 +249,7 @@ async fn lifecycle_assign_pods_scale_deactivate_restart_delete() {
     wait_for("pods gone", Duration::from_secs(60), || {
         let c = client.clone();
         async move {
-            pods(&c, "default", "word-count")
+            pods(&c, ns, "word-count")
                 .await
                 .is_empty()
                 .then_some(())
@@ -262,7 +263,8 @@ async fn lifecycle_assign_pods_scale_deactivate_restart_delete() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_manifests_are_rejected_or_reported() {
-    let cluster = cluster().await;
+    let cluster = env("op-bad").await;
+    let ns: &'static str = Box::leak(cluster.ns.clone().into_boxed_str());
     install_crd(&cluster);
     let client = cluster.client();
     let _op = Operator::start(&cluster, "/squall-bad");
@@ -323,7 +325,7 @@ async fn bad_manifests_are_rejected_or_reported() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let topos: Api<Topology> = Api::namespaced(client.clone(), "default");
+    let topos: Api<Topology> = Api::namespaced(client.clone(), ns);
     let st = wait_for("Failed phase", Duration::from_secs(30), || {
         let t = topos.clone();
         async move {
@@ -346,7 +348,7 @@ async fn bad_manifests_are_rejected_or_reported() {
         "{}",
         ready.message
     );
-    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
     wait_for("InvalidTopology event", Duration::from_secs(30), || {
         let e = events.clone();
         async move {
@@ -360,7 +362,7 @@ async fn bad_manifests_are_rejected_or_reported() {
     .await
     .unwrap();
     assert!(
-        pods(&client, "default", "bad").await.is_empty(),
+        pods(&client, ns, "bad").await.is_empty(),
         "an invalid topology gets no pods"
     );
 }

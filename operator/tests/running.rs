@@ -1,5 +1,5 @@
 //! The operator with real workers: pods run `squall-examples worker` and
-//! `squall-supervisor` as local processes through the test node agent.
+//! `squall-supervisor` in containers on the shared real node.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -40,10 +40,11 @@ async fn get(api: &Api<Topology>, name: &str) -> Option<TopologyStatus> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn word_count_runs_recovers_and_obeys_activation() {
-    let cluster = cluster().await;
+    let cluster = env("run-wc").await;
+    let ns: &'static str = Box::leak(cluster.ns.clone().into_boxed_str());
     install_crd(&cluster);
     let op = Operator::start(&cluster, "/squall-running");
-    let topos: Api<Topology> = Api::namespaced(cluster.client(), "default");
+    let topos: Api<Topology> = Api::namespaced(cluster.client(), ns);
 
     // A finite word count: 2 spout tasks × 1500 sentences, 3 workers.
     let manifest = std::fs::read_to_string(repo().join("examples/word-count/topology.yaml"))
@@ -83,8 +84,7 @@ async fn word_count_runs_recovers_and_obeys_activation() {
     // Kill the worker process of slot 2 (it holds no spout task): Degraded, then Running.
     let killed_at = Instant::now();
     cluster
-        .agent()
-        .kill_container("default", "word-count-worker-2", "worker")
+        .kill_container(ns, "word-count-worker-2", "worker")
         .unwrap();
     wait_status(
         &topos,
@@ -176,7 +176,8 @@ async fn word_count_runs_recovers_and_obeys_activation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_component_ends_in_a_condition_and_an_event() {
-    let cluster = cluster().await;
+    let cluster = env("run-unknown").await;
+    let ns: &'static str = Box::leak(cluster.ns.clone().into_boxed_str());
     install_crd(&cluster);
     let op = Operator::start(&cluster, "/squall-unknown");
     let manifest = "apiVersion: squall.dev/v1alpha1\nkind: Topology\nmetadata: {name: typo}\nspec:\n  image: squall-examples:0.1.0\n  spouts: [{id: s, component: RandomSentenceSpout}]\n  bolts: [{id: b, component: SplitSentance}]\n  streams: [{from: s, to: b, grouping: {type: SHUFFLE}}]\n";
@@ -186,7 +187,7 @@ async fn an_unknown_component_ends_in_a_condition_and_an_event() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let topos: Api<Topology> = Api::namespaced(cluster.client(), "default");
+    let topos: Api<Topology> = Api::namespaced(cluster.client(), ns);
     let st = wait_status(
         &topos,
         "typo",
@@ -204,7 +205,7 @@ async fn an_unknown_component_ends_in_a_condition_and_an_event() {
         "{}",
         ready.message
     );
-    let events: Api<Event> = Api::namespaced(cluster.client(), "default");
+    let events: Api<Event> = Api::namespaced(cluster.client(), ns);
     wait_for("WorkerError event", Duration::from_secs(30), || {
         let e = events.clone();
         async move {
@@ -227,10 +228,11 @@ async fn an_unknown_component_ends_in_a_condition_and_an_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_whose_heartbeat_lapses_is_replaced() {
-    let cluster = cluster().await;
+    let cluster = env("run-heartbeat").await;
+    let ns: &'static str = Box::leak(cluster.ns.clone().into_boxed_str());
     install_crd(&cluster);
     let op = Operator::start(&cluster, "/squall-heartbeat");
-    let topos: Api<Topology> = Api::namespaced(cluster.client(), "default");
+    let topos: Api<Topology> = Api::namespaced(cluster.client(), ns);
     let manifest = std::fs::read_to_string(repo().join("examples/exclamation/topology.yaml"))
         .unwrap()
         .replace("workers: 2", "workers: 2\n  killWaitSeconds: 1")
@@ -263,8 +265,7 @@ async fn a_worker_whose_heartbeat_lapses_is_replaced() {
     .unwrap();
     let before = acked(topos.clone()).await;
     cluster
-        .agent()
-        .kill_container("default", "exclamation-worker-0", "worker")
+        .kill_container(ns, "exclamation-worker-0", "worker")
         .unwrap();
     let mut lowest = u64::MAX;
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -282,7 +283,7 @@ async fn a_worker_whose_heartbeat_lapses_is_replaced() {
     );
 
     let pods_api: Api<k8s_openapi::api::core::v1::Pod> =
-        Api::namespaced(cluster.client(), "default");
+        Api::namespaced(cluster.client(), ns);
     let uid = pods_api
         .get("exclamation-worker-1")
         .await
@@ -294,9 +295,8 @@ async fn a_worker_whose_heartbeat_lapses_is_replaced() {
     // Freeze the supervisor: the worker's pod still looks ready, but its lease
     // (the heartbeat) lapses. The operator must replace the pod.
     cluster
-        .agent()
         .signal_container(
-            "default",
+            ns,
             "exclamation-worker-1",
             "supervisor",
             nix::sys::signal::Signal::SIGSTOP,
@@ -322,7 +322,7 @@ async fn a_worker_whose_heartbeat_lapses_is_replaced() {
         s.phase == Some(Phase::Running) && s.workers.ready == 2
     })
     .await;
-    let events: Api<Event> = Api::namespaced(cluster.client(), "default");
+    let events: Api<Event> = Api::namespaced(cluster.client(), ns);
     let list = events.list(&ListParams::default()).await.unwrap();
     assert!(
         list.items
@@ -340,12 +340,13 @@ async fn deletion_rides_out_a_brief_etcd_outage() {
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
 
-    let cluster = cluster().await;
+    let cluster = env("run-outage").await;
+    let ns: &'static str = Box::leak(cluster.ns.clone().into_boxed_str());
     install_crd(&cluster);
     // Topology state in an etcd of its own, so stopping it leaves the API server up.
-    let etcd = squall_testenv::Etcd::start().await.unwrap();
-    let op = Operator::start_with_etcd(&cluster, etcd.client_url(), "/squall-outage");
-    let topos: Api<Topology> = Api::namespaced(cluster.client(), "default");
+    let etcd = cluster.etcd_in_node().await.unwrap();
+    let op = Operator::start_with_etcd(&cluster, etcd.client_url(), etcd.inner_url(), "/squall-outage");
+    let topos: Api<Topology> = Api::namespaced(cluster.client(), ns);
     let manifest = std::fs::read_to_string(repo().join("examples/exclamation/topology.yaml"))
         .unwrap()
         .replace("workers: 2", "workers: 2\n  killWaitSeconds: 2");
@@ -384,7 +385,7 @@ async fn deletion_rides_out_a_brief_etcd_outage() {
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
     assert!(
-        pods(&cluster.client(), "default", "exclamation")
+        pods(&cluster.client(), ns, "exclamation")
             .await
             .is_empty()
     );

@@ -164,12 +164,28 @@ EOF
 
 # etcdctl goes into the etcd image, so that `kubectl exec` can inspect the bundled etcd.
 build_etcdctl() {
-    local gobin="$DIR/src/etcdctl-bin"
-    rm -rf "$gobin"; mkdir -p "$gobin"
-    GOBIN="$gobin" "${NICE[@]}" "$GO" install -trimpath -ldflags "-s -w" \
-        "go.etcd.io/etcd/etcdctl/v3@${ETCD_VERSION}"
-    "$gobin/etcdctl" version
-    mv -f "$gobin/etcdctl" "$BIN/etcdctl"
+    # Its go.mod has replace directives, so `go install pkg@version` refuses
+    # it: build it through a wrapper module, as etcd itself.
+    local src="$DIR/src/etcdctl"
+    mkdir -p "$src"
+    cat >"$src/go.mod" <<EOF
+module squall.local/testenv-etcdctl
+
+go 1.24
+
+require go.etcd.io/etcd/etcdctl/v3 ${ETCD_VERSION}
+EOF
+    cat >"$src/tools.go" <<'EOF'
+//go:build tools
+
+package tools
+
+import _ "go.etcd.io/etcd/etcdctl/v3"
+EOF
+    (cd "$src" && "$GO" mod tidy)
+    (cd "$src" && "${NICE[@]}" "$GO" build -trimpath -ldflags "-s -w" -o "$BIN/etcdctl.tmp" go.etcd.io/etcd/etcdctl/v3)
+    "$BIN/etcdctl.tmp" version
+    mv -f "$BIN/etcdctl.tmp" "$BIN/etcdctl"
 }
 
 # ---------------------------------------------------------------- helm

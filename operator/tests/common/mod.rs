@@ -14,9 +14,32 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// A control plane plus a node agent that runs the workspace's binaries as pods.
-pub async fn cluster() -> TestCluster {
-    TestCluster::start().await.unwrap()
+/// The run's shared real cluster and a fresh namespace of this test's own
+/// (deleted at the end of the test when it passed; kept for a look otherwise).
+pub struct Env {
+    pub cluster: TestCluster,
+    pub ns: String,
+}
+
+impl std::ops::Deref for Env {
+    type Target = TestCluster;
+    fn deref(&self) -> &TestCluster {
+        &self.cluster
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.cluster.delete_namespace(&self.ns);
+        }
+    }
+}
+
+pub async fn env(prefix: &str) -> Env {
+    let cluster = TestCluster::shared().await.unwrap();
+    let ns = cluster.namespace(prefix).await.unwrap();
+    Env { cluster, ns }
 }
 
 /// The operator as a local process (as in development: `KUBECONFIG` + `--etcd`), killed on drop.
@@ -26,18 +49,21 @@ pub struct Operator {
 }
 
 impl Operator {
-    pub fn start(cluster: &TestCluster, prefix: &str) -> Operator {
-        Self::start_with_etcd(cluster, cluster.control_plane().etcd().client_url(), prefix)
+    /// The operator on this host (as in development), watching the test's
+    /// namespace, with the cluster's state etcd (pods reach it at its node address).
+    pub fn start(env: &Env, prefix: &str) -> Operator {
+        Self::start_with_etcd(env, env.etcd_url(), env.etcd_url_from_pods(), prefix)
     }
 
-    /// With topology state in its own etcd (so a test can stop it without the API server).
-    pub fn start_with_etcd(cluster: &TestCluster, etcd: &str, prefix: &str) -> Operator {
+    /// With topology state in its own etcd (so a test can stop it without the
+    /// API server): `etcd` from this host, `worker_etcd` from pods.
+    pub fn start_with_etcd(env: &Env, etcd: &str, worker_etcd: &str, prefix: &str) -> Operator {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let log = cluster
-            .control_plane()
-            .dir()
-            .join(format!("operator-{n}.log"));
+        let log = std::env::temp_dir().join(format!(
+            "squall-operator-test-{}-{n}.log",
+            std::process::id()
+        ));
         let file = std::fs::File::create(&log).unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -45,9 +71,10 @@ impl Operator {
             .unwrap()
             .port();
         let child = Command::new(env!("CARGO_BIN_EXE_squall-operator"))
-            .env("KUBECONFIG", cluster.kubeconfig_path())
+            .env("KUBECONFIG", env.kubeconfig_path())
             .env("RUST_LOG", "info,squall_operator=debug")
-            .args(["--etcd", etcd, "--etcd-prefix", prefix])
+            .args(["--etcd", etcd, "--worker-etcd", worker_etcd, "--etcd-prefix", prefix])
+            .args(["--namespace", &env.ns])
             .args([
                 "--http-addr",
                 &format!("127.0.0.1:{port}"),
@@ -73,10 +100,10 @@ impl Drop for Operator {
     }
 }
 
-pub fn kubectl(cluster: &TestCluster, args: &[&str]) -> std::process::Output {
-    cluster
-        .control_plane()
-        .kubectl()
+/// `kubectl -n <the test's namespace> ARGS` from the repository root.
+pub fn kubectl(env: &Env, args: &[&str]) -> std::process::Output {
+    env.kubectl()
+        .args(["-n", &env.ns])
         .args(args)
         .current_dir(repo())
         .stdin(Stdio::null())
@@ -84,11 +111,11 @@ pub fn kubectl(cluster: &TestCluster, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-pub fn kubectl_stdin(cluster: &TestCluster, args: &[&str], input: &str) -> std::process::Output {
+pub fn kubectl_stdin(env: &Env, args: &[&str], input: &str) -> std::process::Output {
     use std::io::Write;
-    let mut child = cluster
-        .control_plane()
+    let mut child = env
         .kubectl()
+        .args(["-n", &env.ns])
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -104,15 +131,19 @@ pub fn kubectl_stdin(cluster: &TestCluster, args: &[&str], input: &str) -> std::
     child.wait_with_output().unwrap()
 }
 
-pub fn install_crd(cluster: &TestCluster) {
-    let out = kubectl(cluster, &["apply", "-f", "crds/topology.yaml"]);
+/// Applies the CRD (server-side, so that tests applying it at once agree).
+pub fn install_crd(env: &Env) {
+    let out = kubectl(
+        env,
+        &["apply", "--server-side", "--force-conflicts", "-f", "crds/topology.yaml"],
+    );
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     let out = kubectl(
-        cluster,
+        env,
         &[
             "wait",
             "--for=condition=Established",

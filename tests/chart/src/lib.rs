@@ -1,20 +1,18 @@
 //! Test-only helpers for the `charts/squall` Helm chart.
 //!
 //! The chart's own tests (`tests/render.rs`, `tests/cluster.rs`) use them, and
-//! so can the end-to-end suite: [`test_cluster_values`] gives the values that
-//! make the chart run on the test control plane (external etcd on loopback,
-//! the operator's HTTP server on its pod IP), and [`install`] /
-//! [`uninstall`] drive `helm` against a [`ControlPlane`].
+//! so can the end-to-end suite: [`test_cluster_values`] gives the values for
+//! the shared real cluster, and [`install`] / [`uninstall`] drive `helm`
+//! against any [`Cluster`].
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use squall_chart_tests as chart;
-//! let cluster = squall_testenv::TestCluster::start().await?;
-//! let etcd = squall_testenv::Etcd::start().await?;
-//! let values = chart::test_cluster_values(&[etcd.client_url()]);
-//! chart::install(cluster.control_plane(), "squall", "squall-system", &[&values], &["--wait", "--timeout=60s"])?;
+//! let cluster = squall_testenv::TestCluster::shared().await?;
+//! let values = chart::test_cluster_values();
+//! chart::install(&cluster, "squall", "squall-system", &[&values], &["--wait", "--timeout=120s"])?;
 //! // ... kubectl apply a topology, watch it ...
-//! chart::uninstall(cluster.control_plane(), "squall", "squall-system")?;
+//! chart::uninstall(&cluster, "squall", "squall-system")?;
 //! # Ok(()) }
 //! ```
 //!
@@ -28,7 +26,35 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::Value;
-pub use squall_testenv::ControlPlane;
+pub use squall_testenv::{ControlPlane, TestCluster};
+
+/// What the chart helpers need of a cluster: `kubectl` and `helm` pointed at
+/// it. Both the shared real cluster and a bare control plane have them.
+pub trait Cluster {
+    /// `kubectl --kubeconfig <admin>`.
+    fn kubectl(&self) -> Command;
+    /// `helm` with KUBECONFIG set and private helm homes.
+    fn helm(&self) -> Result<Command>;
+}
+
+impl Cluster for ControlPlane {
+    fn kubectl(&self) -> Command {
+        ControlPlane::kubectl(self)
+    }
+    fn helm(&self) -> Result<Command> {
+        Ok(ControlPlane::helm(self)?)
+    }
+}
+
+impl Cluster for TestCluster {
+    fn kubectl(&self) -> Command {
+        TestCluster::kubectl(self)
+    }
+    fn helm(&self) -> Result<Command> {
+        let home = std::env::temp_dir().join(format!("squall-chart-helm-{}", std::process::id()));
+        Ok(TestCluster::helm(self, &home)?)
+    }
+}
 
 /// The release name the docs use (`helm install squall charts/squall`).
 pub const RELEASE: &str = "squall";
@@ -218,7 +244,7 @@ pub fn template(release: &str, namespace: &str, values: &[&str], extra: &[&str])
 /// against the control plane, with the values files and extra flags (such as
 /// `--wait --timeout=90s`). Returns helm's output (which includes NOTES.txt).
 pub fn install(
-    cp: &ControlPlane,
+    cp: &impl Cluster,
     release: &str,
     namespace: &str,
     values: &[&str],
@@ -237,7 +263,7 @@ pub fn install(
 }
 
 /// `helm uninstall <release> --namespace <ns> --wait`.
-pub fn uninstall(cp: &ControlPlane, release: &str, namespace: &str) -> Result<String> {
+pub fn uninstall(cp: &impl Cluster, release: &str, namespace: &str) -> Result<String> {
     let mut cmd = cp.helm()?;
     cmd.arg("uninstall")
         .arg(release)
@@ -249,10 +275,10 @@ pub fn uninstall(cp: &ControlPlane, release: &str, namespace: &str) -> Result<St
 /// Installs the chart's CRD (`charts/squall/crds/topology.yaml`) with a
 /// server-side apply and waits until it is Established, as `helm install`
 /// does before rendering the templates.
-pub fn apply_crd(cp: &ControlPlane) -> Result<()> {
+pub fn apply_crd(cp: &impl Cluster) -> Result<()> {
     let crd = chart_dir().join("crds").join("topology.yaml");
     let mut cmd = cp.kubectl();
-    cmd.args(["apply", "--server-side", "-f"]).arg(&crd);
+    cmd.args(["apply", "--server-side", "--force-conflicts", "-f"]).arg(&crd);
     run(cmd, None)?;
     let mut cmd = cp.kubectl();
     cmd.args([
@@ -267,38 +293,39 @@ pub fn apply_crd(cp: &ControlPlane) -> Result<()> {
 
 /// `kubectl apply --dry-run=server -f -` with `manifests` on stdin: the API
 /// server validates and admits every object without storing it.
-pub fn dry_run_server(cp: &ControlPlane, manifests: &str) -> Result<String> {
+pub fn dry_run_server(cp: &impl Cluster, manifests: &str) -> Result<String> {
     let mut cmd = cp.kubectl();
     cmd.args(["apply", "--dry-run=server", "-f", "-"]);
     run(cmd, Some(manifests))
 }
 
-/// Values that make the chart run on the test control plane:
-/// - `etcd.external.endpoints`: the test's etcd (there is no cluster DNS, so
-///   the bundled etcd's Service name would not resolve);
-/// - `operator.http.host: $(POD_IP)`: the node agent runs every pod as a
-///   local process on its own loopback IP, so binding 0.0.0.0:8080 would
-///   clash between pods;
-/// - a short grace period, so that uninstalling does not wait long.
-///
-/// The default image repositories (`ghcr.io/squall-dev/squall-operator`,
-/// `…/squall-supervisor`) already map to the workspace binaries by their last
-/// path segment. Pass further values files after this one to override.
-pub fn test_cluster_values(etcd_endpoints: &[&str]) -> String {
-    let endpoints = etcd_endpoints
+/// Values for the shared real test cluster: the chart's defaults (bundled
+/// etcd as a StatefulSet with a PVC, reached by its Service's DNS name; images
+/// from `make images`, already on the node), with debug logs and a short grace
+/// period so that uninstalling does not wait long. Pass further values files
+/// after this one to override.
+pub fn test_cluster_values() -> String {
+    "# Values for the squall-testenv real cluster (see squall-chart-tests).\n\
+     operator:\n  \
+       log:\n    level: \"info,squall_operator=debug\"\n  \
+       terminationGracePeriodSeconds: 5\n"
+        .to_string()
+}
+
+/// `operator.watchNamespace`: an operator of a test's own, which leaves the
+/// other tests' namespaces alone on the shared cluster.
+pub fn watch_namespace_values(namespace: &str) -> String {
+    format!("operator:\n  watchNamespace: \"{namespace}\"\n")
+}
+
+/// Values for an external etcd (no bundled StatefulSet).
+pub fn external_etcd_values(endpoints: &[&str]) -> String {
+    let endpoints = endpoints
         .iter()
         .map(|e| format!("\"{e}\""))
         .collect::<Vec<_>>()
         .join(", ");
-    format!(
-        "# Values for the squall-testenv control plane (see squall-chart-tests).\n\
-         operator:\n  \
-           http:\n    host: \"$(POD_IP)\"\n  \
-           log:\n    level: \"info,squall_operator=debug\"\n  \
-           terminationGracePeriodSeconds: 5\n\
-         etcd:\n  \
-           external:\n    endpoints: [{endpoints}]\n"
-    )
+    format!("etcd:\n  external:\n    endpoints: [{endpoints}]\n")
 }
 
 /// Values for an external etcd reached with TLS client certificates from the

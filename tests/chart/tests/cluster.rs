@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use squall_chart_tests::{
-    self as chart, ControlPlane, RELEASE, external_etcd_tls_values, test_cluster_values,
+    self as chart, ControlPlane, RELEASE, external_etcd_tls_values, external_etcd_values,
 };
 
 /// The objects kubectl reported as accepted by a server-side dry-run.
@@ -72,7 +72,7 @@ async fn server_dry_run_accepts_the_rendered_chart() {
     // leader-elected operator watching one namespace.
     cp.create_namespace("squall-system").await.unwrap();
     cp.create_namespace("topologies").await.unwrap();
-    let external = test_cluster_values(&["http://127.0.0.1:2379"]);
+    let external = external_etcd_values(&["http://127.0.0.1:2379"]);
     let tls = external_etcd_tls_values(
         &["https://etcd-0.example:2379", "https://etcd-1.example:2379"],
         "etcd-client",
@@ -256,7 +256,7 @@ async fn helm_install_grants_least_privilege_and_uninstall_cleans_up() {
 
     // 2. One watched namespace: a Role there, nothing elsewhere.
     cp.create_namespace("team-a").await.unwrap();
-    let values = test_cluster_values(&["http://127.0.0.1:2379"]);
+    let values = external_etcd_values(&["http://127.0.0.1:2379"]);
     let one_ns = "operator:\n  watchNamespace: team-a\n";
     chart::install(&cp, "streams", "streams-system", &[&values, one_ns], &[]).unwrap();
     let sa = "system:serviceaccount:streams-system:streams-squall-operator";

@@ -1,37 +1,47 @@
-//! The flagship test: a user's first hour, end to end, on a real control plane.
+//! The flagship test: a user's first hour, end to end, on the real node.
 //!
-//! 1. `helm install` the chart; the operator runs as a pod with the chart's RBAC;
-//! 2. `kubectl apply` word count (with a spout `limit`, so loss is countable);
+//! 1. `helm install` the chart: the operator runs as a pod from its image, and
+//!    the bundled etcd as a StatefulSet with a PVC, reached by Service DNS;
+//! 2. `kubectl apply` word count (with a spout `limit`, so loss is countable)
+//!    into a namespace that enforces Pod Security's `restricted` profile;
 //! 3. `kubectl get topology` reaches Running 3/3 with acked rising;
 //! 4. `kubectl scale --replicas=4` rebalances to 4/4;
-//! 5. a killed worker recovers and every root is acked exactly once;
+//! 5. a killed worker container recovers and every root is acked exactly once;
 //! 6. `kubectl delete` leaves no pods and no etcd keys;
 //! 7. `helm uninstall` leaves nothing of ours but the CRD.
+//!
+//! It runs alone in its test binary: its operator watches every namespace.
 
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
+use std::io::Write as _;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client as Etcd, GetOptions};
 use serde_json::Value;
 use squall_chart_tests::{self as chart, RELEASE, test_cluster_values};
-use squall_testenv::{ImageMap, TestCluster, wait_until};
+use squall_testenv::{TestCluster, wait_until};
 
 const NS: &str = "squall-system";
 const PREFIX: &str = "/squall-flagship";
 /// 2 spout tasks × this many sentences.
 const LIMIT: u64 = 8000;
 
+/// A line in `make test`'s output even when the test passes (libtest
+/// captures only the print macros, not direct writes to stderr).
+fn show(line: &str) {
+    let _ = writeln!(std::io::stderr(), "flagship: {line}");
+}
+
 fn kubectl(cluster: &TestCluster, args: &[&str], stdin: Option<&str>) -> String {
-    let mut cmd = cluster.control_plane().kubectl();
+    let mut cmd = cluster.kubectl();
     cmd.current_dir(chart::workspace_root()).args(args);
     chart::run(cmd, stdin).unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"))
 }
 
-fn topology(cluster: &TestCluster) -> Value {
+fn topology(cluster: &TestCluster, ns: &str) -> Value {
     serde_json::from_str(&kubectl(
         cluster,
-        &["get", "topology", "word-count", "-o", "json"],
+        &["get", "topology", "word-count", "-n", ns, "-o", "json"],
         None,
     ))
     .unwrap()
@@ -48,51 +58,85 @@ fn phase_workers_acked(t: &Value) -> (String, String, u64) {
 
 async fn wait_topology(
     cluster: &TestCluster,
+    ns: &str,
     what: &str,
     secs: u64,
     ok: impl Fn(&Value) -> bool,
 ) -> Value {
     wait_until(what, Duration::from_secs(secs), || {
-        let t = topology(cluster);
+        let t = topology(cluster, ns);
         let hit = ok(&t);
         async move { hit.then_some(t) }
     })
     .await
     .unwrap_or_else(|e| {
         panic!(
-            "{e}\nlast status: {:#}\n{}",
-            topology(cluster)["status"],
-            cluster.agent().dump_logs()
+            "{e}\nlast status: {:#}\n{}\n{}",
+            topology(cluster, ns)["status"],
+            cluster.dump(ns),
+            cluster.dump(NS)
         )
     })
 }
 
+/// `NAME  CONTAINER  ID` for every container of the pods in `ns`.
+fn container_ids(cluster: &TestCluster, ns: &str) -> Vec<(String, String, String)> {
+    let pods: Value =
+        serde_json::from_str(&kubectl(cluster, &["get", "pods", "-n", ns, "-o", "json"], None))
+            .unwrap();
+    let mut out = Vec::new();
+    for p in pods["items"].as_array().unwrap() {
+        for c in p["status"]["containerStatuses"].as_array().into_iter().flatten() {
+            out.push((
+                p["metadata"]["name"].as_str().unwrap_or("").to_string(),
+                c["name"].as_str().unwrap_or("").to_string(),
+                c["containerID"].as_str().unwrap_or("").to_string(),
+            ));
+        }
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm_install_apply_scale_kill_delete_uninstall() {
-    let images = ImageMap::workspace_defaults();
-    for image in ["squall-operator", "squall-supervisor", "squall-examples"] {
-        let bin = images.resolve(image).map(|p| p.to_path_buf()).unwrap();
-        assert!(
-            bin.exists(),
-            "{} is missing: run `cargo build --workspace` (make test does)",
-            bin.display()
-        );
-    }
-    let cluster = TestCluster::start().await.unwrap();
-    let cp = cluster.control_plane();
-    let etcd_url = cp.etcd().client_url().to_string();
+    let cluster = TestCluster::shared().await.unwrap();
+    let node: Value =
+        serde_json::from_str(&kubectl(&cluster, &["get", "node", cluster.node(), "-o", "json"], None))
+            .unwrap();
+    let runtime = node["status"]["nodeInfo"]["containerRuntimeVersion"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    show(&format!("node {} runs {runtime}", cluster.node()));
+    assert!(runtime.starts_with("containerd://"), "{runtime}");
+    // Worker pods must fit Pod Security's restricted profile.
+    let ns = "flagship";
+    cluster
+        .create_namespace(
+            ns,
+            &[
+                ("pod-security.kubernetes.io/enforce", "restricted"),
+                ("pod-security.kubernetes.io/warn", "restricted"),
+            ],
+        )
+        .await
+        .unwrap();
 
-    // 1. helm install; --wait returns once the operator pod is Ready.
-    let values = test_cluster_values(&[&etcd_url]);
+    // 1. helm install; --wait returns once the operator and etcd pods are Ready.
+    let values = test_cluster_values();
     let more = format!("etcd:\n  prefix: {PREFIX}\n");
+    let installed = Instant::now();
     let notes = chart::install(
-        cp,
+        &cluster,
         RELEASE,
         NS,
         &[&values, &more],
-        &["--wait", "--timeout=120s"],
+        &["--wait", "--timeout=180s"],
     )
-    .unwrap_or_else(|e| panic!("{e}\n{}", cluster.agent().dump_logs()));
+    .unwrap_or_else(|e| panic!("{e}\n{}", cluster.dump(NS)));
+    show(&format!("helm install --wait: {:.1}s", installed.elapsed().as_secs_f64()));
+    let pvc = kubectl(&cluster, &["get", "pvc", "-n", NS, "-o", "jsonpath={.items[*].status.phase}"], None);
+    assert_eq!(pvc.trim(), "Bound", "the bundled etcd's volume");
     assert!(
         notes.contains("kubectl get topology"),
         "NOTES.txt tells what to run next:\n{notes}"
@@ -131,24 +175,32 @@ async fn helm_install_apply_scale_kill_delete_uninstall() {
         "the example manifest changed shape"
     );
     let applied = Instant::now();
-    kubectl(&cluster, &["apply", "-f", "-"], Some(&manifest));
+    let out = kubectl(&cluster, &["apply", "-n", ns, "-f", "-"], Some(&manifest));
+    assert!(!out.contains("Warning"), "Pod Security warnings: {out}");
 
     // 3. Running 3/3 with acked rising.
-    let t = wait_topology(&cluster, "Running 3/3 with trees acked", 120, |t| {
+    let t = wait_topology(&cluster, ns, "Running 3/3 with trees acked", 120, |t| {
         let (phase, workers, acked) = phase_workers_acked(t);
         phase == "Running" && workers == "3/3" && acked > 0
     })
     .await;
-    eprintln!(
-        "kubectl apply → Running 3/3 with trees acked: {:?}",
-        applied.elapsed()
-    );
+    show(&format!(
+        "kubectl apply → Running 3/3 with trees acked: {:.1}s",
+        applied.elapsed().as_secs_f64()
+    ));
+    for (pod, container, id) in container_ids(&cluster, ns)
+        .into_iter()
+        .chain(container_ids(&cluster, NS))
+    {
+        show(&format!("{pod:<28} {container:<11} {id}"));
+        assert!(id.starts_with("containerd://"), "{pod}/{container}: {id:?}");
+    }
     let first = phase_workers_acked(&t).2;
-    wait_topology(&cluster, "acked rising", 30, |t| {
+    wait_topology(&cluster, ns, "acked rising", 30, |t| {
         phase_workers_acked(t).2 > first
     })
     .await;
-    let table = kubectl(&cluster, &["get", "topology", "word-count"], None);
+    let table = kubectl(&cluster, &["get", "topology", "word-count", "-n", ns], None);
     assert!(
         table.contains("Running") && table.contains("3/3"),
         "{table}"
@@ -157,10 +209,10 @@ async fn helm_install_apply_scale_kill_delete_uninstall() {
     // 4. kubectl scale: a rebalance to 4 workers.
     kubectl(
         &cluster,
-        &["scale", "topology", "word-count", "--replicas=4"],
+        &["scale", "topology", "word-count", "-n", ns, "--replicas=4"],
         None,
     );
-    wait_topology(&cluster, "Running 4/4 on plan version 2", 120, |t| {
+    wait_topology(&cluster, ns, "Running 4/4 on plan version 2", 120, |t| {
         let (phase, workers, _) = phase_workers_acked(t);
         phase == "Running" && workers == "4/4" && t["status"]["planVersion"] == 2
     })
@@ -168,18 +220,20 @@ async fn helm_install_apply_scale_kill_delete_uninstall() {
 
     // 5. Kill a worker that holds no spout task (spouts sit in slots 0 and 1).
     let pid = cluster
-        .agent()
-        .kill_container("default", "word-count-worker-2", "worker")
+        .container_pid(ns, "word-count-worker-2", "worker")
+        .unwrap();
+    cluster
+        .kill_container(ns, "word-count-worker-2", "worker")
         .unwrap();
     let killed = Instant::now();
-    eprintln!("killed worker pid {pid}");
+    show(&format!("killed the worker container of slot 2 (host pid {pid})"));
     wait_until(
         "the killed worker restarted",
         Duration::from_secs(60),
         || {
             let pod: Value = serde_json::from_str(&kubectl(
                 &cluster,
-                &["get", "pod", "word-count-worker-2", "-o", "json"],
+                &["get", "pod", "word-count-worker-2", "-n", ns, "-o", "json"],
                 None,
             ))
             .unwrap();
@@ -193,15 +247,18 @@ async fn helm_install_apply_scale_kill_delete_uninstall() {
     )
     .await
     .unwrap();
-    wait_topology(&cluster, "Running 4/4 after the kill", 60, |t| {
+    wait_topology(&cluster, ns, "Running 4/4 after the kill", 60, |t| {
         let (phase, workers, _) = phase_workers_acked(t);
         phase == "Running" && workers == "4/4"
     })
     .await;
-    eprintln!("killed worker → Running 4/4 again: {:?}", killed.elapsed());
+    show(&format!(
+        "killed worker → Running 4/4 again: {:.1}s",
+        killed.elapsed().as_secs_f64()
+    ));
 
     // Nothing lost: every root of both spout tasks acked, none twice.
-    let t = wait_topology(&cluster, "every root acked", 180, |t| {
+    let t = wait_topology(&cluster, ns, "every root acked", 180, |t| {
         phase_workers_acked(t).2 >= 2 * LIMIT
     })
     .await;
@@ -216,7 +273,7 @@ async fn helm_install_apply_scale_kill_delete_uninstall() {
     // 6. kubectl delete: pods and etcd keys go.
     kubectl(
         &cluster,
-        &["delete", "topology", "word-count", "--timeout=120s"],
+        &["delete", "topology", "word-count", "-n", ns, "--timeout=120s"],
         None,
     );
     let pods = kubectl(
@@ -224,6 +281,8 @@ async fn helm_install_apply_scale_kill_delete_uninstall() {
         &[
             "get",
             "pods",
+            "-n",
+            ns,
             "-l",
             "squall.dev/topology=word-count",
             "-o",
@@ -232,26 +291,26 @@ async fn helm_install_apply_scale_kill_delete_uninstall() {
         None,
     );
     assert!(pods.trim().is_empty(), "pods left: {pods}");
-    let mut etcd = Etcd::connect([etcd_url.as_str()], None).await.unwrap();
-    let keys = etcd
-        .get(
-            format!("{PREFIX}/topologies/"),
-            Some(GetOptions::new().with_prefix().with_keys_only()),
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        keys.count(),
-        0,
-        "etcd keys left: {:?}",
-        keys.kvs()
-            .iter()
-            .map(|k| k.key_str().unwrap_or("?").to_string())
-            .collect::<Vec<_>>()
+    // The bundled etcd holds no key of the topology any more (asked from
+    // inside its pod: the host has no route to the cluster's addresses).
+    let keys = kubectl(
+        &cluster,
+        &[
+            "exec", "-n", NS, "squall-etcd-0", "--", "etcdctl", "get", "--prefix", "--keys-only",
+            &format!("{PREFIX}/topologies/"),
+        ],
+        None,
     );
+    assert!(keys.trim().is_empty(), "etcd keys left: {keys}");
+    let leader = kubectl(
+        &cluster,
+        &["exec", "-n", NS, "squall-etcd-0", "--", "etcdctl", "get", "--prefix", "--keys-only", PREFIX],
+        None,
+    );
+    show(&format!("etcd keys left under {PREFIX}: {:?}", leader.split_whitespace().collect::<Vec<_>>()));
 
     // 7. helm uninstall: only the CRD stays, as Helm does.
-    chart::uninstall(cp, RELEASE, NS).unwrap();
+    chart::uninstall(&cluster, RELEASE, NS).unwrap();
     // Pods of the operator's ReplicaSet are garbage-collected after helm returns.
     wait_until(
         "nothing of ours left after uninstall",
@@ -298,4 +357,7 @@ async fn helm_install_apply_scale_kill_delete_uninstall() {
         None,
     );
     assert!(crd.contains("topologies.squall.dev"), "the CRD stays");
+    let pvcs = kubectl(&cluster, &["get", "pvc", "-n", NS, "-o", "name"], None);
+    assert!(pvcs.trim().is_empty(), "the etcd volume goes with the release: {pvcs}");
+    cluster.delete_namespace(ns);
 }

@@ -1,8 +1,8 @@
-//! The operator installed by the chart runs as a pod on the test control
-//! plane (the node agent runs `squall-operator` from the workspace's target
-//! directory): it becomes Ready, elected leader, under the chart's
-//! ServiceAccount, serves /metrics on its pod IP, and acts on a
-//! Topology through the chart's RBAC.
+//! The operator installed by the chart runs as pods from its image on the
+//! shared real node: two replicas become Ready under the chart's
+//! ServiceAccount, one is elected leader, each serves /metrics on its pod IP,
+//! and the leader acts on a Topology through the chart's RBAC. The chart's
+//! bundled etcd runs as a StatefulSet with a PVC, reached by Service DNS.
 
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
@@ -10,19 +10,20 @@ use std::io::{Read as _, Write as _};
 use std::time::Duration;
 
 use serde_json::Value;
-use squall_chart_tests::{self as chart, RELEASE, test_cluster_values};
-use squall_testenv::{ImageMap, TestCluster, wait_until};
+use squall_chart_tests::{self as chart, test_cluster_values, watch_namespace_values};
+use squall_testenv::{TestCluster, wait_until};
 
-const NS: &str = "squall-system";
+const RELEASE: &str = "squall-op";
 
 fn kubectl_json(cluster: &TestCluster, args: &[&str]) -> Value {
-    let mut cmd = cluster.control_plane().kubectl();
+    let mut cmd = cluster.kubectl();
     cmd.args(args).args(["-o", "json"]);
     serde_json::from_str(&chart::run(cmd, None).unwrap()).unwrap()
 }
 
-fn http_get(addr: &str, path: &str) -> Option<String> {
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
+/// GET over plain HTTP, from inside the node's network namespace.
+fn http_get(cluster: &TestCluster, addr: &str, path: &str) -> Option<String> {
+    let mut s = cluster.connect_in_node(addr.parse().ok()?).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     // One write: a small server may read the request once and answer.
     let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
@@ -42,28 +43,26 @@ fn ready(pod: &Value) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_from_the_chart_runs_with_its_service_account() {
-    let binary = ImageMap::workspace_defaults()
-        .resolve("squall-operator")
-        .map(|p| p.to_path_buf())
-        .unwrap();
-    assert!(
-        binary.exists(),
-        "{} is missing: run `cargo build -p squall-operator` (make test builds it)",
-        binary.display()
-    );
-    let cluster = TestCluster::start().await.unwrap();
-    let cp = cluster.control_plane();
-    let values = test_cluster_values(&[cp.etcd().client_url()]);
+    let cluster = TestCluster::shared().await.unwrap();
+    let ns = cluster.namespace("chart-op").await.unwrap();
+    let topo_ns = cluster.namespace("chart-op-topologies").await.unwrap();
+    let values = test_cluster_values();
     // Two replicas: leader election is on, one leads, the other stands by (and is Ready).
     let more = "operator:\n  replicas: 2\netcd:\n  prefix: /squall-chart\n";
     chart::install(
-        cp,
+        &cluster,
         RELEASE,
-        NS,
-        &[&values, more],
-        &["--wait", "--timeout=120s"],
+        &ns,
+        &[&values, more, &watch_namespace_values(&topo_ns)],
+        &["--wait", "--timeout=180s"],
     )
-    .unwrap_or_else(|e| panic!("{e}\n{}", cluster.agent().dump_logs()));
+    .unwrap_or_else(|e| panic!("{e}\n{}", cluster.dump(&ns)));
+
+    // The bundled etcd is a StatefulSet on a bound PVC.
+    let pvcs = kubectl_json(&cluster, &["get", "pvc", "-n", &ns]);
+    let pvcs = pvcs["items"].as_array().unwrap().clone();
+    assert_eq!(pvcs.len(), 1, "{pvcs:#?}");
+    assert_eq!(pvcs[0]["status"]["phase"], "Bound", "{:#}", pvcs[0]);
 
     let pods = kubectl_json(
         &cluster,
@@ -71,22 +70,24 @@ async fn operator_from_the_chart_runs_with_its_service_account() {
             "get",
             "pods",
             "-n",
-            NS,
+            &ns,
             "-l",
-            "app.kubernetes.io/component=operator,app.kubernetes.io/instance=squall",
+            &format!("app.kubernetes.io/component=operator,app.kubernetes.io/instance={RELEASE}"),
         ],
     );
     let pods = pods["items"].as_array().unwrap().clone();
     assert_eq!(pods.len(), 2, "{pods:#?}");
     for pod in &pods {
         assert!(ready(pod), "{:#}", pod["status"]);
-        assert_eq!(pod["spec"]["serviceAccountName"], "squall-operator");
+        assert_eq!(pod["spec"]["serviceAccountName"], format!("{RELEASE}-operator"));
+        let id = pod["status"]["containerStatuses"][0]["containerID"]
+            .as_str()
+            .unwrap_or("");
+        assert!(id.starts_with("containerd://"), "runs in a container: {id:?}");
         let args = pod["spec"]["containers"][0]["args"].to_string();
         assert!(args.contains("--leader-elect"), "{args}");
-        // The metrics server answers on the pod's own IP (the chart's
-        // operator.http.host=$(POD_IP), expanded from the downward API).
         let ip = pod["status"]["podIP"].as_str().unwrap();
-        let metrics = http_get(&format!("{ip}:8080"), "/metrics").unwrap_or_default();
+        let metrics = http_get(&cluster, &format!("{ip}:8080"), "/metrics").unwrap_or_default();
         assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
     }
     let ips: Vec<String> = pods
@@ -97,7 +98,7 @@ async fn operator_from_the_chart_runs_with_its_service_account() {
         let leaders = ips
             .iter()
             .filter(|ip| {
-                http_get(&format!("{ip}:8080"), "/metrics")
+                http_get(&cluster, &format!("{ip}:8080"), "/metrics")
                     .is_some_and(|m| m.contains("squall_operator_leader 1"))
             })
             .count();
@@ -106,20 +107,17 @@ async fn operator_from_the_chart_runs_with_its_service_account() {
     .await
     .unwrap();
 
-    // One of them leads and acts on a Topology: the finalizer and the status
-    // it writes need the chart's RBAC (topologies patch, status, finalizers).
+    // The leader acts on a Topology: the finalizer and the status it writes
+    // need the chart's RBAC (topologies patch, status, finalizers).
     let example = chart::workspace_root().join("examples/word-count/topology.yaml");
-    let mut cmd = cp.kubectl();
-    cmd.args(["apply", "-n", "default", "-f"]).arg(&example);
+    let mut cmd = cluster.kubectl();
+    cmd.args(["apply", "-n", &topo_ns, "-f"]).arg(&example);
     chart::run(cmd, None).unwrap();
     let phase = wait_until(
         "word-count gets a status phase",
         Duration::from_secs(60),
         || {
-            let topo = kubectl_json(
-                &cluster,
-                &["get", "topology", "word-count", "-n", "default"],
-            );
+            let topo = kubectl_json(&cluster, &["get", "topology", "word-count", "-n", &topo_ns]);
             let phase = topo["status"]["phase"].as_str().map(str::to_owned);
             let finalized = topo["metadata"]["finalizers"]
                 .as_array()
@@ -128,24 +126,19 @@ async fn operator_from_the_chart_runs_with_its_service_account() {
         },
     )
     .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", cluster.agent().dump_logs()));
+    .unwrap_or_else(|e| panic!("{e}\n{}", cluster.dump(&ns)));
     assert!(!phase.is_empty());
-    let forbidden = cluster.agent().dump_logs();
+    let logs = cluster.dump(&ns);
     assert!(
-        !forbidden.contains("forbidden"),
-        "the operator was denied something:\n{forbidden}"
+        logs.contains("operator running") && !logs.contains("forbidden"),
+        "the operator was denied something, or its logs are missing:\n{logs}"
     );
 
     // Deleting it: the operator removes its finalizer, pods go.
-    let mut cmd = cp.kubectl();
-    cmd.args([
-        "delete",
-        "topology",
-        "word-count",
-        "-n",
-        "default",
-        "--timeout=60s",
-    ]);
+    let mut cmd = cluster.kubectl();
+    cmd.args(["delete", "topology", "word-count", "-n", &topo_ns, "--timeout=60s"]);
     chart::run(cmd, None).unwrap();
-    chart::uninstall(cp, RELEASE, NS).unwrap();
+    chart::uninstall(&cluster, RELEASE, &ns).unwrap();
+    cluster.delete_namespace(&topo_ns);
+    cluster.delete_namespace(&ns);
 }

@@ -416,27 +416,32 @@ fn schema_rejects_misspelt_values() {
 }
 
 #[test]
-fn test_cluster_values_render_an_operator_for_the_node_agent() {
-    let values = test_cluster_values(&["http://127.0.0.1:23790"]);
+fn test_cluster_values_keep_the_bundled_etcd_and_the_default_images() {
+    let values = test_cluster_values();
     let m = render("squall-system", &[&values]);
-    assert_eq!(m.of_kind("StatefulSet").count(), 0);
+    // The real test node runs the bundled etcd, reached by its Service's DNS name.
+    assert_eq!(m.of_kind("StatefulSet").count(), 1);
     assert_eq!(
         m.operator_flag("--etcd").unwrap().as_deref(),
-        Some("http://127.0.0.1:23790")
+        Some("http://squall-etcd.squall-system.svc:2379")
     );
-    // Expanded by the node agent (and Kubernetes) from the POD_IP env var.
-    assert_eq!(
-        m.operator_flag("--http-addr").unwrap().as_deref(),
-        Some("$(POD_IP):8080")
-    );
-    // The images map to workspace binaries by their last path segment.
+    // The images `make images` builds and the node imports, under the chart's names.
     let c = m.operator_container().unwrap();
-    assert!(c["image"].as_str().unwrap().contains("/squall-operator:"));
-    assert!(
-        m.operator_flag("--supervisor-image")
-            .unwrap()
-            .unwrap()
-            .contains("/squall-supervisor:")
+    assert_eq!(
+        c["image"].as_str(),
+        Some("ghcr.io/squall-dev/squall-operator:0.1.0")
+    );
+    assert_eq!(
+        m.operator_flag("--supervisor-image").unwrap().as_deref(),
+        Some("ghcr.io/squall-dev/squall-supervisor:0.1.0")
+    );
+    let watched = render(
+        "squall-system",
+        &[&values, &chart::watch_namespace_values("team-a")],
+    );
+    assert_eq!(
+        watched.operator_flag("--namespace").unwrap().as_deref(),
+        Some("team-a")
     );
 }
 

@@ -23,14 +23,22 @@ pub(crate) struct Pki {
     pub sa_pub: PathBuf,
     pub admin_cert_pem: String,
     pub admin_key_pem: String,
+    /// The kubelet's client identity (`system:node:<NODE_NAME>` in `system:nodes`).
+    pub kubelet_cert: PathBuf,
+    pub kubelet_key: PathBuf,
 }
+
+/// The name of the real node's Node object (its kubelet's identity).
+pub(crate) const NODE_NAME: &str = "squall-node";
 
 fn write(path: &Path, data: &str) -> Result<()> {
     std::fs::write(path, data).ctx(|| format!("write {}", path.display()))
 }
 
-/// Generates everything into `dir`.
-pub(crate) fn generate(dir: &Path) -> Result<Pki> {
+/// Generates everything into `dir`; `extra_ips` go into the API server's
+/// serving certificate (the node IP, where the API server listens inside the
+/// node's network namespace).
+pub(crate) fn generate(dir: &Path, extra_ips: &[Ipv4Addr]) -> Result<Pki> {
     // CA
     let ca_key = KeyPair::generate()?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
@@ -61,6 +69,9 @@ pub(crate) fn generate(dir: &Path) -> Result<Pki> {
         .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
     sp.subject_alt_names
         .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))));
+    for ip in extra_ips {
+        sp.subject_alt_names.push(SanType::IpAddress(IpAddr::V4(*ip)));
+    }
     sp.distinguished_name
         .push(DnType::CommonName, "kube-apiserver");
     sp.key_usages = vec![
@@ -84,6 +95,20 @@ pub(crate) fn generate(dir: &Path) -> Result<Pki> {
     ap.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     let admin = ap.signed_by(&admin_key, &issuer)?;
 
+    // the kubelet's identity, for the Node authorizer and NodeRestriction
+    let kubelet_key = KeyPair::generate()?;
+    let mut kp = CertificateParams::new(Vec::<String>::new())?;
+    kp.distinguished_name
+        .push(DnType::CommonName, format!("system:node:{NODE_NAME}"));
+    kp.distinguished_name
+        .push(DnType::OrganizationName, "system:nodes");
+    kp.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    kp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let kubelet = kp.signed_by(&kubelet_key, &issuer)?;
+
     // service-account token signing key
     let sa_key = KeyPair::generate()?;
 
@@ -98,7 +123,11 @@ pub(crate) fn generate(dir: &Path) -> Result<Pki> {
         sa_pub: dir.join("sa.pub"),
         admin_cert_pem: admin.pem(),
         admin_key_pem: admin_key.serialize_pem(),
+        kubelet_cert: dir.join("kubelet-client.crt"),
+        kubelet_key: dir.join("kubelet-client.key"),
     };
+    write(&pki.kubelet_cert, &kubelet.pem())?;
+    write(&pki.kubelet_key, &kubelet_key.serialize_pem())?;
     write(&pki.ca_cert, &ca_pem)?;
     write(&pki.ca_key, &ca_key_pem)?;
     write(&pki.serving_cert, &serving.pem())?;

@@ -8,11 +8,16 @@ use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
 use crate::bins::binary;
 use crate::certs::{self, Pki};
+use crate::node::NodeNet;
+use crate::node::netns::NODE_IP;
+use crate::node::relay::Relay;
 use crate::error::{Error, IoContext, Result};
 use crate::etcd::Etcd;
-use crate::node_agent::{NodeAgent, NodeAgentConfig};
 use crate::process::{ManagedProcess, free_port};
 use crate::tempdir::TempDir;
 
@@ -26,15 +31,24 @@ const KCM_TIMEOUT: Duration = Duration::from_secs(90);
 pub struct ControlPlane {
     // Field order = drop order.
     controller_manager: ManagedProcess,
+    // Held for its listener: the host reaches the API server through it.
+    _apiserver_relay: Option<Relay>,
     apiserver: ManagedProcess,
     etcd: Etcd,
     client: kube::Client,
     kube_config: kube::Config,
     server_url: String,
     kubeconfig: PathBuf,
+    /// Inside the node's network namespace: the kubeconfig of the node's own
+    /// components (the API server at its in-namespace address).
+    node_kubeconfig: PathBuf,
     pki: Pki,
     dir: TempDir,
+    net: Option<Arc<NodeNet>>,
 }
+
+/// The API server's port inside the node's network namespace.
+pub(crate) const NODE_APISERVER_PORT: u16 = 6443;
 
 impl std::fmt::Debug for ControlPlane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -51,11 +65,23 @@ impl ControlPlane {
     /// `/readyz` and for the `default` service account (the controllers run),
     /// and writes an admin kubeconfig.
     pub async fn start() -> Result<ControlPlane> {
-        let etcd = Etcd::start().await?;
+        Self::start_with(None).await
+    }
+
+    /// As [`ControlPlane::start`], but inside the node's network namespace
+    /// when `net` is given: the API server listens on the node IP (where the
+    /// kubelet and pods reach it) and the host reaches it through a relay on
+    /// `127.0.0.1`, so [`ControlPlane::server_url`] and the kubeconfig work
+    /// from the host as before.
+    pub(crate) async fn start_with(net: Option<Arc<NodeNet>>) -> Result<ControlPlane> {
+        let etcd = match &net {
+            Some(n) => Etcd::start_in(n, "127.0.0.1", 2379).await?,
+            None => Etcd::start().await?,
+        };
         let mut last = None;
         for _ in 0..3 {
-            match Self::start_apiserver(&etcd).await {
-                Ok(parts) => return Self::finish(etcd, parts).await,
+            match Self::start_apiserver(&etcd, net.as_ref()).await {
+                Ok(parts) => return Self::finish(etcd, parts, net).await,
                 Err(e @ Error::BinaryMissing { .. }) => return Err(e),
                 Err(e) => last = Some(e),
             }
@@ -63,30 +89,39 @@ impl ControlPlane {
         Err(last.unwrap_or_else(|| Error::Invalid("kube-apiserver did not start".into())))
     }
 
-    async fn start_apiserver(
-        etcd: &Etcd,
-    ) -> Result<(
-        ManagedProcess,
-        kube::Client,
-        kube::Config,
-        String,
-        PathBuf,
-        Pki,
-        TempDir,
-    )> {
+    async fn start_apiserver(etcd: &Etcd, net: Option<&Arc<NodeNet>>) -> Result<ApiserverParts> {
         let bin = binary("kube-apiserver")?;
         // Fail early, before anything runs, if the controller manager is missing too.
         binary("kube-controller-manager")?;
         let dir = TempDir::new("k8s")?;
         let pki_dir = dir.path().join("pki");
         std::fs::create_dir_all(&pki_dir).ctx(|| format!("mkdir {}", pki_dir.display()))?;
-        let pki = certs::generate(&pki_dir)?;
-        let port = free_port()?;
-        let server_url = format!("https://127.0.0.1:{port}");
-        let mut cmd = Command::new(bin);
-        cmd.arg(format!("--etcd-servers={}", etcd.client_url()))
-            .arg("--bind-address=127.0.0.1")
-            .arg("--advertise-address=127.0.0.1")
+        let node_ip: Ipv4Addr = NODE_IP
+            .parse()
+            .map_err(|e| Error::Invalid(format!("node IP: {e}")))?;
+        let pki = certs::generate(&pki_dir, &[node_ip])?;
+        let (port, mut cmd) = match net {
+            Some(n) => (NODE_APISERVER_PORT, n.ns.command(bin)),
+            None => (free_port()?, Command::new(bin)),
+        };
+        match net {
+            // A real node: the Node authorizer and NodeRestriction admit the
+            // kubelet; the `kubernetes` Service points at the node IP.
+            Some(_) => cmd
+                .arg("--bind-address=0.0.0.0")
+                .arg(format!("--advertise-address={NODE_IP}"))
+                .arg("--authorization-mode=Node,RBAC")
+                .arg("--enable-admission-plugins=NodeRestriction")
+                .arg(format!("--kubelet-client-certificate={}", pki.admin_cert.display()))
+                .arg(format!("--kubelet-client-key={}", pki.admin_key.display()))
+                .arg("--kubelet-preferred-address-types=InternalIP,Hostname"),
+            None => cmd
+                .arg("--bind-address=127.0.0.1")
+                .arg("--advertise-address=127.0.0.1")
+                .arg("--authorization-mode=RBAC")
+                .arg("--endpoint-reconciler-type=none"),
+        };
+        cmd.arg(format!("--etcd-servers={}", etcd.inner_url()))
             .arg(format!("--secure-port={port}"))
             .arg(format!("--cert-dir={}", pki_dir.display()))
             .arg(format!("--tls-cert-file={}", pki.serving_cert.display()))
@@ -104,9 +139,7 @@ impl ControlPlane {
                 pki.sa_key.display()
             ))
             .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
-            .arg("--authorization-mode=RBAC")
             .arg("--service-cluster-ip-range=10.0.0.0/24")
-            .arg("--endpoint-reconciler-type=none")
             .arg("--allow-privileged=true")
             .arg("--enable-priority-and-fairness=false")
             .arg("--profiling=false")
@@ -118,6 +151,30 @@ impl ControlPlane {
             &dir.path().join("kube-apiserver.log"),
         )?;
 
+        let relay = match net {
+            Some(n) => {
+                let target: SocketAddr = format!("{NODE_IP}:{NODE_APISERVER_PORT}")
+                    .parse()
+                    .map_err(|e| Error::Invalid(format!("apiserver address: {e}")))?;
+                Some(Relay::start(&n.dialer, 0, target).await?)
+            }
+            None => None,
+        };
+        let server_url = match &relay {
+            Some(r) => format!("https://{}", r.local_addr()),
+            None => format!("https://127.0.0.1:{port}"),
+        };
+        let node_kubeconfig = dir.path().join("kubeconfig-node");
+        write_kubeconfig(
+            &node_kubeconfig,
+            &format!("https://127.0.0.1:{port}"),
+            &pki.ca_cert,
+            KubeconfigUser::ClientCert {
+                cert: &pki.admin_cert,
+                key: &pki.admin_key,
+            },
+            None,
+        )?;
         let kubeconfig = dir.path().join("kubeconfig");
         write_kubeconfig(
             &kubeconfig,
@@ -151,40 +208,43 @@ impl ControlPlane {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        Ok((
+        Ok(ApiserverParts {
             apiserver,
+            relay,
             client,
             kube_config,
             server_url,
             kubeconfig,
+            node_kubeconfig,
             pki,
             dir,
-        ))
+        })
     }
 
     async fn finish(
         etcd: Etcd,
-        (apiserver, client, kube_config, server_url, kubeconfig, pki, dir): (
-            ManagedProcess,
-            kube::Client,
-            kube::Config,
-            String,
-            PathBuf,
-            Pki,
-            TempDir,
-        ),
+        parts: ApiserverParts,
+        net: Option<Arc<NodeNet>>,
     ) -> Result<ControlPlane> {
+        let ApiserverParts {
+            apiserver,
+            relay,
+            client,
+            kube_config,
+            server_url,
+            kubeconfig,
+            node_kubeconfig,
+            pki,
+            dir,
+        } = parts;
         let bin = binary("kube-controller-manager")?;
-        let mut cmd = Command::new(bin);
-        cmd.arg(format!("--kubeconfig={}", kubeconfig.display()))
-            .arg(format!(
-                "--authentication-kubeconfig={}",
-                kubeconfig.display()
-            ))
-            .arg(format!(
-                "--authorization-kubeconfig={}",
-                kubeconfig.display()
-            ))
+        let (mut cmd, kcfg) = match &net {
+            Some(n) => (n.ns.command(bin), node_kubeconfig.clone()),
+            None => (Command::new(bin), kubeconfig.clone()),
+        };
+        cmd.arg(format!("--kubeconfig={}", kcfg.display()))
+            .arg(format!("--authentication-kubeconfig={}", kcfg.display()))
+            .arg(format!("--authorization-kubeconfig={}", kcfg.display()))
             .arg(format!(
                 "--service-account-private-key-file={}",
                 pki.sa_key.display()
@@ -198,7 +258,10 @@ impl ControlPlane {
                 "--cluster-signing-key-file={}",
                 pki.ca_key.display()
             ))
-            .arg("--use-service-account-credentials=false")
+            .arg(format!(
+                "--use-service-account-credentials={}",
+                net.is_some()
+            ))
             .arg("--leader-elect=false")
             .arg("--secure-port=0")
             .arg("--controllers=*")
@@ -212,14 +275,17 @@ impl ControlPlane {
         )?;
         let mut cp = ControlPlane {
             controller_manager,
+            _apiserver_relay: relay,
             apiserver,
             etcd,
             client,
             kube_config,
             server_url,
             kubeconfig,
+            node_kubeconfig,
             pki,
             dir,
+            net,
         };
         // The service-account controller creating `default` shows the
         // controllers run (and pods can be created: admission needs it).
@@ -269,6 +335,27 @@ impl ControlPlane {
     /// `https://127.0.0.1:<port>`.
     pub fn server_url(&self) -> &str {
         &self.server_url
+    }
+
+    /// The admin kubeconfig for processes inside the node's network namespace
+    /// (the API server at `127.0.0.1:6443` there); the host kubeconfig
+    /// otherwise.
+    pub fn node_kubeconfig_path(&self) -> &Path {
+        if self.net.is_some() {
+            &self.node_kubeconfig
+        } else {
+            &self.kubeconfig
+        }
+    }
+
+    pub(crate) fn pki(&self) -> &Pki {
+        &self.pki
+    }
+
+    /// Stops kube-controller-manager now (a node's teardown does this first,
+    /// so that no controller recreates the pods being deleted).
+    pub(crate) fn stop_controller_manager(&mut self) {
+        self.controller_manager.stop();
     }
 
     /// The cluster CA certificate (PEM file).
@@ -362,6 +449,18 @@ impl Drop for ControlPlane {
     }
 }
 
+struct ApiserverParts {
+    apiserver: ManagedProcess,
+    relay: Option<Relay>,
+    client: kube::Client,
+    kube_config: kube::Config,
+    server_url: String,
+    kubeconfig: PathBuf,
+    node_kubeconfig: PathBuf,
+    pki: Pki,
+    dir: TempDir,
+}
+
 pub(crate) fn http_get(path: &str) -> Result<http::Request<Vec<u8>>> {
     http::Request::get(path)
         .body(Vec::new())
@@ -370,7 +469,6 @@ pub(crate) fn http_get(path: &str) -> Result<http::Request<Vec<u8>>> {
 
 pub(crate) enum KubeconfigUser<'a> {
     ClientCert { cert: &'a Path, key: &'a Path },
-    Token(&'a str),
 }
 
 /// Writes a kubeconfig (as JSON, which is YAML) with one cluster/user/context.
@@ -385,7 +483,6 @@ pub(crate) fn write_kubeconfig(
         KubeconfigUser::ClientCert { cert, key } => serde_json::json!({
             "client-certificate": cert, "client-key": key,
         }),
-        KubeconfigUser::Token(t) => serde_json::json!({ "token": t }),
     };
     let cfg = serde_json::json!({
         "apiVersion": "v1",
@@ -403,51 +500,4 @@ pub(crate) fn write_kubeconfig(
 pub(crate) async fn config_from_kubeconfig(path: &Path) -> Result<kube::Config> {
     let kc = Kubeconfig::read_from(path)?;
     Ok(kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?)
-}
-
-/// A control plane plus a node agent running pods as local processes.
-/// Dropping it stops the pods first, then the control plane.
-#[derive(Debug)]
-pub struct TestCluster {
-    // Field order = drop order: pods go before the apiserver.
-    agent: NodeAgent,
-    control_plane: ControlPlane,
-}
-
-impl TestCluster {
-    /// Control plane + node agent with [`NodeAgentConfig::default`] (one node,
-    /// image mapping from [`crate::ImageMap::from_env`]).
-    pub async fn start() -> Result<TestCluster> {
-        Self::start_with(NodeAgentConfig::default()).await
-    }
-
-    /// Control plane + node agent with the given config.
-    pub async fn start_with(config: NodeAgentConfig) -> Result<TestCluster> {
-        let control_plane = ControlPlane::start().await?;
-        let agent = NodeAgent::start(&control_plane, config).await?;
-        Ok(TestCluster {
-            agent,
-            control_plane,
-        })
-    }
-
-    /// The control plane.
-    pub fn control_plane(&self) -> &ControlPlane {
-        &self.control_plane
-    }
-
-    /// The node agent.
-    pub fn agent(&self) -> &NodeAgent {
-        &self.agent
-    }
-
-    /// An admin client.
-    pub fn client(&self) -> kube::Client {
-        self.control_plane.client()
-    }
-
-    /// The admin kubeconfig.
-    pub fn kubeconfig_path(&self) -> &Path {
-        self.control_plane.kubeconfig_path()
-    }
 }

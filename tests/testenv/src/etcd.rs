@@ -5,8 +5,12 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use crate::bins::binary;
 use crate::error::{Error, Result};
+use crate::node::NodeNet;
+use crate::node::relay::Relay;
 use crate::process::{ManagedProcess, free_port};
 use crate::tempdir::TempDir;
 
@@ -16,10 +20,14 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub struct Etcd {
     // Field order = drop order: the process goes before its directory.
+    // Held for its listener (an etcd inside the node's namespace).
+    _relay: Option<Relay>,
     process: ManagedProcess,
     client_url: String,
     client_addr: SocketAddr,
+    inner_url: String,
     dir: TempDir,
+    _net: Option<Arc<NodeNet>>,
 }
 
 impl Etcd {
@@ -61,13 +69,63 @@ impl Etcd {
         let process = ManagedProcess::start("etcd", cmd, &dir.path().join("etcd.log"))?;
         let client_addr = SocketAddr::from(([127, 0, 0, 1], client_port));
         let mut etcd = Etcd {
+            _relay: None,
             process,
+            inner_url: client_url.clone(),
             client_url,
             client_addr,
             dir,
+            _net: None,
         };
         etcd.wait_healthy().await?;
         Ok(etcd)
+    }
+
+    /// Starts etcd inside the node's network namespace, listening on
+    /// `ip:port` there (fixed ports: the namespace is ours alone), with a
+    /// relay on the host's loopback. [`Etcd::client_url`] is the relay (for
+    /// the host); [`Etcd::inner_url`] is the address inside the namespace.
+    pub(crate) async fn start_in(net: &Arc<NodeNet>, ip: &str, port: u16) -> Result<Etcd> {
+        let bin = binary("etcd")?;
+        let dir = TempDir::new("etcd")?;
+        let inner_url = format!("http://{ip}:{port}");
+        let peer_url = format!("http://127.0.0.1:{}", port + 1);
+        let mut cmd = net.ns.command(bin);
+        cmd.arg("--name=squall")
+            .arg(format!("--data-dir={}", dir.path().join("data").display()))
+            .arg(format!("--listen-client-urls={inner_url}"))
+            .arg(format!("--advertise-client-urls={inner_url}"))
+            .arg(format!("--listen-peer-urls={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .arg(format!("--initial-cluster=squall={peer_url}"))
+            .arg("--initial-cluster-state=new")
+            .arg("--unsafe-no-fsync=true")
+            .arg("--log-level=warn")
+            .current_dir(dir.path());
+        let process = ManagedProcess::start("etcd", cmd, &dir.path().join("etcd.log"))?;
+        let target: SocketAddr = format!("{ip}:{port}")
+            .parse()
+            .map_err(|e| Error::Invalid(format!("etcd address {ip}:{port}: {e}")))?;
+        let relay = Relay::start(&net.dialer, 0, target).await?;
+        let client_addr = relay.local_addr();
+        let mut etcd = Etcd {
+            _relay: Some(relay),
+            process,
+            client_url: format!("http://{client_addr}"),
+            client_addr,
+            inner_url,
+            dir,
+            _net: Some(net.clone()),
+        };
+        etcd.wait_healthy().await?;
+        Ok(etcd)
+    }
+
+    /// The client URL as seen from inside the node's network namespace (from
+    /// pods, when it listens on the node IP); equal to [`Etcd::client_url`]
+    /// for an etcd on the host.
+    pub fn inner_url(&self) -> &str {
+        &self.inner_url
     }
 
     async fn wait_healthy(&mut self) -> Result<()> {

@@ -1,32 +1,47 @@
-//! Test environment for Squall (issue 3): a real etcd, a real kube-apiserver +
-//! kube-controller-manager control plane, and a node agent that runs pods as
-//! local processes. See `docs/testenv.md`.
+//! Test environment for Squall: a real etcd, a real kube-apiserver +
+//! kube-controller-manager control plane, and a real node (containerd, runc,
+//! CNI bridge, kubelet, kube-proxy, kube-scheduler, CoreDNS) inside a network
+//! namespace of its own. See `docs/testenv.md`.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), squall_testenv::Error> {
-//! let etcd = squall_testenv::Etcd::start().await?;          // bare etcd
+//! let etcd = squall_testenv::Etcd::start().await?;            // bare etcd
 //! println!("{}", etcd.client_url());
-//! let cluster = squall_testenv::TestCluster::start().await?; // control plane + node agent
-//! let client = cluster.client();
-//! # let _ = client; Ok(()) }
+//! let cluster = squall_testenv::TestCluster::shared().await?; // the run's real cluster
+//! let ns = cluster.namespace("my-test").await?;               // a namespace of its own
+//! # let _ = ns; Ok(()) }
 //! ```
 
 mod bins;
+mod cluster;
 mod certs;
 mod control_plane;
 mod error;
 mod etcd;
 mod http;
-pub mod node_agent;
+pub mod node;
 mod process;
 mod tempdir;
 mod wait;
 
 pub use bins::{CACHE_KEY, ETCD_VERSION, HELM_VERSION, K8S_VERSION, bin_dir, binary};
-pub use control_plane::{ControlPlane, TestCluster};
+pub use cluster::{CLUSTER_ENV, TestCluster};
+pub use control_plane::ControlPlane;
 pub use error::{Error, Result};
 pub use etcd::Etcd;
-pub use node_agent::{ContainerKey, ContainerLogs, ImageMap, NodeAgent, NodeAgentConfig};
+pub use node::{ClusterInfo, RealCluster};
 pub use process::ManagedProcess;
 pub use tempdir::TempDir;
 pub use wait::wait_until;
+
+/// Logs to stderr, `RUST_LOG` or `info` for the harness and warnings elsewhere.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("warn,squall_testenv=info,kube_client=off")
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -153,6 +153,11 @@ impl ManagedProcess {
         log_tail(&self.log, n)
     }
 
+    /// SIGTERM, then SIGKILL after a few seconds (what drop does), now.
+    pub fn stop(&mut self) {
+        terminate(&mut self.child, Duration::from_secs(5));
+    }
+
     /// An error if it has exited.
     pub fn check_alive(&mut self) -> Result<()> {
         match self.child.try_wait() {

@@ -1,10 +1,19 @@
-//! `dev-cluster` prints one `KUBECONFIG=` line once ready, serves a Ready
-//! node, and cleans up on Ctrl-C (SIGINT).
+//! `dev-cluster` gives a person a real cluster and gives the host back.
+//!
+//! Without a shared cluster (`make test` runs this first, on its own): it
+//! prints `KUBECONFIG=`, serves a Ready node whose runtime is containerd, and
+//! on Ctrl-C (SIGINT) tears everything down and restores the host: no
+//! process, mount, network namespace or cgroup of the node is left, the
+//! global sysctls the kubelet touches are as before, and fixed paths it
+//! created are gone. Under the shared cluster (`with-cluster`), a second
+//! cluster is refused with a clear message, since kubelets here would share
+//! the top-level kubepods cgroups.
 
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
 use std::io::Read;
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
@@ -17,16 +26,22 @@ struct KillOnDrop(Child, Arc<Mutex<String>>);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = kill(Pid::from_raw(self.0.id() as i32), Signal::SIGINT);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while self.0.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
         if std::thread::panicking() {
             eprintln!("---- dev-cluster stderr ----\n{}", self.1.lock().unwrap());
         }
     }
 }
 
-#[test]
-fn dev_cluster_prints_kubeconfig_serves_a_ready_node_and_cleans_up() {
+fn spawn() -> (KillOnDrop, mpsc::Receiver<String>) {
     let stderr_text = Arc::new(Mutex::new(String::new()));
     let mut child = KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_dev-cluster"))
@@ -58,15 +73,69 @@ fn dev_cluster_prints_kubeconfig_serves_a_ready_node_and_cleans_up() {
             }
         }
     });
+    (child, rx)
+}
+
+fn wait_exit(child: &mut KillOnDrop, secs: u64) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(st) = child.0.try_wait().unwrap() {
+            return st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dev-cluster did not exit within {secs} s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn sysctl(key: &str) -> String {
+    std::fs::read_to_string(format!("/proc/sys/{key}"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+fn netns_names() -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn dev_cluster_serves_a_real_node_and_gives_the_host_back() {
+    if std::env::var_os(squall_testenv::CLUSTER_ENV).is_some() {
+        // The shared cluster runs: a second one must be refused, clearly.
+        let (mut child, _rx) = spawn();
+        let status = wait_exit(&mut child, 60);
+        assert!(!status.success(), "a second cluster started");
+        let said = child.1.lock().unwrap().clone();
+        assert!(
+            said.contains("a real cluster already runs"),
+            "refusal without the reason: {said}"
+        );
+        return;
+    }
+    let sysctls = ["vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops"];
+    let before: Vec<String> = sysctls.iter().map(|k| sysctl(k)).collect();
+    let fixed = ["/var/lib/kubelet", "/var/log/containers", "/run/containerd", "/var/lib/cni"];
+    let absent_before: Vec<&str> = fixed.iter().copied().filter(|p| !Path::new(p).exists()).collect();
+    let netns_before = netns_names();
+
+    let (mut child, rx) = spawn();
     let first = rx
-        .recv_timeout(Duration::from_secs(120))
-        .expect("dev-cluster printed nothing within 120 s");
+        .recv_timeout(Duration::from_secs(180))
+        .expect("dev-cluster printed nothing within 180 s");
     let kubeconfig = first
         .strip_prefix("KUBECONFIG=")
         .unwrap_or_else(|| panic!("first stdout line is not KUBECONFIG=...: {first:?}"))
         .to_string();
-    assert!(std::path::Path::new(&kubeconfig).is_file());
-
+    assert!(Path::new(&kubeconfig).is_file());
     let out = Command::new("kubectl")
         .args([
             "--kubeconfig",
@@ -74,7 +143,7 @@ fn dev_cluster_prints_kubeconfig_serves_a_ready_node_and_cleans_up() {
             "get",
             "nodes",
             "-o",
-            r#"jsonpath={range .items[*]}{.metadata.name}={.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}"#,
+            r#"jsonpath={range .items[*]}{.metadata.name}={.status.conditions[?(@.type=="Ready")].status} {.status.nodeInfo.containerRuntimeVersion}{"\n"}{end}"#,
         ])
         .output()
         .unwrap();
@@ -84,24 +153,43 @@ fn dev_cluster_prints_kubeconfig_serves_a_ready_node_and_cleans_up() {
         "kubectl: {text} {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(text.trim(), "squall-node-0=True");
+    assert!(
+        text.trim().starts_with("squall-node=True containerd://"),
+        "{text}"
+    );
+    let state_dir = child.1.lock().unwrap().clone();
+    let state_dir = state_dir
+        .lines()
+        .find_map(|l| l.strip_prefix("dev-cluster: logs"))
+        .map(|l| l.trim().trim_end_matches("/logs").to_string())
+        .unwrap();
+    assert!(Path::new(&state_dir).is_dir(), "{state_dir}");
+    assert!(
+        netns_names().len() > netns_before.len(),
+        "the node has a network namespace of its own"
+    );
 
     kill(Pid::from_raw(child.0.id() as i32), Signal::SIGINT).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(st) = child.0.try_wait().unwrap() {
-            break st;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "dev-cluster did not stop within 60 s of SIGINT"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_exit(&mut child, 120);
     assert!(status.success(), "dev-cluster exited with {status}");
-    // Nothing else was printed on stdout, and its directories are gone.
-    let rest: Vec<String> = rx.try_iter().collect();
-    assert!(rest.is_empty(), "extra stdout lines: {rest:?}");
-    let dir = std::path::Path::new(&kubeconfig).parent().unwrap();
-    assert!(!dir.exists(), "{} left behind", dir.display());
+
+    // The host is as it was.
+    let after: Vec<String> = sysctls.iter().map(|k| sysctl(k)).collect();
+    assert_eq!(before, after, "sysctls {sysctls:?} restored");
+    for p in absent_before {
+        assert!(!Path::new(p).exists(), "{p} left behind");
+    }
+    assert_eq!(netns_names(), netns_before, "network namespaces left");
+    assert!(!Path::new(&state_dir).exists(), "{state_dir} left behind");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&state_dir), "mounts left under {state_dir}");
+    for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        assert!(
+            !h.path().join("kubepods").exists(),
+            "kubepods cgroup left in {}",
+            h.path().display()
+        );
+    }
+    let procs = squall_testenv::node::host::pids_with_cmdline(&state_dir);
+    assert!(procs.is_empty(), "processes left: {procs:?}");
 }

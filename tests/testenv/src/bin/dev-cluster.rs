@@ -1,26 +1,19 @@
-//! `make dev-cluster`: a control plane plus node agent in the foreground.
+//! `make dev-cluster`: a real single-node Kubernetes cluster in the foreground.
 //!
-//! Prints one line `KUBECONFIG=<path>` on stdout once ready, then runs until
-//! Ctrl-C (SIGINT) or SIGTERM, then stops the pods and the control plane and
-//! removes every temporary directory. Images map to binaries as
-//! `ImageMap::from_env` says (workspace binaries under target/, overridden by
-//! `$SQUALL_IMAGE_MAP` and `$SQUALL_IMAGES`); see docs/testenv.md.
+//! Prints `KUBECONFIG=<path>` on stdout once the node is Ready, then runs
+//! until Ctrl-C (SIGINT) or SIGTERM, then tears the cluster down and restores
+//! the host. Images come from `make images` (`target/images`, or
+//! `$SQUALL_IMAGES_DIR`). See docs/testenv.md.
 
 use std::io::Write;
 use std::process::ExitCode;
 
-use squall_testenv::{ControlPlane, ImageMap, NodeAgent, NodeAgentConfig};
+use squall_testenv::RealCluster;
 use tokio::signal::unix::{SignalKind, signal};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,kube_client=off")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    squall_testenv::init_tracing();
     match run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -31,53 +24,30 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> Result<(), squall_testenv::Error> {
-    let images = ImageMap::from_env()?;
-    let mut nodes = Vec::new();
-    for arg in std::env::args().skip(1) {
-        match arg.strip_prefix("--node=") {
-            Some(n) if !n.is_empty() => nodes.push(n.to_string()),
-            _ => {
-                return Err(squall_testenv::Error::Invalid(format!(
-                    "unknown argument `{arg}` (usage: dev-cluster [--node=NAME]...)"
-                )));
-            }
-        }
-    }
-    let mut config = NodeAgentConfig {
-        images,
-        ..Default::default()
-    };
-    if !nodes.is_empty() {
-        config.nodes = nodes;
+    if let Some(arg) = std::env::args().nth(1) {
+        return Err(squall_testenv::Error::Invalid(format!(
+            "unknown argument `{arg}` (usage: dev-cluster)"
+        )));
     }
     let mut sigterm = signal(SignalKind::terminate()).map_err(|e| squall_testenv::Error::Io {
         context: "install SIGTERM handler".into(),
         source: e,
     })?;
-    eprintln!("dev-cluster: starting etcd, kube-apiserver, kube-controller-manager ...");
-    let cp = ControlPlane::start().await?;
-    let agent = NodeAgent::start(&cp, config.clone()).await?;
-    eprintln!("dev-cluster: api server   {}", cp.server_url());
-    eprintln!("dev-cluster: etcd         {}", cp.etcd().client_url());
-    eprintln!("dev-cluster: nodes        {}", agent.nodes().join(", "));
-    eprintln!("dev-cluster: pod IPs      127.{}.x.y", agent.ip_block());
-    eprintln!(
-        "dev-cluster: pod logs     {}/pods",
-        agent.work_dir().display()
-    );
-    eprintln!("dev-cluster: logs         {}", cp.dir().display());
-    for (image, bin) in config.images.entries() {
-        let mark = if bin.is_file() {
-            ""
-        } else {
-            "  (missing: build it)"
-        };
-        eprintln!(
-            "dev-cluster: image        {image} -> {}{mark}",
-            bin.display()
-        );
+    let images = squall_testenv::node::default_images_dir();
+    eprintln!("dev-cluster: starting a control plane and a real node (images from {}) ...", images.display());
+    let cluster = RealCluster::start(&images).await?;
+    let info = cluster.info().clone();
+    eprintln!("dev-cluster: api server        {}", info.server_url);
+    eprintln!("dev-cluster: node              {} ({} in network namespace {})", info.node, info.node_ip, info.netns);
+    eprintln!("dev-cluster: etcd (this host)  {}", info.etcd_url);
+    eprintln!("dev-cluster: etcd (from pods)  {}", info.etcd_url_from_pods);
+    eprintln!("dev-cluster: logs              {}/logs", info.dir.display());
+    for image in &info.images {
+        eprintln!("dev-cluster: image             {image}");
     }
-    println!("KUBECONFIG={}", cp.kubeconfig_path().display());
+    println!("KUBECONFIG={}", info.kubeconfig.display());
+    println!("SQUALL_ETCD={}", info.etcd_url);
+    println!("SQUALL_WORKER_ETCD={}", info.etcd_url_from_pods);
     let _ = std::io::stdout().flush();
     eprintln!("dev-cluster: ready; Ctrl-C to stop");
     tokio::select! {
@@ -85,8 +55,7 @@ async fn run() -> Result<(), squall_testenv::Error> {
         _ = sigterm.recv() => {}
     }
     eprintln!("dev-cluster: stopping ...");
-    drop(agent);
-    drop(cp);
+    drop(cluster);
     eprintln!("dev-cluster: stopped");
     Ok(())
 }
