@@ -17,9 +17,15 @@ run:
 testenv:
 	@bash tests/testenv/provision.sh
 
-## The whole test suite. Provisions what it needs first.
-test: testenv
-	source <(bash tests/testenv/provision.sh --print-env) && $(CARGO) test --workspace --all-targets
+## The whole test suite, on one real single-node cluster that every test
+## shares (a namespace each). Provisions what it needs first (as root: the
+## node's Debian packages too), builds the images, runs the dev-cluster test
+## on its own (it starts and removes a cluster of its own), then everything.
+test: testenv images
+	source <(bash tests/testenv/provision.sh --print-env) && \
+	  $(CARGO) build --workspace --all-targets && \
+	  $(CARGO) test -p squall-testenv --test dev_cluster && \
+	  $(CARGO) run -q -p squall-testenv --bin with-cluster -- $(CARGO) test --workspace --all-targets
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -28,7 +34,8 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-## A control plane plus node agent in the foreground, for trying things by hand.
+## A real single-node cluster in the foreground, for trying things by hand
+## (as root; `make images` first). Ctrl-C tears it down.
 dev-cluster: testenv
 	@source <(bash tests/testenv/provision.sh --print-env) && $(CARGO) run -q -p squall-testenv --bin dev-cluster
 

@@ -42,7 +42,13 @@ async fn main() {
     };
     assert!(
         kubectl()
-            .args(["apply", "--server-side", "--force-conflicts", "-f", "crds/topology.yaml"])
+            .args([
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                "-f",
+                "crds/topology.yaml"
+            ])
             .status()
             .unwrap()
             .success()

@@ -26,9 +26,7 @@ async fn lifecycle_assign_pods_scale_deactivate_restart_delete() {
     let client = cluster.client();
     let prefix = "/squall-lifecycle";
     let mut op = Operator::start(&cluster, prefix);
-    let mut etcd = Etcd::connect([cluster.etcd_url()], None)
-        .await
-        .unwrap();
+    let mut etcd = Etcd::connect([cluster.etcd_url()], None).await.unwrap();
     let topos: Api<Topology> = Api::namespaced(client.clone(), ns);
 
     let out = kubectl(&cluster, &["apply", "-f", WORD_COUNT]);
@@ -248,12 +246,7 @@ async fn lifecycle_assign_pods_scale_deactivate_restart_delete() {
     .unwrap();
     wait_for("pods gone", Duration::from_secs(60), || {
         let c = client.clone();
-        async move {
-            pods(&c, ns, "word-count")
-                .await
-                .is_empty()
-                .then_some(())
-        }
+        async move { pods(&c, ns, "word-count").await.is_empty().then_some(()) }
     })
     .await
     .unwrap();

@@ -282,8 +282,7 @@ async fn a_worker_whose_heartbeat_lapses_is_replaced() {
         "acks continue after the restart"
     );
 
-    let pods_api: Api<k8s_openapi::api::core::v1::Pod> =
-        Api::namespaced(cluster.client(), ns);
+    let pods_api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(cluster.client(), ns);
     let uid = pods_api
         .get("exclamation-worker-1")
         .await
@@ -345,7 +344,12 @@ async fn deletion_rides_out_a_brief_etcd_outage() {
     install_crd(&cluster);
     // Topology state in an etcd of its own, so stopping it leaves the API server up.
     let etcd = cluster.etcd_in_node().await.unwrap();
-    let op = Operator::start_with_etcd(&cluster, etcd.client_url(), etcd.inner_url(), "/squall-outage");
+    let op = Operator::start_with_etcd(
+        &cluster,
+        etcd.client_url(),
+        etcd.inner_url(),
+        "/squall-outage",
+    );
     let topos: Api<Topology> = Api::namespaced(cluster.client(), ns);
     let manifest = std::fs::read_to_string(repo().join("examples/exclamation/topology.yaml"))
         .unwrap()
@@ -384,11 +388,7 @@ async fn deletion_rides_out_a_brief_etcd_outage() {
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
-    assert!(
-        pods(&cluster.client(), ns, "exclamation")
-            .await
-            .is_empty()
-    );
+    assert!(pods(&cluster.client(), ns, "exclamation").await.is_empty());
     let mut client = etcd_client::Client::connect([etcd.client_url()], None)
         .await
         .unwrap();

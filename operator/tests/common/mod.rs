@@ -73,7 +73,14 @@ impl Operator {
         let child = Command::new(env!("CARGO_BIN_EXE_squall-operator"))
             .env("KUBECONFIG", env.kubeconfig_path())
             .env("RUST_LOG", "info,squall_operator=debug")
-            .args(["--etcd", etcd, "--worker-etcd", worker_etcd, "--etcd-prefix", prefix])
+            .args([
+                "--etcd",
+                etcd,
+                "--worker-etcd",
+                worker_etcd,
+                "--etcd-prefix",
+                prefix,
+            ])
             .args(["--namespace", &env.ns])
             .args([
                 "--http-addr",
@@ -135,7 +142,13 @@ pub fn kubectl_stdin(env: &Env, args: &[&str], input: &str) -> std::process::Out
 pub fn install_crd(env: &Env) {
     let out = kubectl(
         env,
-        &["apply", "--server-side", "--force-conflicts", "-f", "crds/topology.yaml"],
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            "crds/topology.yaml",
+        ],
     );
     assert!(
         out.status.success(),

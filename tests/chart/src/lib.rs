@@ -278,7 +278,8 @@ pub fn uninstall(cp: &impl Cluster, release: &str, namespace: &str) -> Result<St
 pub fn apply_crd(cp: &impl Cluster) -> Result<()> {
     let crd = chart_dir().join("crds").join("topology.yaml");
     let mut cmd = cp.kubectl();
-    cmd.args(["apply", "--server-side", "--force-conflicts", "-f"]).arg(&crd);
+    cmd.args(["apply", "--server-side", "--force-conflicts", "-f"])
+        .arg(&crd);
     run(cmd, None)?;
     let mut cmd = cp.kubectl();
     cmd.args([

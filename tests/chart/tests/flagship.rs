@@ -81,12 +81,19 @@ async fn wait_topology(
 
 /// `NAME  CONTAINER  ID` for every container of the pods in `ns`.
 fn container_ids(cluster: &TestCluster, ns: &str) -> Vec<(String, String, String)> {
-    let pods: Value =
-        serde_json::from_str(&kubectl(cluster, &["get", "pods", "-n", ns, "-o", "json"], None))
-            .unwrap();
+    let pods: Value = serde_json::from_str(&kubectl(
+        cluster,
+        &["get", "pods", "-n", ns, "-o", "json"],
+        None,
+    ))
+    .unwrap();
     let mut out = Vec::new();
     for p in pods["items"].as_array().unwrap() {
-        for c in p["status"]["containerStatuses"].as_array().into_iter().flatten() {
+        for c in p["status"]["containerStatuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
             out.push((
                 p["metadata"]["name"].as_str().unwrap_or("").to_string(),
                 c["name"].as_str().unwrap_or("").to_string(),
@@ -100,9 +107,12 @@ fn container_ids(cluster: &TestCluster, ns: &str) -> Vec<(String, String, String
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm_install_apply_scale_kill_delete_uninstall() {
     let cluster = TestCluster::shared().await.unwrap();
-    let node: Value =
-        serde_json::from_str(&kubectl(&cluster, &["get", "node", cluster.node(), "-o", "json"], None))
-            .unwrap();
+    let node: Value = serde_json::from_str(&kubectl(
+        &cluster,
+        &["get", "node", cluster.node(), "-o", "json"],
+        None,
+    ))
+    .unwrap();
     let runtime = node["status"]["nodeInfo"]["containerRuntimeVersion"]
         .as_str()
         .unwrap_or("")
@@ -134,8 +144,22 @@ async fn helm_install_apply_scale_kill_delete_uninstall() {
         &["--wait", "--timeout=180s"],
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", cluster.dump(NS)));
-    show(&format!("helm install --wait: {:.1}s", installed.elapsed().as_secs_f64()));
-    let pvc = kubectl(&cluster, &["get", "pvc", "-n", NS, "-o", "jsonpath={.items[*].status.phase}"], None);
+    show(&format!(
+        "helm install --wait: {:.1}s",
+        installed.elapsed().as_secs_f64()
+    ));
+    let pvc = kubectl(
+        &cluster,
+        &[
+            "get",
+            "pvc",
+            "-n",
+            NS,
+            "-o",
+            "jsonpath={.items[*].status.phase}",
+        ],
+        None,
+    );
     assert_eq!(pvc.trim(), "Bound", "the bundled etcd's volume");
     assert!(
         notes.contains("kubectl get topology"),
@@ -226,7 +250,9 @@ async fn helm_install_apply_scale_kill_delete_uninstall() {
         .kill_container(ns, "word-count-worker-2", "worker")
         .unwrap();
     let killed = Instant::now();
-    show(&format!("killed the worker container of slot 2 (host pid {pid})"));
+    show(&format!(
+        "killed the worker container of slot 2 (host pid {pid})"
+    ));
     wait_until(
         "the killed worker restarted",
         Duration::from_secs(60),
@@ -273,7 +299,14 @@ async fn helm_install_apply_scale_kill_delete_uninstall() {
     // 6. kubectl delete: pods and etcd keys go.
     kubectl(
         &cluster,
-        &["delete", "topology", "word-count", "-n", ns, "--timeout=120s"],
+        &[
+            "delete",
+            "topology",
+            "word-count",
+            "-n",
+            ns,
+            "--timeout=120s",
+        ],
         None,
     );
     let pods = kubectl(
@@ -296,7 +329,15 @@ async fn helm_install_apply_scale_kill_delete_uninstall() {
     let keys = kubectl(
         &cluster,
         &[
-            "exec", "-n", NS, "squall-etcd-0", "--", "etcdctl", "get", "--prefix", "--keys-only",
+            "exec",
+            "-n",
+            NS,
+            "squall-etcd-0",
+            "--",
+            "etcdctl",
+            "get",
+            "--prefix",
+            "--keys-only",
             &format!("{PREFIX}/topologies/"),
         ],
         None,
@@ -304,10 +345,24 @@ async fn helm_install_apply_scale_kill_delete_uninstall() {
     assert!(keys.trim().is_empty(), "etcd keys left: {keys}");
     let leader = kubectl(
         &cluster,
-        &["exec", "-n", NS, "squall-etcd-0", "--", "etcdctl", "get", "--prefix", "--keys-only", PREFIX],
+        &[
+            "exec",
+            "-n",
+            NS,
+            "squall-etcd-0",
+            "--",
+            "etcdctl",
+            "get",
+            "--prefix",
+            "--keys-only",
+            PREFIX,
+        ],
         None,
     );
-    show(&format!("etcd keys left under {PREFIX}: {:?}", leader.split_whitespace().collect::<Vec<_>>()));
+    show(&format!(
+        "etcd keys left under {PREFIX}: {:?}",
+        leader.split_whitespace().collect::<Vec<_>>()
+    ));
 
     // 7. helm uninstall: only the CRD stays, as Helm does.
     chart::uninstall(&cluster, RELEASE, NS).unwrap();
@@ -358,6 +413,9 @@ async fn helm_install_apply_scale_kill_delete_uninstall() {
     );
     assert!(crd.contains("topologies.squall.dev"), "the CRD stays");
     let pvcs = kubectl(&cluster, &["get", "pvc", "-n", NS, "-o", "name"], None);
-    assert!(pvcs.trim().is_empty(), "the etcd volume goes with the release: {pvcs}");
+    assert!(
+        pvcs.trim().is_empty(),
+        "the etcd volume goes with the release: {pvcs}"
+    );
     cluster.delete_namespace(ns);
 }

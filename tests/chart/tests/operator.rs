@@ -79,11 +79,17 @@ async fn operator_from_the_chart_runs_with_its_service_account() {
     assert_eq!(pods.len(), 2, "{pods:#?}");
     for pod in &pods {
         assert!(ready(pod), "{:#}", pod["status"]);
-        assert_eq!(pod["spec"]["serviceAccountName"], format!("{RELEASE}-operator"));
+        assert_eq!(
+            pod["spec"]["serviceAccountName"],
+            format!("{RELEASE}-operator")
+        );
         let id = pod["status"]["containerStatuses"][0]["containerID"]
             .as_str()
             .unwrap_or("");
-        assert!(id.starts_with("containerd://"), "runs in a container: {id:?}");
+        assert!(
+            id.starts_with("containerd://"),
+            "runs in a container: {id:?}"
+        );
         let args = pod["spec"]["containers"][0]["args"].to_string();
         assert!(args.contains("--leader-elect"), "{args}");
         let ip = pod["status"]["podIP"].as_str().unwrap();
@@ -136,7 +142,14 @@ async fn operator_from_the_chart_runs_with_its_service_account() {
 
     // Deleting it: the operator removes its finalizer, pods go.
     let mut cmd = cluster.kubectl();
-    cmd.args(["delete", "topology", "word-count", "-n", &topo_ns, "--timeout=60s"]);
+    cmd.args([
+        "delete",
+        "topology",
+        "word-count",
+        "-n",
+        &topo_ns,
+        "--timeout=60s",
+    ]);
     chart::run(cmd, None).unwrap();
     chart::uninstall(&cluster, RELEASE, &ns).unwrap();
     cluster.delete_namespace(&topo_ns);

@@ -37,11 +37,20 @@ enum Proof {
 const BLOCKS: &[(&str, Proof)] = &[
     ("make run\n", Proof::MakeRun),
     ("make test\n", Proof::MakeTest),
-    ("make images\nmake dev-cluster\n", Proof::ImagesAndDevCluster),
+    (
+        "make images\nmake dev-cluster\n",
+        Proof::ImagesAndDevCluster,
+    ),
     ("export KUBECONFIG=<path>\nhelm install", Proof::HelmJourney),
-    ("export KUBECONFIG=<path> SQUALL_ETCD_ENDPOINTS", Proof::OperatorOutside),
+    (
+        "export KUBECONFIG=<path> SQUALL_ETCD_ENDPOINTS",
+        Proof::OperatorOutside,
+    ),
     ("kubectl apply -n dev -f", Proof::OperatorOutsideApply),
-    ("cargo run --release -p squall-examples -- local --processes", Proof::Processes),
+    (
+        "cargo run --release -p squall-examples -- local --processes",
+        Proof::Processes,
+    ),
 ];
 
 fn show(line: &str) {
@@ -55,7 +64,7 @@ fn sh_blocks() -> Vec<String> {
     let mut cur: Option<String> = None;
     for line in text.lines() {
         match (&mut cur, line.trim_start()) {
-            (None, l) if l == "```sh" => cur = Some(String::new()),
+            (None, "```sh") => cur = Some(String::new()),
             (Some(_), l) if l.starts_with("```") => out.extend(cur.take()),
             (Some(b), _) => {
                 b.push_str(line);
@@ -75,7 +84,10 @@ fn block(proof: Proof) -> String {
 }
 
 fn proof_of(b: &str) -> Option<Proof> {
-    BLOCKS.iter().find(|(p, _)| b.starts_with(p)).map(|(_, k)| *k)
+    BLOCKS
+        .iter()
+        .find(|(p, _)| b.starts_with(p))
+        .map(|(_, k)| *k)
 }
 
 /// Fills the placeholders; a placeholder left over fails.
@@ -117,7 +129,11 @@ fn run_ok(block: &str) -> String {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     );
-    assert!(out.status.success(), "`{block}` failed ({}):\n{o}\n{e}", out.status);
+    assert!(
+        out.status.success(),
+        "`{block}` failed ({}):\n{o}\n{e}",
+        out.status
+    );
     format!("{o}{e}")
 }
 
@@ -164,10 +180,9 @@ fn every_readme_command_block_has_a_proof() {
         .find(|l| l.starts_with("test:"))
         .unwrap_or_default();
     assert!(test_target.contains("images"), "{test_target}");
-    let dev = std::fs::read_to_string(
-        chart::workspace_root().join("tests/testenv/tests/dev_cluster.rs"),
-    )
-    .unwrap();
+    let dev =
+        std::fs::read_to_string(chart::workspace_root().join("tests/testenv/tests/dev_cluster.rs"))
+            .unwrap();
     assert!(dev.contains(r#""make", "dev-cluster""#) || dev.contains("make dev-cluster"));
 }
 
@@ -182,8 +197,13 @@ fn make_run_ends_with_acked_trees_and_no_failure() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_processes_without_kubernetes() {
     let etcd = squall_testenv::Etcd::start().await.unwrap();
-    let b = fill(&block(Proof::Processes), &[("<etcd url>", etcd.client_url())]);
-    let out = tokio::task::spawn_blocking(move || run_ok(&b)).await.unwrap();
+    let b = fill(
+        &block(Proof::Processes),
+        &[("<etcd url>", etcd.client_url())],
+    );
+    let out = tokio::task::spawn_blocking(move || run_ok(&b))
+        .await
+        .unwrap();
     let (acked, failed) = summary(&out);
     show(&format!("local --processes: acked={acked} failed={failed}"));
     assert!(acked > 0 && failed == 0, "{out}");
@@ -248,9 +268,22 @@ async fn the_kubernetes_section_as_typed() {
     // The Helm journey, into the default namespace as a user would.
     let b = fill(&block(Proof::HelmJourney), &[("<path>", &kubeconfig)]);
     let out = run_ok(&b);
-    assert!(out.contains("topology.squall.dev/word-count created"), "{out}");
+    assert!(
+        out.contains("topology.squall.dev/word-count created"),
+        "{out}"
+    );
     wait_running(&cluster, "default", "").await;
-    kubectl(&cluster, &["delete", "topology", "word-count", "-n", "default", "--timeout=120s"]);
+    kubectl(
+        &cluster,
+        &[
+            "delete",
+            "topology",
+            "word-count",
+            "-n",
+            "default",
+            "--timeout=120s",
+        ],
+    );
     let mut cmd = cluster.kubectl();
     cmd.args(["get", "pods", "-n", "default", "-o", "name"]);
     assert!(chart::run(cmd, None).unwrap().trim().is_empty());
@@ -291,7 +324,17 @@ async fn the_kubernetes_section_as_typed() {
     let out = run_ok(&b);
     assert!(out.contains("word-count"), "{out}");
     wait_running(&cluster, "dev", &operator.log()).await;
-    kubectl(&cluster, &["delete", "topology", "word-count", "-n", "dev", "--timeout=120s"]);
+    kubectl(
+        &cluster,
+        &[
+            "delete",
+            "topology",
+            "word-count",
+            "-n",
+            "dev",
+            "--timeout=120s",
+        ],
+    );
     drop(operator);
     cluster.delete_namespace("dev");
 }

@@ -70,7 +70,8 @@ pub(crate) fn generate(dir: &Path, extra_ips: &[Ipv4Addr]) -> Result<Pki> {
     sp.subject_alt_names
         .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))));
     for ip in extra_ips {
-        sp.subject_alt_names.push(SanType::IpAddress(IpAddr::V4(*ip)));
+        sp.subject_alt_names
+            .push(SanType::IpAddress(IpAddr::V4(*ip)));
     }
     sp.distinguished_name
         .push(DnType::CommonName, "kube-apiserver");

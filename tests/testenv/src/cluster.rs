@@ -16,12 +16,12 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use crate::bins::binary;
-use crate::etcd::Etcd;
-use crate::node::relay::Dialer;
-use crate::node::{NodeNet, netns::NetNs};
 use crate::control_plane::config_from_kubeconfig;
 use crate::error::{Error, Result};
+use crate::etcd::Etcd;
 use crate::node::ClusterInfo;
+use crate::node::relay::Dialer;
+use crate::node::{NodeNet, netns::NetNs};
 
 /// The environment variable naming the running cluster's `cluster.json`.
 pub const CLUSTER_ENV: &str = "SQUALL_TEST_CLUSTER";
@@ -35,7 +35,9 @@ pub struct TestCluster {
 
 impl std::fmt::Debug for TestCluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TestCluster").field("info", &self.info).finish()
+        f.debug_struct("TestCluster")
+            .field("info", &self.info)
+            .finish()
     }
 }
 
@@ -211,7 +213,10 @@ impl TestCluster {
                 "jsonpath={{.status.containerStatuses[?(@.name==\"{container}\")].containerID}}"
             ))
             .output()
-            .map_err(|e| Error::Io { context: "run kubectl".into(), source: e })?;
+            .map_err(|e| Error::Io {
+                context: "run kubectl".into(),
+                source: e,
+            })?;
         let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
         let id = id.strip_prefix("containerd://").ok_or_else(|| {
             Error::Invalid(format!(
@@ -225,12 +230,17 @@ impl TestCluster {
             .arg(&sock)
             .args(["-n", "k8s.io", "tasks", "ls"])
             .output()
-            .map_err(|e| Error::Io { context: "run ctr".into(), source: e })?;
+            .map_err(|e| Error::Io {
+                context: "run ctr".into(),
+                source: e,
+            })?;
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .find_map(|l| {
                 let mut f = l.split_whitespace();
-                (f.next() == Some(id)).then(|| f.next()?.parse::<u32>().ok()).flatten()
+                (f.next() == Some(id))
+                    .then(|| f.next()?.parse::<u32>().ok())
+                    .flatten()
             })
             .ok_or_else(|| Error::Invalid(format!("container {id} has no running task")))
     }
@@ -267,7 +277,10 @@ impl TestCluster {
     ///
     /// # Errors
     /// The namespace is gone, or the connection failed.
-    pub fn connect_in_node(&self, addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpStream> {
+    pub fn connect_in_node(
+        &self,
+        addr: std::net::SocketAddr,
+    ) -> std::io::Result<std::net::TcpStream> {
         let path = format!("{}/{}", crate::node::netns::NETNS_DIR, self.info.netns);
         std::thread::scope(|s| {
             s.spawn(|| {
@@ -309,7 +322,15 @@ impl TestCluster {
         let names = run(&["-n", namespace, "get", "pods", "-o", "name"]);
         for pod in names.lines().filter(|l| l.starts_with("pod/")) {
             for (flag, label) in [("--tail=40", "log"), ("--previous", "previous log")] {
-                let text = run(&["-n", namespace, "logs", pod, "--all-containers", "--prefix", flag]);
+                let text = run(&[
+                    "-n",
+                    namespace,
+                    "logs",
+                    pod,
+                    "--all-containers",
+                    "--prefix",
+                    flag,
+                ]);
                 if !text.trim().is_empty() && !text.contains("not found") {
                     out += &format!("---- {label} of {pod} ----\n{text}");
                 }

@@ -13,11 +13,11 @@ use std::sync::Arc;
 
 use crate::bins::binary;
 use crate::certs::{self, Pki};
+use crate::error::{Error, IoContext, Result};
+use crate::etcd::Etcd;
 use crate::node::NodeNet;
 use crate::node::netns::NODE_IP;
 use crate::node::relay::Relay;
-use crate::error::{Error, IoContext, Result};
-use crate::etcd::Etcd;
 use crate::process::{ManagedProcess, free_port};
 use crate::tempdir::TempDir;
 
@@ -112,7 +112,10 @@ impl ControlPlane {
                 .arg(format!("--advertise-address={NODE_IP}"))
                 .arg("--authorization-mode=Node,RBAC")
                 .arg("--enable-admission-plugins=NodeRestriction")
-                .arg(format!("--kubelet-client-certificate={}", pki.admin_cert.display()))
+                .arg(format!(
+                    "--kubelet-client-certificate={}",
+                    pki.admin_cert.display()
+                ))
                 .arg(format!("--kubelet-client-key={}", pki.admin_key.display()))
                 .arg("--kubelet-preferred-address-types=InternalIP,Hostname"),
             None => cmd

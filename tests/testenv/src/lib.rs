@@ -13,8 +13,8 @@
 //! ```
 
 mod bins;
-mod cluster;
 mod certs;
+mod cluster;
 mod control_plane;
 mod error;
 mod etcd;

@@ -13,8 +13,8 @@
 
 use std::io::Read;
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::os::unix::process::CommandExt as _;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
@@ -127,10 +127,23 @@ fn dev_cluster_serves_a_real_node_and_gives_the_host_back() {
         );
         return;
     }
-    let sysctls = ["vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops"];
+    let sysctls = [
+        "vm/overcommit_memory",
+        "kernel/panic",
+        "kernel/panic_on_oops",
+    ];
     let before: Vec<String> = sysctls.iter().map(|k| sysctl(k)).collect();
-    let fixed = ["/var/lib/kubelet", "/var/log/containers", "/run/containerd", "/var/lib/cni"];
-    let absent_before: Vec<&str> = fixed.iter().copied().filter(|p| !Path::new(p).exists()).collect();
+    let fixed = [
+        "/var/lib/kubelet",
+        "/var/log/containers",
+        "/run/containerd",
+        "/var/lib/cni",
+    ];
+    let absent_before: Vec<&str> = fixed
+        .iter()
+        .copied()
+        .filter(|p| !Path::new(p).exists())
+        .collect();
     let netns_before = netns_names();
 
     let (mut child, rx) = spawn();
@@ -191,7 +204,10 @@ fn dev_cluster_serves_a_real_node_and_gives_the_host_back() {
     assert_eq!(netns_names(), netns_before, "network namespaces left");
     assert!(!Path::new(&state_dir).exists(), "{state_dir} left behind");
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!mounts.contains(&state_dir), "mounts left under {state_dir}");
+    assert!(
+        !mounts.contains(&state_dir),
+        "mounts left under {state_dir}"
+    );
     for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
         assert!(
             !h.path().join("kubepods").exists(),

@@ -12,7 +12,11 @@ use squall_testenv::TestCluster;
 
 fn ip(args: &[&str]) -> String {
     let out = Command::new("ip").args(args).output().unwrap();
-    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -52,7 +56,11 @@ fn resolve(server: &str, name: &str) -> (u8, Vec<Ipv4Addr>) {
     let mut out = Vec::new();
     for _ in 0..answers {
         // A compressed name pointer (2 bytes) is what CoreDNS sends here.
-        i += if r[i] & 0xc0 == 0xc0 { 2 } else { r[i..].iter().position(|b| *b == 0).unwrap() + 1 };
+        i += if r[i] & 0xc0 == 0xc0 {
+            2
+        } else {
+            r[i..].iter().position(|b| *b == 0).unwrap() + 1
+        };
         let (typ, len) = (
             u16::from_be_bytes([r[i], r[i + 1]]),
             u16::from_be_bytes([r[i + 8], r[i + 9]]) as usize,
@@ -74,7 +82,10 @@ async fn every_cluster_address_lives_in_the_node_namespace_with_no_way_out() {
     // Inside: the node IP on lo, and no default route, and no device but lo,
     // the cluster bridge and the pods' veths.
     let addrs = ip(&["-n", &netns, "-o", "addr"]);
-    assert!(addrs.contains(&format!("lo    inet {node_ip}/32")), "{addrs}");
+    assert!(
+        addrs.contains(&format!("lo    inet {node_ip}/32")),
+        "{addrs}"
+    );
     let routes = ip(&["-n", &netns, "route"]);
     assert!(!routes.contains("default"), "a default route: {routes}");
     let links = ip(&["-n", &netns, "-o", "link"]);
@@ -93,7 +104,13 @@ async fn every_cluster_address_lives_in_the_node_namespace_with_no_way_out() {
     }
     // Forwarding off the bridge is dropped.
     let out = Command::new("nsenter")
-        .args([&format!("--net=/run/netns/{netns}"), "--", "iptables", "-S", "FORWARD"])
+        .args([
+            &format!("--net=/run/netns/{netns}"),
+            "--",
+            "iptables",
+            "-S",
+            "FORWARD",
+        ])
         .output()
         .unwrap();
     let rules = String::from_utf8_lossy(&out.stdout);

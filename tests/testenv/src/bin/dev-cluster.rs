@@ -34,11 +34,17 @@ async fn run() -> Result<(), squall_testenv::Error> {
         source: e,
     })?;
     let images = squall_testenv::node::default_images_dir();
-    eprintln!("dev-cluster: starting a control plane and a real node (images from {}) ...", images.display());
+    eprintln!(
+        "dev-cluster: starting a control plane and a real node (images from {}) ...",
+        images.display()
+    );
     let cluster = RealCluster::start(&images).await?;
     let info = cluster.info().clone();
     eprintln!("dev-cluster: api server        {}", info.server_url);
-    eprintln!("dev-cluster: node              {} ({} in network namespace {})", info.node, info.node_ip, info.netns);
+    eprintln!(
+        "dev-cluster: node              {} ({} in network namespace {})",
+        info.node, info.node_ip, info.netns
+    );
     eprintln!("dev-cluster: etcd (this host)  {}", info.etcd_url);
     eprintln!("dev-cluster: etcd (from pods)  {}", info.etcd_url_from_pods);
     eprintln!("dev-cluster: logs              {}/logs", info.dir.display());

@@ -10,7 +10,11 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 /// Global (not per network namespace) sysctls the kubelet sets.
-const GLOBAL_SYSCTLS: &[&str] = &["vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops"];
+const GLOBAL_SYSCTLS: &[&str] = &[
+    "vm/overcommit_memory",
+    "kernel/panic",
+    "kernel/panic_on_oops",
+];
 
 /// Paths outside the state directory that the kubelet, containerd, runc, CNI
 /// or buildah create at fixed places.
@@ -62,10 +66,10 @@ impl HostSnapshot {
         for (k, v) in &self.sysctls {
             let path = format!("/proc/sys/{k}");
             let now = std::fs::read_to_string(&path).unwrap_or_default();
-            if now.trim() != v {
-                if let Err(e) = std::fs::write(&path, v) {
-                    tracing::warn!("cannot restore {k}={v}: {e}");
-                }
+            if now.trim() != v
+                && let Err(e) = std::fs::write(&path, v)
+            {
+                tracing::warn!("cannot restore {k}={v}: {e}");
             }
         }
         for h in netns_handles() {
@@ -118,12 +122,13 @@ fn unescape_mountinfo(s: &str) -> String {
     let b = s.as_bytes();
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 4 <= b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
-                out.push(v as char);
-                i += 4;
-                continue;
-            }
+        if b[i] == b'\\'
+            && i + 4 <= b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8)
+        {
+            out.push(v as char);
+            i += 4;
+            continue;
         }
         out.push(b[i] as char);
         i += 1;
@@ -152,7 +157,12 @@ pub fn unmount_under(dir: &Path) {
 /// their cgroups always hold them.
 pub fn remove_cgroups(name: &str) {
     let tops: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
-        .map(|rd| rd.flatten().map(|h| h.path().join(name)).filter(|p| p.is_dir()).collect())
+        .map(|rd| {
+            rd.flatten()
+                .map(|h| h.path().join(name))
+                .filter(|p| p.is_dir())
+                .collect()
+        })
         .unwrap_or_default();
     for _ in 0..10 {
         let mut any = false;

@@ -86,7 +86,9 @@ pub struct RealCluster {
 
 impl std::fmt::Debug for RealCluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RealCluster").field("info", &self.info).finish()
+        f.debug_struct("RealCluster")
+            .field("info", &self.info)
+            .finish()
     }
 }
 
@@ -211,7 +213,8 @@ impl RealCluster {
         let cp = ControlPlane::start_with(Some(net.clone())).await?;
         let node_kubeconfig = cp.node_kubeconfig_path().to_path_buf();
         let ca = cp.ca_cert_path().to_path_buf();
-        let (kubelet_cert, kubelet_key) = (cp.pki().kubelet_cert.clone(), cp.pki().kubelet_key.clone());
+        let (kubelet_cert, kubelet_key) =
+            (cp.pki().kubelet_cert.clone(), cp.pki().kubelet_key.clone());
         self.info.kubeconfig = cp.kubeconfig_path().to_path_buf();
         self.info.server_url = cp.server_url().to_string();
         let client = cp.client();
@@ -225,7 +228,16 @@ impl RealCluster {
 
         // containerd
         let d = &self.dir;
-        for sub in ["ctr", "cni/net.d", "cni/ipam", "kubelet/root", "kubelet/pki", "kubelet/pod-logs", "volumes", "logs"] {
+        for sub in [
+            "ctr",
+            "cni/net.d",
+            "cni/ipam",
+            "kubelet/root",
+            "kubelet/pki",
+            "kubelet/pod-logs",
+            "volumes",
+            "logs",
+        ] {
             std::fs::create_dir_all(d.join(sub)).ctx(|| format!("mkdir {sub}"))?;
         }
         let write = |name: &str, text: String| -> Result<PathBuf> {
@@ -237,10 +249,17 @@ impl RealCluster {
         write("cni/net.d/10-squall.conflist", config::cni(d))?;
         let mut cmd = net.ns.command("containerd");
         cmd.arg("--config").arg(&ctr_conf);
-        self.containerd = Some(ManagedProcess::start("containerd", cmd, &d.join("logs/containerd.log"))?);
+        self.containerd = Some(ManagedProcess::start(
+            "containerd",
+            cmd,
+            &d.join("logs/containerd.log"),
+        )?);
         let sock = d.join("ctr/containerd.sock");
         {
-            let ctr = self.containerd.as_mut().ok_or_else(|| Error::Invalid("containerd".into()))?;
+            let ctr = self
+                .containerd
+                .as_mut()
+                .ok_or_else(|| Error::Invalid("containerd".into()))?;
             let deadline = Instant::now() + Duration::from_secs(30);
             while !sock.exists() {
                 ctr.check_alive()?;
@@ -255,7 +274,11 @@ impl RealCluster {
             }
         }
         self.info.images = import_images(&sock, images_dir)?;
-        tracing::info!("containerd up, {} images imported, at {:?}", self.info.images.len(), t0.elapsed());
+        tracing::info!(
+            "containerd up, {} images imported, at {:?}",
+            self.info.images.len(),
+            t0.elapsed()
+        );
 
         // kubelet
         let kubelet_kubeconfig = d.join("kubelet/kubeconfig");
@@ -263,7 +286,10 @@ impl RealCluster {
             &kubelet_kubeconfig,
             "https://127.0.0.1:6443",
             &ca,
-            KubeconfigUser::ClientCert { cert: &kubelet_cert, key: &kubelet_key },
+            KubeconfigUser::ClientCert {
+                cert: &kubelet_cert,
+                key: &kubelet_key,
+            },
             None,
         )?;
         let kubelet_conf = write("kubelet/config.json", config::kubelet(d, &ca))?;
@@ -275,28 +301,57 @@ impl RealCluster {
             .arg(format!("--hostname-override={NODE_NAME}"))
             .arg(format!("--node-ip={NODE_IP}"))
             .arg("--v=1");
-        self.kubelet = Some(ManagedProcess::start("kubelet", cmd, &d.join("logs/kubelet.log"))?);
+        self.kubelet = Some(ManagedProcess::start(
+            "kubelet",
+            cmd,
+            &d.join("logs/kubelet.log"),
+        )?);
 
         // kube-proxy, kube-scheduler, CoreDNS
-        let proxy_conf = write("kube-proxy.json", config::kube_proxy(&node_kubeconfig, NODE_NAME))?;
+        let proxy_conf = write(
+            "kube-proxy.json",
+            config::kube_proxy(&node_kubeconfig, NODE_NAME),
+        )?;
         let mut cmd = net.ns.command(binary("kube-proxy")?);
-        cmd.arg(format!("--config={}", proxy_conf.display())).arg("--v=1");
-        self.kube_proxy = Some(ManagedProcess::start("kube-proxy", cmd, &d.join("logs/kube-proxy.log"))?);
+        cmd.arg(format!("--config={}", proxy_conf.display()))
+            .arg("--v=1");
+        self.kube_proxy = Some(ManagedProcess::start(
+            "kube-proxy",
+            cmd,
+            &d.join("logs/kube-proxy.log"),
+        )?);
         let mut cmd = net.ns.command(binary("kube-scheduler")?);
         cmd.arg(format!("--kubeconfig={}", node_kubeconfig.display()))
-            .arg(format!("--authentication-kubeconfig={}", node_kubeconfig.display()))
-            .arg(format!("--authorization-kubeconfig={}", node_kubeconfig.display()))
+            .arg(format!(
+                "--authentication-kubeconfig={}",
+                node_kubeconfig.display()
+            ))
+            .arg(format!(
+                "--authorization-kubeconfig={}",
+                node_kubeconfig.display()
+            ))
             .arg("--leader-elect=false")
             .arg("--secure-port=0")
             .arg("--v=1");
-        self.scheduler = Some(ManagedProcess::start("kube-scheduler", cmd, &d.join("logs/kube-scheduler.log"))?);
+        self.scheduler = Some(ManagedProcess::start(
+            "kube-scheduler",
+            cmd,
+            &d.join("logs/kube-scheduler.log"),
+        )?);
         let corefile = write("Corefile", config::corefile(&node_kubeconfig))?;
         let mut cmd = net.ns.command(binary("coredns")?);
         cmd.arg("-conf").arg(&corefile);
-        self.coredns = Some(ManagedProcess::start("coredns", cmd, &d.join("logs/coredns.log"))?);
+        self.coredns = Some(ManagedProcess::start(
+            "coredns",
+            cmd,
+            &d.join("logs/coredns.log"),
+        )?);
 
         storage::install(&client).await?;
-        self.provisioner = Some(tokio::spawn(storage::run(client.clone(), d.join("volumes"))));
+        self.provisioner = Some(tokio::spawn(storage::run(
+            client.clone(),
+            d.join("volumes"),
+        )));
 
         // Ready: the Node reports Ready (the kubelet runs and CNI is configured).
         let nodes: Api<Node> = Api::all(client.clone());
@@ -313,7 +368,11 @@ impl RealCluster {
                             .unwrap_or_default()
                             .iter()
                             .any(|c| c.type_ == "Ready" && c.status == "True");
-                        if ready { Ok(Some(())) } else { Err("Node not Ready yet".into()) }
+                        if ready {
+                            Ok(Some(()))
+                        } else {
+                            Err("Node not Ready yet".into())
+                        }
                     }
                     Ok(None) => Err(format!(
                         "no Node yet; kubelet log:\n{}",
@@ -398,7 +457,9 @@ impl RealCluster {
             match Arc::try_unwrap(net) {
                 Ok(mut n) => n.ns.delete(),
                 Err(n) => {
-                    let _ = Command::new("ip").args(["netns", "del", n.ns.name()]).output();
+                    let _ = Command::new("ip")
+                        .args(["netns", "del", n.ns.name()])
+                        .output();
                 }
             }
         }
@@ -421,7 +482,14 @@ impl Drop for RealCluster {
 fn delete_all_pods(cp: &ControlPlane) {
     let _ = cp
         .kubectl()
-        .args(["delete", "pods", "--all", "--all-namespaces", "--grace-period=2", "--wait=false"])
+        .args([
+            "delete",
+            "pods",
+            "--all",
+            "--all-namespaces",
+            "--grace-period=2",
+            "--wait=false",
+        ])
         .output();
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
@@ -439,11 +507,21 @@ fn delete_all_pods(cp: &ControlPlane) {
     tracing::warn!("pods still present after 60 s; tearing down anyway");
 }
 
+/// The examples image, and the extra tag the node gives it (see [`import_images`]).
+pub const ROLL_FROM: &str = "docker.io/library/squall-examples:0.1.0";
+/// `squall-examples:0.1.1`: the same image under the next tag.
+pub const ROLL_TO: &str = "docker.io/library/squall-examples:0.1.1";
+
 /// Imports every `*.tar` in `dir` into the node's containerd (`k8s.io`
 /// namespace, where the CRI looks) and returns the image names it now has.
 fn import_images(sock: &Path, dir: &Path) -> Result<Vec<String>> {
     let mut archives: Vec<PathBuf> = std::fs::read_dir(dir)
-        .ctx(|| format!("read image archives in {} (run `make images`)", dir.display()))?
+        .ctx(|| {
+            format!(
+                "read image archives in {} (run `make images`)",
+                dir.display()
+            )
+        })?
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "tar"))
@@ -471,6 +549,14 @@ fn import_images(sock: &Path, dir: &Path) -> Result<Vec<String>> {
             )));
         }
     }
+    // A second tag of the examples image, so that tests can roll worker pods
+    // to a "new" image as a user would after pushing one.
+    let _ = Command::new("ctr")
+        .arg("-a")
+        .arg(sock)
+        .args(["-n", "k8s.io", "images", "tag", "--force"])
+        .args([ROLL_FROM, ROLL_TO])
+        .output();
     let out = Command::new("ctr")
         .arg("-a")
         .arg(sock)
@@ -511,7 +597,9 @@ pub fn sweep_leftovers() {
         tracing::warn!("cleaning up a crashed cluster in {}", dir.display());
         host::kill_by_cmdline(&dir.display().to_string());
         host::unmount_under(&dir);
-        let _ = Command::new("ip").args(["netns", "del", &format!("squall-{pid}")]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &format!("squall-{pid}")])
+            .output();
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

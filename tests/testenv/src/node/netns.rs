@@ -98,7 +98,9 @@ impl NetNs {
     /// from the kubelet and its volume mounts from containerd.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut c = Command::new("nsenter");
-        c.arg(format!("--net={}", self.path())).arg("--").arg(program);
+        c.arg(format!("--net={}", self.path()))
+            .arg("--")
+            .arg(program);
         c
     }
 
@@ -116,7 +118,9 @@ impl NetNs {
     pub fn delete(&mut self) {
         if !self.deleted {
             self.deleted = true;
-            let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.name])
+                .output();
         }
     }
 }

@@ -99,8 +99,8 @@ impl Relay {
                 tokio::spawn(async move {
                     match dialer.connect(target).await {
                         Ok(mut outbound) => {
-                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound)
-                                .await;
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                         }
                         Err(e) => tracing::debug!("relay to {target}: {e}"),
                     }

@@ -102,7 +102,11 @@ async fn pass(client: &kube::Client, root: &Path) -> Result<()> {
         }
     }
     for pv in pvs.list(&ListParams::default()).await? {
-        let ours = pv.spec.as_ref().and_then(|s| s.storage_class_name.as_deref()) == Some(STORAGE_CLASS);
+        let ours = pv
+            .spec
+            .as_ref()
+            .and_then(|s| s.storage_class_name.as_deref())
+            == Some(STORAGE_CLASS);
         let released = matches!(
             pv.status.as_ref().and_then(|s| s.phase.as_deref()),
             Some("Released") | Some("Failed")
@@ -118,10 +122,9 @@ async fn pass(client: &kube::Client, root: &Path) -> Result<()> {
             .as_ref()
             .and_then(|s| s.host_path.as_ref())
             .map(|h| PathBuf::from(&h.path))
+            && path.starts_with(root)
         {
-            if path.starts_with(root) {
-                let _ = std::fs::remove_dir_all(&path);
-            }
+            let _ = std::fs::remove_dir_all(&path);
         }
         let _ = pvs.delete(&name, &DeleteParams::default()).await;
     }
