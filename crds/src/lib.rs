@@ -2,8 +2,14 @@
 //!
 //! It holds the `Topology` resource, graph validation, the physical plan and the
 //! etcd records, and does no I/O: both sides link it, and they meet only through it.
+//! Pure rules that both sides apply live here too: the next assignment version
+//! ([`records::Assignment::following`]), run totals across worker restarts
+//! ([`ledger::StatsLedger`]) and the worker pod's command line
+//! ([`invocation::WorkerInvocation`]).
 
 pub mod catalog;
+pub mod invocation;
+pub mod ledger;
 pub mod plan;
 pub mod records;
 pub mod topology;

@@ -83,6 +83,40 @@ pub struct Assignment {
     pub plan: PhysicalPlan,
 }
 
+impl Assignment {
+    /// The assignment of `spec` that follows `current`: version 1 when there is
+    /// none, one more than it otherwise.
+    ///
+    /// Workers apply a version at most once and ignore anything not newer than
+    /// what they run, so every writer (the operator, the local launcher, the
+    /// `rebalance` command) must take the next version from this one rule.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use squall_api::records::{Assignment, TopologyRef};
+    /// # let (_, spec) = squall_api::TopologySpec::from_manifest(
+    /// #     "image: i\nspouts: [{id: s, component: S}]\n").unwrap();
+    /// let at = TopologyRef { namespace: "ns".into(), name: "wc".into() };
+    /// let first = Assignment::following(None, at.clone(), spec.clone());
+    /// assert_eq!(first.version, 1);
+    /// assert_eq!(Assignment::following(Some(&first), at, spec).version, 2);
+    /// ```
+    pub fn following(
+        current: Option<&Assignment>,
+        topology: TopologyRef,
+        spec: TopologySpec,
+    ) -> Self {
+        let plan = PhysicalPlan::compute(&spec);
+        Assignment {
+            version: current.map_or(1, |a| a.version + 1),
+            topology,
+            spec,
+            plan,
+        }
+    }
+}
+
 /// Life-cycle commands, written by the operator.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Control {
@@ -140,6 +174,28 @@ pub struct LatencySummary {
     pub max: f64,
 }
 
+impl LatencySummary {
+    /// Combine two summaries of separate histograms: counts add, the mean and
+    /// p50 are weighted by count, p99 and max take the larger. Percentiles of
+    /// separate histograms do not merge exactly, so p99 is an upper bound.
+    pub fn merge(a: Option<Self>, b: Option<Self>) -> Option<Self> {
+        match (a, b) {
+            (None, x) | (x, None) => x,
+            (Some(a), Some(b)) => {
+                let n = (a.count + b.count).max(1) as f64;
+                let w = |x: f64, y: f64| (x * a.count as f64 + y * b.count as f64) / n;
+                Some(LatencySummary {
+                    count: a.count + b.count,
+                    mean: w(a.mean, b.mean),
+                    p50: w(a.p50, b.p50),
+                    p99: a.p99.max(b.p99),
+                    max: a.max.max(b.max),
+                })
+            }
+        }
+    }
+}
+
 /// Counters and latencies of one component (summed over its tasks), as in Storm's UI.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 pub struct ComponentStats {
@@ -165,10 +221,49 @@ pub struct ComponentStats {
     pub roots: u64,
 }
 
-/// A worker's stats, published by its supervisor. Counters are totals since start.
+impl ComponentStats {
+    /// Add `other` (another worker's or another process's figures) into this:
+    /// counters add, capacity takes the busier, latencies merge.
+    pub fn add(&mut self, other: &ComponentStats) {
+        self.emitted += other.emitted;
+        self.transferred += other.transferred;
+        self.acked += other.acked;
+        self.failed += other.failed;
+        self.executed += other.executed;
+        self.replayed += other.replayed;
+        self.roots += other.roots;
+        self.capacity = self.capacity.max(other.capacity);
+        self.execute_latency_ms =
+            LatencySummary::merge(self.execute_latency_ms, other.execute_latency_ms);
+        self.process_latency_ms =
+            LatencySummary::merge(self.process_latency_ms, other.process_latency_ms);
+        self.complete_latency_ms =
+            LatencySummary::merge(self.complete_latency_ms, other.complete_latency_ms);
+    }
+
+    /// Sum per component: `into[id] += more[id]` for every component of `more`.
+    pub fn add_all(
+        into: &mut BTreeMap<String, ComponentStats>,
+        more: &BTreeMap<String, ComponentStats>,
+    ) {
+        for (id, c) in more {
+            into.entry(id.clone()).or_default().add(c);
+        }
+    }
+}
+
+/// A worker's stats, published by its supervisor. Counters are totals since
+/// the worker process started (its `incarnation`).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 pub struct WorkerStats {
     pub slot: u32,
+    /// Which start of the worker process these figures belong to: an id the
+    /// process picks once when it starts. Counters restart from zero with a new
+    /// process, and a new incarnation is what tells a reader so (see
+    /// [`crate::ledger::StatsLedger`]). 0 means unknown (a worker from before
+    /// the field existed).
+    #[serde(default)]
+    pub incarnation: u64,
     pub applied_version: u64,
     /// Unix time in milliseconds when the snapshot was taken.
     pub timestamp_ms: u64,

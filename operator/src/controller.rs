@@ -18,13 +18,14 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
+use squall_api::ledger::StatsLedger;
 use squall_api::records::{
-    Assignment, Control, TopologyKeys, TopologyRef, WorkerRecord, WorkerState, WorkerStats,
+    Assignment, Control, TopologyRef, WorkerRecord, WorkerState, WorkerStats,
 };
 use squall_api::topology::{TopologyStats, WorkerCounts};
-use squall_api::{Phase, PhysicalPlan, Topology, TopologySpec, TopologyStatus, validate};
+use squall_api::{Phase, Topology, TopologySpec, TopologyStatus, validate};
+use squall_coord::{CoordError, Store};
 
-use crate::etcd::{Store, StoreError};
 use crate::pods::{self, PodSettings};
 use crate::telemetry::Metrics;
 
@@ -38,7 +39,7 @@ const RESYNC: Duration = Duration::from_secs(2);
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(#[from] CoordError),
     #[error("kubernetes: {0}")]
     Kube(#[from] kube::Error),
     #[error("topology has no namespace")]
@@ -56,33 +57,8 @@ struct Memory {
     missing: HashMap<(String, u32), Instant>,
     /// The last rate sample per topology.
     rates: HashMap<String, Rates>,
-    /// Spout counters per (topology, slot), carried across worker restarts.
-    ledgers: HashMap<(String, u32), SlotLedger>,
-}
-
-/// Spout counters of one worker process.
-#[derive(Clone, Copy, Default)]
-struct Counts {
-    acked: u64,
-    failed: u64,
-    roots: u64,
-}
-
-impl Counts {
-    fn add(&mut self, o: &Counts) {
-        self.acked += o.acked;
-        self.failed += o.failed;
-        self.roots += o.roots;
-    }
-}
-
-/// A slot's counters across the worker processes it has had.
-#[derive(Default)]
-struct SlotLedger {
-    /// Totals of earlier processes.
-    banked: Counts,
-    /// The latest figures of the current process.
-    last: Counts,
+    /// Counters per topology, carried across worker restarts.
+    ledgers: HashMap<String, StatsLedger>,
 }
 
 /// Acked and failed totals at a worker timestamp, and the rates they gave.
@@ -286,7 +262,7 @@ async fn apply(topo: &Topology, ctx: &Context) -> Result<Action, Error> {
     let name = topo.name_any();
     let ns = topo.namespace().ok_or(Error::NoNamespace)?;
     let key = key_of(topo);
-    let keys = ctx.store.keys(&ns, &name);
+    let store = ctx.store.topology(&ns, &name);
     let spec = &topo.spec;
     let old_status = topo.status.clone().unwrap_or_default();
 
@@ -310,43 +286,28 @@ async fn apply(topo: &Topology, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::await_change());
     }
 
-    let plan = PhysicalPlan::compute(spec);
-    let current = ctx.store.assignment(&keys).await?;
-    let mut control = ctx.store.control(&keys).await?.unwrap_or_else(|| Control {
+    let topology_ref = TopologyRef {
+        namespace: ns.clone(),
+        name: name.clone(),
+    };
+    let current = store.assignment().await?;
+    let mut control = store.control().await?.unwrap_or_else(|| Control {
         active: spec.active,
         ..Control::default()
     });
-    let stats = ctx.store.stats(&keys).await?;
+    let stats = store.stats().await?;
     let wanted = placement(spec);
     let mut rebalancing = false;
 
     let version = match &current {
         None => {
-            let a = Assignment {
-                version: 1,
-                topology: TopologyRef {
-                    namespace: ns.clone(),
-                    name: name.clone(),
-                },
-                spec: spec.clone(),
-                plan: plan.clone(),
-            };
-            ctx.store.put_assignment(&keys, &a).await?;
+            let a = Assignment::following(None, topology_ref, spec.clone());
+            store.put_assignment(&a).await?;
             control.active = spec.active;
-            ctx.store.put_control(&keys, &control).await?;
-            ctx.event(
-                topo,
-                EventType::Normal,
-                "Assigned",
-                format!(
-                    "plan version 1: {} tasks in {} executors on {} workers",
-                    plan.task_count(),
-                    plan.executors.len(),
-                    plan.workers
-                ),
-            )
-            .await;
-            1
+            store.put_control(&control).await?;
+            ctx.event(topo, EventType::Normal, "Assigned", assigned_note(&a))
+                .await;
+            a.version
         }
         Some(a) if placement(&a.spec) != wanted => {
             // Storm's rebalance: deactivate, let open trees drain, reassign, reactivate.
@@ -361,14 +322,14 @@ async fn apply(topo: &Topology, ctx: &Context) -> Result<Action, Error> {
             if control.active && waited < Duration::from_millis(100) {
                 control.active = false;
                 control.rebalance_epoch += 1;
-                ctx.store.put_control(&keys, &control).await?;
+                store.put_control(&control).await?;
                 ctx.event(
                     topo,
                     EventType::Normal,
                     "Rebalancing",
                     format!(
                         "deactivated to move from version {} ({} workers) to {} workers",
-                        a.version, a.plan.workers, plan.workers
+                        a.version, a.plan.workers, spec.workers
                     ),
                 )
                 .await;
@@ -377,35 +338,16 @@ async fn apply(topo: &Topology, ctx: &Context) -> Result<Action, Error> {
                 rebalancing = true;
                 a.version
             } else {
-                let next = Assignment {
-                    version: a.version + 1,
-                    topology: TopologyRef {
-                        namespace: ns.clone(),
-                        name: name.clone(),
-                    },
-                    spec: spec.clone(),
-                    plan: plan.clone(),
-                };
-                ctx.store.put_assignment(&keys, &next).await?;
-                for slot in plan.workers..a.plan.workers {
-                    ctx.store.delete_stats(&keys, slot).await?;
+                let next = Assignment::following(Some(a), topology_ref, spec.clone());
+                store.put_assignment(&next).await?;
+                for slot in next.plan.workers..a.plan.workers {
+                    store.delete_stats(slot).await?;
                 }
                 ctx.memory().rebalancing.remove(&key);
                 control.active = spec.active;
-                ctx.store.put_control(&keys, &control).await?;
-                ctx.event(
-                    topo,
-                    EventType::Normal,
-                    "Assigned",
-                    format!(
-                        "plan version {}: {} tasks in {} executors on {} workers",
-                        next.version,
-                        plan.task_count(),
-                        plan.executors.len(),
-                        plan.workers
-                    ),
-                )
-                .await;
+                store.put_control(&control).await?;
+                ctx.event(topo, EventType::Normal, "Assigned", assigned_note(&next))
+                    .await;
                 next.version
             }
         }
@@ -414,7 +356,7 @@ async fn apply(topo: &Topology, ctx: &Context) -> Result<Action, Error> {
 
     if !rebalancing && control.active != spec.active {
         control.active = spec.active;
-        ctx.store.put_control(&keys, &control).await?;
+        store.put_control(&control).await?;
         let (reason, what) = if spec.active {
             ("Activated", "spouts activated")
         } else {
@@ -429,7 +371,7 @@ async fn apply(topo: &Topology, ctx: &Context) -> Result<Action, Error> {
     let existing = pod_api
         .list(&ListParams::default().labels(&pods::selector(&name)))
         .await?;
-    let workers = ctx.store.workers(&keys).await?;
+    let workers = store.workers().await?;
     let mut by_slot: BTreeMap<u32, Pod> = BTreeMap::new();
     for pod in existing.items {
         let Some(slot) = pods::slot_of(&pod) else {
@@ -683,35 +625,23 @@ fn aggregate_stats(
     let spouts: Vec<&str> = topo.spec.spouts.iter().map(|s| s.id.as_str()).collect();
     let key = key_of(topo);
     let mut mem = ctx.memory();
-    let (mut acked, mut failed, mut emitted, mut p99) = (0u64, 0u64, 0u64, 0f64);
-    for (slot, w) in stats {
-        // Percentiles do not add up; the worst worker's recent p99 bounds the whole.
-        for (id, l) in &w.recent_complete_latency_ms {
-            if spouts.contains(&id.as_str()) {
-                p99 = p99.max(l.p99);
-            }
+    // Percentiles do not add up; the worst worker's recent p99 bounds the whole.
+    let p99 = stats
+        .values()
+        .flat_map(|w| &w.recent_complete_latency_ms)
+        .filter(|(id, _)| spouts.contains(&id.as_str()))
+        .fold(0f64, |m, (_, l)| m.max(l.p99));
+    // A restarted worker counts from zero again: the ledger banks what its
+    // previous process had counted, so totals never go backwards.
+    let ledger = mem.ledgers.entry(key.clone()).or_default();
+    ledger.observe_all(stats);
+    let (mut acked, mut failed, mut emitted) = (0u64, 0u64, 0u64);
+    for (id, c) in ledger.components() {
+        if spouts.contains(&id.as_str()) {
+            acked += c.acked;
+            failed += c.failed;
+            emitted += c.roots;
         }
-        let mut now = Counts::default();
-        for (id, c) in &w.components {
-            if spouts.contains(&id.as_str()) {
-                now.acked += c.acked;
-                now.failed += c.failed;
-                now.roots += c.roots;
-            }
-        }
-        // A restarted worker counts from zero again: bank what its previous
-        // process had counted, so totals never go backwards.
-        let ledger = mem.ledgers.entry((key.clone(), *slot)).or_default();
-        if now.acked < ledger.last.acked
-            || now.failed < ledger.last.failed
-            || now.roots < ledger.last.roots
-        {
-            ledger.banked.add(&ledger.last);
-        }
-        ledger.last = now;
-        acked += ledger.banked.acked + now.acked;
-        failed += ledger.banked.failed + now.failed;
-        emitted += ledger.banked.roots + now.roots;
     }
     // Rates come from the workers' own timestamps over windows of at least 5 s,
     // so that passes triggered in quick succession (our own status patches are
@@ -760,6 +690,17 @@ fn aggregate_stats(
         failed_total: failed,
         emitted_total: emitted,
     }
+}
+
+/// The note of an `Assigned` event.
+fn assigned_note(a: &Assignment) -> String {
+    format!(
+        "plan version {}: {} tasks in {} executors on {} workers",
+        a.version,
+        a.plan.task_count(),
+        a.plan.executors.len(),
+        a.plan.workers
+    )
 }
 
 fn has_condition_message(st: &TopologyStatus, msg: &str) -> bool {
@@ -829,7 +770,7 @@ async fn cleanup(topo: &Topology, ctx: &Context) -> Result<Option<Duration>, Err
     let name = topo.name_any();
     let ns = topo.namespace().ok_or(Error::NoNamespace)?;
     let key = key_of(topo);
-    let keys = ctx.store.keys(&ns, &name);
+    let store = ctx.store.topology(&ns, &name);
     let since = *ctx
         .memory()
         .killing
@@ -839,19 +780,19 @@ async fn cleanup(topo: &Topology, ctx: &Context) -> Result<Option<Duration>, Err
     let give_up = kill_wait + Duration::from_secs(30);
 
     let etcd_step = async {
-        let control = ctx.store.control(&keys).await?;
+        let control = store.control().await?;
         // No assignment means nothing runs (or an earlier pass already removed the keys).
-        let assigned = ctx.store.assignment(&keys).await?.is_some();
+        let assigned = store.assignment().await?.is_some();
         if assigned && control.as_ref().is_none_or(|c| !c.killed) {
             let c = Control {
                 active: false,
                 killed: true,
                 rebalance_epoch: control.map_or(0, |c| c.rebalance_epoch),
             };
-            ctx.store.put_control(&keys, &c).await?;
+            store.put_control(&c).await?;
         }
-        let stats = ctx.store.stats(&keys).await?;
-        Ok::<u64, StoreError>(stats.values().map(|s| s.pending).sum())
+        let stats = store.stats().await?;
+        Ok::<u64, CoordError>(stats.values().map(|s| s.pending).sum())
     };
     let pending = match etcd_step.await {
         Ok(p) => p,
@@ -903,7 +844,7 @@ async fn cleanup(topo: &Topology, ctx: &Context) -> Result<Option<Duration>, Err
         }
         tracing::warn!(topology = %key, "worker pods are slow to terminate; releasing the finalizer anyway");
     }
-    if let Err(e) = ctx.store.delete_topology(&keys).await {
+    if let Err(e) = store.delete_all().await {
         if since.elapsed() < give_up {
             tracing::warn!(topology = %key, error = %e, "cannot delete etcd keys yet");
             return Ok(Some(Duration::from_secs(2)));
@@ -914,7 +855,7 @@ async fn cleanup(topo: &Topology, ctx: &Context) -> Result<Option<Duration>, Err
     mem.killing.remove(&key);
     mem.rebalancing.remove(&key);
     mem.rates.remove(&key);
-    mem.ledgers.retain(|(k, _), _| k != &key);
+    mem.ledgers.remove(&key);
     mem.missing.retain(|(k, _), _| k != &key);
     drop(mem);
     tracing::info!(topology = %key, "deleted");
@@ -927,9 +868,7 @@ pub async fn sweep_orphans(ctx: &Context) -> Result<usize, Error> {
     for (ns, name) in ctx.store.topologies().await? {
         let api: Api<Topology> = Api::namespaced(ctx.client.clone(), &ns);
         if api.get_opt(&name).await?.is_none() {
-            ctx.store
-                .delete_topology(&TopologyKeys::new(ctx.store.prefix(), &ns, &name))
-                .await?;
+            ctx.store.topology(&ns, &name).delete_all().await?;
             tracing::info!(namespace = %ns, topology = %name, "removed orphaned etcd keys");
             removed += 1;
         }

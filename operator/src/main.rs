@@ -4,7 +4,6 @@
 //! `squall-operator --etcd http://127.0.0.1:2379`.
 
 mod controller;
-mod etcd;
 mod pods;
 mod telemetry;
 
@@ -16,9 +15,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use kube::runtime::events::{Recorder, Reporter};
+use squall_api::invocation::EtcdTlsFiles;
+use squall_coord::logging::{self, LogFormat};
+use squall_coord::{EtcdCoordinator, Store};
 
 use crate::controller::Context;
-use crate::etcd::{Store, TlsFiles};
 use crate::pods::PodSettings;
 use crate::telemetry::Metrics;
 
@@ -45,15 +46,8 @@ struct Args {
     /// Key prefix in etcd.
     #[arg(long, env = "SQUALL_ETCD_PREFIX", default_value = squall_api::records::DEFAULT_PREFIX)]
     etcd_prefix: String,
-    /// CA bundle for etcd's serving certificate (TLS).
-    #[arg(long, env = "SQUALL_ETCD_CA_FILE")]
-    etcd_ca_file: Option<String>,
-    /// Client certificate for etcd (TLS client auth).
-    #[arg(long, env = "SQUALL_ETCD_CERT_FILE", requires = "etcd_key_file")]
-    etcd_cert_file: Option<String>,
-    /// Client key for etcd (TLS client auth).
-    #[arg(long, env = "SQUALL_ETCD_KEY_FILE", requires = "etcd_cert_file")]
-    etcd_key_file: Option<String>,
+    #[command(flatten)]
+    etcd_tls: EtcdTlsFiles,
     /// A Secret (keys ca.crt, tls.crt, tls.key) that worker pods mount to reach etcd over TLS.
     #[arg(long, env = "SQUALL_ETCD_TLS_SECRET")]
     etcd_tls_secret: Option<String>,
@@ -78,47 +72,29 @@ struct Args {
     /// A ready worker pod without a heartbeat for this long is replaced.
     #[arg(long, env = "SQUALL_HEARTBEAT_GRACE_SECONDS", default_value_t = 15)]
     heartbeat_grace_seconds: u64,
-    /// `text` or `json`.
-    #[arg(long, env = "SQUALL_LOG_FORMAT", default_value = "text")]
-    log_format: String,
-}
-
-fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube_runtime=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    /// Log lines as `text` or `json`.
+    #[arg(long, env = logging::LOG_FORMAT_ENV, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    init_logging(&args.log_format);
+    logging::init(args.log_format, "info,kube_runtime=warn");
     let metrics = Arc::new(Metrics::default());
-    let bound = telemetry::serve(args.http_addr, metrics.clone())
-        .await
+    let bound = squall_coord::admin::serve(args.http_addr, telemetry::endpoints(metrics.clone()))
         .with_context(|| format!("cannot listen on {}", args.http_addr))?;
     tracing::info!(%bound, "serving /metrics, /healthz, /readyz");
 
     let client = kube::Client::try_default()
         .await
         .context("cannot build a Kubernetes client (in-cluster config or KUBECONFIG)")?;
-    let tls = TlsFiles {
-        ca: args.etcd_ca_file.clone(),
-        cert: args.etcd_cert_file.clone(),
-        key: args.etcd_key_file.clone(),
-    };
-    let store = Store::connect(&args.etcd, &args.etcd_prefix, &tls).await?;
+    let etcd = EtcdCoordinator::connect(&args.etcd, &args.etcd_tls).await?;
+    let store = Store::new(Arc::new(etcd), &args.etcd_prefix);
     metrics.ready.store(true, Ordering::Relaxed);
 
     if args.leader_elect {
-        lead(&args, &tls, &metrics).await?;
+        lead(&args, &metrics).await?;
     }
     metrics.leader.store(true, Ordering::Relaxed);
 
@@ -164,43 +140,21 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Block until this replica leads; keep the lease alive in the background and
-/// exit the process if it is lost (Kubernetes restarts it as a standby).
-async fn lead(args: &Args, tls: &TlsFiles, metrics: &Metrics) -> anyhow::Result<()> {
-    // A campaign blocks until this replica leads, so its client has no request timeout.
-    let mut client = etcd::connect_client(&args.etcd, tls, None).await?;
-    let ttl = args.leader_lease_seconds.max(2);
-    let lease = client
-        .lease_grant(ttl, None)
-        .await
-        .context("leader election: cannot grant a lease")?
-        .id();
-    let (mut keeper, mut responses) = client
-        .lease_keep_alive(lease)
-        .await
-        .context("leader election: keep-alive")?;
-    tokio::spawn(async move {
-        let period = Duration::from_secs((ttl as u64 / 3).max(1));
-        loop {
-            tokio::time::sleep(period).await;
-            let alive = match keeper.keep_alive().await {
-                Ok(()) => matches!(responses.message().await, Ok(Some(r)) if r.ttl() > 0),
-                Err(_) => false,
-            };
-            if !alive {
-                tracing::error!("lost the leader lease; exiting so a standby can take over");
-                std::process::exit(2);
-            }
-        }
-    });
-    let name = squall_api::records::leader_key(&args.etcd_prefix);
+/// Block until this replica leads, then watch the leadership in the
+/// background and exit the process if it is lost (Kubernetes restarts it as a
+/// standby): another replica may already be acting.
+async fn lead(args: &Args, metrics: &Metrics) -> anyhow::Result<()> {
+    let key = squall_api::records::leader_key(&args.etcd_prefix);
     let me = std::env::var("POD_NAME").unwrap_or_else(|_| format!("pid-{}", std::process::id()));
-    tracing::info!(%name, %me, "campaigning for leadership");
     metrics.leader.store(false, Ordering::Relaxed);
-    client
-        .campaign(name.as_str(), me.as_str(), lease)
+    let ttl = Duration::from_secs(args.leader_lease_seconds.max(2).unsigned_abs());
+    let leadership = squall_coord::leader::campaign(&args.etcd, &args.etcd_tls, &key, &me, ttl)
         .await
-        .context("leader election: campaign")?;
-    tracing::info!(%me, "elected leader");
+        .context("leader election")?;
+    tokio::spawn(async move {
+        leadership.lost().await;
+        tracing::error!("lost the leader lease; exiting so a standby can take over");
+        std::process::exit(2);
+    });
     Ok(())
 }

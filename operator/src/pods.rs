@@ -12,17 +12,21 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use squall_api::Topology;
+use squall_api::invocation::{
+    self, EtcdTlsFiles, POD_IP_ENV, POD_NAME_ENV, POD_NAMESPACE_ENV, WorkerFlags, WorkerInvocation,
+};
+use squall_api::records::TopologyRef;
 
 /// Label holding the topology name (also the scale selector).
 pub const TOPOLOGY_LABEL: &str = "squall.dev/topology";
 /// Label holding the slot number.
 pub const SLOT_LABEL: &str = "squall.dev/slot";
 /// The worker's tuple transport port (Storm's first `supervisor.slots.ports`).
-pub const TRANSPORT_PORT: i32 = 6700;
+pub const TRANSPORT_PORT: i32 = invocation::TRANSPORT_PORT as i32;
 /// The worker's health and metrics port.
-pub const WORKER_HTTP_PORT: i32 = 8080;
+pub const WORKER_HTTP_PORT: i32 = invocation::WORKER_HTTP_PORT as i32;
 /// The worker's channel to its supervisor.
-pub const AGENT_PORT: i32 = 7071;
+pub const AGENT_PORT: i32 = invocation::AGENT_PORT as i32;
 
 /// What the operator puts in every worker pod besides the topology itself.
 #[derive(Debug, Clone)]
@@ -108,29 +112,15 @@ pub fn worker_pod(topo: &Topology, slot: u32, settings: &PodSettings) -> Pod {
     let namespace = topo.namespace().unwrap_or_default();
     let spec = &topo.spec;
     let template = spec.worker.clone().unwrap_or_default();
-    let topology_ref = format!("{namespace}/{name}");
-    let etcd = settings.etcd_endpoints.join(",");
-    let mut common_args = vec![
-        "--topology".to_string(),
-        topology_ref,
-        "--slot".to_string(),
-        slot.to_string(),
-        "--etcd".to_string(),
-        etcd,
-        "--prefix".to_string(),
-        settings.etcd_prefix.clone(),
-    ];
-    // Workers and supervisors read these the same way the operator does.
-    let mut tls_env = Vec::new();
+    // Workers and supervisors take the same TLS settings the operator does.
+    let mut etcd_tls = EtcdTlsFiles::default();
     let (volumes, mounts) = match &settings.etcd_tls_secret {
         Some(secret) => {
-            for (var, file) in [
-                ("SQUALL_ETCD_CA_FILE", "ca.crt"),
-                ("SQUALL_ETCD_CERT_FILE", "tls.crt"),
-                ("SQUALL_ETCD_KEY_FILE", "tls.key"),
-            ] {
-                tls_env.push(value_env(var, format!("{ETCD_TLS_DIR}/{file}")));
-            }
+            etcd_tls = EtcdTlsFiles {
+                ca_file: Some(format!("{ETCD_TLS_DIR}/ca.crt")),
+                cert_file: Some(format!("{ETCD_TLS_DIR}/tls.crt")),
+                key_file: Some(format!("{ETCD_TLS_DIR}/tls.key")),
+            };
             let volume = Volume {
                 name: "etcd-tls".into(),
                 secret: Some(SecretVolumeSource {
@@ -149,30 +139,36 @@ pub fn worker_pod(topo: &Topology, slot: u32, settings: &PodSettings) -> Pod {
         }
         None => (None, None),
     };
-    let mut common_env = vec![
-        field_env("POD_NAME", "metadata.name"),
-        field_env("POD_NAMESPACE", "metadata.namespace"),
-        field_env("POD_IP", "status.podIP"),
+    let common_env = vec![
+        field_env(POD_NAME_ENV, "metadata.name"),
+        field_env(POD_NAMESPACE_ENV, "metadata.namespace"),
+        field_env(POD_IP_ENV, "status.podIP"),
         value_env("SQUALL_SLOT", slot.to_string()),
     ];
-    common_env.extend(tls_env);
 
     // The transport and HTTP bind the pod IP (expanded by the kubelet from
     // the env). The supervisor channel stays inside the pod: loopback, which
     // the containers of one pod share and nothing outside it reaches.
-    let agent = format!("127.0.0.1:{AGENT_PORT}");
-    common_args.extend(["--agent-addr".to_string(), agent]);
-    let mut worker_args = vec!["worker".to_string()];
-    worker_args.extend(common_args.iter().cloned());
-    worker_args.extend([
-        "--listen".to_string(),
-        format!("$(POD_IP):{TRANSPORT_PORT}"),
-    ]);
-    worker_args.extend(["--advertise".to_string(), "$(POD_IP)".to_string()]);
-    worker_args.extend([
-        "--http".to_string(),
-        format!("$(POD_IP):{WORKER_HTTP_PORT}"),
-    ]);
+    let pod_ip = format!("$({POD_IP_ENV})");
+    let invocation = WorkerInvocation {
+        topology: TopologyRef {
+            namespace: namespace.clone(),
+            name: name.clone(),
+        },
+        slot,
+        etcd: settings.etcd_endpoints.join(","),
+        prefix: settings.etcd_prefix.clone(),
+        etcd_tls,
+        agent_addr: format!("127.0.0.1:{AGENT_PORT}"),
+        worker: WorkerFlags {
+            listen: format!("{pod_ip}:{TRANSPORT_PORT}"),
+            advertise: Some(pod_ip.clone()),
+            http: Some(format!("{pod_ip}:{WORKER_HTTP_PORT}")),
+            batch_size: None,
+        },
+        pod: Some(format!("$({POD_NAME_ENV})")),
+    };
+    let worker_args = invocation.worker_args();
     let mut worker_env = common_env.clone();
     worker_env.extend(template.env.iter().cloned());
     let pull = template
@@ -206,7 +202,7 @@ pub fn worker_pod(topo: &Topology, slot: u32, settings: &PodSettings) -> Pod {
         ..Default::default()
     };
     // The supervisor image's entrypoint is `squall-supervisor`: flags only.
-    let sup_args = common_args;
+    let sup_args = invocation.supervisor_args();
     let supervisor = Container {
         name: "supervisor".into(),
         image: Some(settings.supervisor_image.clone()),
@@ -402,7 +398,7 @@ mod tests {
     }
 
     #[test]
-    fn an_etcd_tls_secret_is_mounted_and_named_in_env_for_both_containers() {
+    fn an_etcd_tls_secret_is_mounted_and_named_in_flags_for_both_containers() {
         let pod = worker_pod(&topo(), 0, &settings(Some("etcd-client")));
         let spec = pod.spec.unwrap();
         let vol = &spec.volumes.as_ref().unwrap()[0];
@@ -415,21 +411,13 @@ mod tests {
                 c.volume_mounts.as_ref().unwrap()[0].mount_path,
                 ETCD_TLS_DIR
             );
-            let env: Vec<(String, Option<String>)> = c
-                .env
-                .as_ref()
-                .unwrap()
-                .iter()
-                .map(|e| (e.name.clone(), e.value.clone()))
-                .collect();
+            let args = c.args.as_ref().unwrap().join(" ");
             assert!(
-                env.contains(&(
-                    "SQUALL_ETCD_CA_FILE".into(),
-                    Some(format!("{ETCD_TLS_DIR}/ca.crt"))
-                )),
-                "{env:?}"
+                args.contains(&format!("--etcd-ca-file {ETCD_TLS_DIR}/ca.crt"))
+                    && args.contains(&format!("--etcd-cert-file {ETCD_TLS_DIR}/tls.crt"))
+                    && args.contains(&format!("--etcd-key-file {ETCD_TLS_DIR}/tls.key")),
+                "{args}"
             );
-            assert!(env.iter().any(|(n, _)| n == "SQUALL_ETCD_KEY_FILE"));
         }
     }
 }

@@ -1,13 +1,12 @@
-//! Operator metrics, health and readiness, served over plain HTTP.
+//! Operator metrics and readiness, for the shared admin server
+//! (`squall_coord::admin`).
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use squall_coord::admin::Endpoints;
 
 /// Counters exported on `/metrics`.
 #[derive(Default)]
@@ -54,42 +53,19 @@ impl Metrics {
     }
 }
 
-/// Serve `/metrics`, `/healthz` and `/readyz` until the process ends.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut sock, _)) = listener.accept().await else {
-                continue;
-            };
-            let metrics = metrics.clone();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 2048];
-                let n =
-                    match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await {
-                        Ok(Ok(n)) => n,
-                        _ => return,
-                    };
-                let req = String::from_utf8_lossy(&buf[..n]);
-                let path = req.split_whitespace().nth(1).unwrap_or("/");
-                let (code, body) = match path {
-                    "/metrics" => ("200 OK", metrics.render()),
-                    "/healthz" => ("200 OK", "ok\n".to_string()),
-                    // Ready once connected to the API server and etcd; a standby replica is ready too.
-                    "/readyz" if metrics.ready.load(Ordering::Relaxed) => {
-                        ("200 OK", "ok\n".to_string())
-                    }
-                    "/readyz" => ("503 Service Unavailable", "starting\n".to_string()),
-                    _ => ("404 Not Found", "not found\n".to_string()),
-                };
-                let resp = format!(
-                    "HTTP/1.1 {code}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = sock.write_all(resp.as_bytes()).await;
-            });
-        }
-    });
-    Ok(bound)
+/// `/metrics` renders these counters; `/readyz` is 200 once connected to the
+/// API server and etcd (a standby replica is ready too: it is up, and takes
+/// over as soon as it leads).
+pub fn endpoints(metrics: Arc<Metrics>) -> Endpoints {
+    let ready = metrics.clone();
+    Endpoints {
+        metrics: Arc::new(move || metrics.render()),
+        ready: Arc::new(move || {
+            if ready.ready.load(Ordering::Relaxed) {
+                Ok(())
+            } else {
+                Err("starting".to_string())
+            }
+        }),
+    }
 }

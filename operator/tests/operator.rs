@@ -7,7 +7,6 @@ mod common;
 
 use std::time::Duration;
 
-use etcd_client::Client as Etcd;
 use k8s_openapi::api::core::v1::Event;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams};
@@ -26,7 +25,7 @@ async fn lifecycle_assign_pods_scale_deactivate_restart_delete() {
     let client = cluster.client();
     let prefix = "/squall-lifecycle";
     let mut op = Operator::start(&cluster, prefix);
-    let mut etcd = Etcd::connect([cluster.etcd_url()], None).await.unwrap();
+    let etcd = etcd_connect(cluster.etcd_url()).await;
     let topos: Api<Topology> = Api::namespaced(client.clone(), ns);
 
     let out = kubectl(&cluster, &["apply", "-f", WORD_COUNT]);
@@ -39,8 +38,8 @@ async fn lifecycle_assign_pods_scale_deactivate_restart_delete() {
     // The assignment is in etcd, and one pod per slot with the expected shape.
     let keys = squall_api::records::TopologyKeys::new(prefix, ns, "word-count");
     let a: Assignment = wait_for("assignment v1", Duration::from_secs(30), || {
-        let (mut e, k) = (etcd.clone(), keys.assignment());
-        async move { etcd_get(&mut e, &k).await }
+        let (e, k) = (etcd.clone(), keys.assignment());
+        async move { etcd_get(&e, &k).await }
     })
     .await
     .unwrap();
@@ -131,9 +130,9 @@ async fn lifecycle_assign_pods_scale_deactivate_restart_delete() {
         "assignment v2 with 4 workers",
         Duration::from_secs(60),
         || {
-            let (mut e, k) = (etcd.clone(), keys.assignment());
+            let (e, k) = (etcd.clone(), keys.assignment());
             async move {
-                etcd_get::<Assignment>(&mut e, &k)
+                etcd_get::<Assignment>(&e, &k)
                     .await
                     .filter(|a| a.version == 2)
             }
@@ -155,7 +154,7 @@ async fn lifecycle_assign_pods_scale_deactivate_restart_delete() {
     })
     .await
     .unwrap();
-    let c: Control = etcd_get(&mut etcd, &keys.control()).await.unwrap();
+    let c: Control = etcd_get(&etcd, &keys.control()).await.unwrap();
     assert!(c.active, "reactivated after the rebalance");
     assert_eq!(c.rebalance_epoch, 1);
 
@@ -166,8 +165,8 @@ async fn lifecycle_assign_pods_scale_deactivate_restart_delete() {
         .await
         .unwrap();
     wait_for("control.active = false", Duration::from_secs(30), || {
-        let (mut e, k) = (etcd.clone(), keys.control());
-        async move { etcd_get::<Control>(&mut e, &k).await.filter(|c| !c.active) }
+        let (e, k) = (etcd.clone(), keys.control());
+        async move { etcd_get::<Control>(&e, &k).await.filter(|c| !c.active) }
     })
     .await
     .unwrap();
@@ -208,7 +207,7 @@ async fn lifecycle_assign_pods_scale_deactivate_restart_delete() {
         4,
         "no duplicates after a restart"
     );
-    let a3: Assignment = etcd_get(&mut etcd, &keys.assignment()).await.unwrap();
+    let a3: Assignment = etcd_get(&etcd, &keys.assignment()).await.unwrap();
     assert_eq!(a3.version, 2, "a restart does not bump the plan");
 
     // The printer columns are there.
@@ -250,7 +249,7 @@ async fn lifecycle_assign_pods_scale_deactivate_restart_delete() {
     })
     .await
     .unwrap();
-    let left = etcd_keys(&mut etcd, keys.root()).await;
+    let left = etcd_keys(&etcd, keys.root()).await;
     assert!(left.is_empty(), "etcd keys left: {left:?}\n{}", op.log());
 }
 

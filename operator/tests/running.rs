@@ -389,9 +389,7 @@ async fn deletion_rides_out_a_brief_etcd_outage() {
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
     assert!(pods(&cluster.client(), ns, "exclamation").await.is_empty());
-    let mut client = etcd_client::Client::connect([etcd.client_url()], None)
-        .await
-        .unwrap();
-    let left = etcd_keys(&mut client, "/squall-outage/").await;
+    let client = etcd_connect(etcd.client_url()).await;
+    let left = etcd_keys(&client, "/squall-outage/").await;
     assert!(left.is_empty(), "etcd keys left: {left:?}");
 }

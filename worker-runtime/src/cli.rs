@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use squall_api::invocation::{ETCD_ENV, EtcdTlsFiles, POD_IP_ENV, POD_NAME_ENV};
 use squall_api::{TopologySpec, validate};
 
 use crate::component::Registry;
@@ -43,29 +44,40 @@ enum Command {
     Rebalance(RebalanceArgs),
 }
 
+/// The flags both processes of a slot take: the common part of what
+/// `squall_api::invocation::WorkerInvocation` renders.
 #[derive(clap::Args, Debug)]
-struct WorkerArgs {
+struct SlotArgs {
     /// The topology, `namespace/name`.
     #[arg(long)]
     topology: String,
-    /// The worker slot to run.
+    /// The worker slot.
     #[arg(long)]
     slot: u32,
     /// etcd endpoints, e.g. `http://127.0.0.1:2379`.
-    #[arg(long, env = "SQUALL_ETCD")]
+    #[arg(long, env = ETCD_ENV)]
     etcd: String,
     /// etcd key prefix.
     #[arg(long, default_value = squall_api::records::DEFAULT_PREFIX)]
     prefix: String,
+    #[command(flatten)]
+    etcd_tls: EtcdTlsFiles,
+    /// The localhost address where the worker serves its supervisor.
+    #[arg(long, default_value = "127.0.0.1:7071")]
+    agent_addr: SocketAddr,
+}
+
+/// The worker's flags: what `WorkerInvocation::worker_args` renders.
+#[derive(clap::Args, Debug)]
+struct WorkerArgs {
+    #[command(flatten)]
+    slot: SlotArgs,
     /// Where the tuple transport listens.
     #[arg(long, default_value = "0.0.0.0:7070")]
     listen: SocketAddr,
     /// The host or IP peers use to reach this worker (default: the listen IP; set it to the pod IP).
-    #[arg(long, env = "POD_IP")]
+    #[arg(long, env = POD_IP_ENV)]
     advertise: Option<String>,
-    /// The localhost address the supervisor talks to.
-    #[arg(long, default_value = "127.0.0.1:7071")]
-    agent_addr: SocketAddr,
     /// Tuples per batch between executors and on the wire.
     #[arg(long, default_value_t = 256)]
     batch_size: usize,
@@ -74,20 +86,14 @@ struct WorkerArgs {
     http: Option<SocketAddr>,
 }
 
-/// The supervisor's flags, shared by the `supervisor` subcommand and the `squall-supervisor` binary.
+/// The supervisor's flags, shared by the `supervisor` subcommand and the
+/// `squall-supervisor` binary: what `WorkerInvocation::supervisor_args` renders.
 #[derive(clap::Args, Debug)]
 pub struct SupervisorArgs {
-    #[arg(long)]
-    topology: String,
-    #[arg(long)]
-    slot: u32,
-    #[arg(long, env = "SQUALL_ETCD")]
-    etcd: String,
-    #[arg(long, default_value = squall_api::records::DEFAULT_PREFIX)]
-    prefix: String,
-    #[arg(long, default_value = "127.0.0.1:7071")]
-    agent_addr: SocketAddr,
-    #[arg(long, env = "POD_NAME")]
+    #[command(flatten)]
+    slot: SlotArgs,
+    /// The pod name recorded in the registration (default: `<name>-<slot>`).
+    #[arg(long, env = POD_NAME_ENV)]
     pod: Option<String>,
     /// Lease renewal interval.
     #[arg(long, value_parser = parse_duration, default_value = "1s")]
@@ -110,10 +116,12 @@ struct RebalanceArgs {
     /// The new number of workers.
     #[arg(long)]
     workers: u32,
-    #[arg(long, env = "SQUALL_ETCD")]
+    #[arg(long, env = ETCD_ENV)]
     etcd: String,
     #[arg(long, default_value = squall_api::records::DEFAULT_PREFIX)]
     prefix: String,
+    #[command(flatten)]
+    etcd_tls: EtcdTlsFiles,
 }
 
 #[derive(clap::Args, Debug)]
@@ -141,6 +149,8 @@ struct LocalArgs {
     /// With `--processes`: etcd endpoints, e.g. `http://127.0.0.1:2379`.
     #[arg(long)]
     etcd: Option<String>,
+    #[command(flatten)]
+    etcd_tls: EtcdTlsFiles,
     /// With `--processes`: the number of worker processes (default: the manifest's `workers`).
     #[arg(long)]
     workers: Option<u32>,
@@ -154,15 +164,17 @@ struct LocalArgs {
 
 /// Run a supervisor sidecar until it stops; the exit code tells Kubernetes why.
 pub fn run_supervisor(a: SupervisorArgs) -> anyhow::Result<ExitCode> {
-    let (namespace, name) = crate::cluster::split_topology(&a.topology);
+    let s = a.slot;
+    let (namespace, name) = crate::cluster::split_topology(&s.topology);
     let opts = crate::cluster::supervisor::SupervisorOptions {
-        pod: a.pod.unwrap_or_else(|| format!("{name}-{}", a.slot)),
+        pod: a.pod.unwrap_or_else(|| format!("{name}-{}", s.slot)),
         namespace,
         name,
-        slot: a.slot,
-        etcd: a.etcd,
-        prefix: a.prefix,
-        agent: a.agent_addr,
+        slot: s.slot,
+        etcd: s.etcd,
+        prefix: s.prefix,
+        etcd_tls: s.etcd_tls,
+        agent: s.agent_addr,
         heartbeat: a.heartbeat,
         ttl: a.ttl,
         health_every: a.health_interval,
@@ -208,14 +220,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-/// Install the log subscriber (stderr, `RUST_LOG`, default `info`).
+/// Install the log subscriber and panic hook every Squall binary uses
+/// (stderr, `RUST_LOG`, default `info`; JSON with `SQUALL_LOG_FORMAT=json`).
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    use squall_coord::logging;
+    logging::init(logging::LogFormat::from_env(), "info");
 }
 
 /// Run the CLI for a binary whose components are in `registry`.
@@ -289,6 +298,7 @@ fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<ExitCode> {
                     namespace: args.namespace.clone(),
                     etcd: args.etcd.clone().unwrap_or_default(),
                     prefix: squall_api::records::DEFAULT_PREFIX.to_string(),
+                    etcd_tls: args.etcd_tls.clone(),
                     workers: args.workers,
                     duration: args.duration,
                     report_every: opts.report_every,
@@ -312,16 +322,18 @@ fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Worker(a) => {
-            let (namespace, name) = crate::cluster::split_topology(&a.topology);
+            let s = a.slot;
+            let (namespace, name) = crate::cluster::split_topology(&s.topology);
             let opts = crate::cluster::worker_mode::WorkerOptions {
                 namespace,
                 name,
-                slot: a.slot,
-                etcd: a.etcd,
-                prefix: a.prefix,
+                slot: s.slot,
+                etcd: s.etcd,
+                prefix: s.prefix,
+                etcd_tls: s.etcd_tls,
                 listen: a.listen,
                 advertise: a.advertise,
-                agent: a.agent_addr,
+                agent: s.agent_addr,
                 transfer: crate::transfer::TransferConfig {
                     batch_size: a.batch_size.max(1),
                     ..Default::default()
@@ -339,7 +351,12 @@ fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()?;
             let version = rt.block_on(crate::cluster::launcher::rebalance(
-                &a.etcd, &a.prefix, &namespace, &name, a.workers,
+                &a.etcd,
+                &a.etcd_tls,
+                &a.prefix,
+                &namespace,
+                &name,
+                a.workers,
             ))?;
             println!(
                 "{namespace}/{name}: assignment version {version} with {} workers",
@@ -378,8 +395,95 @@ pub fn format_summary(s: &local::Summary) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_duration;
-    use std::time::Duration;
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use squall_api::invocation::{WorkerFlags, WorkerInvocation};
+    use squall_api::records::TopologyRef;
+
+    /// What the CLI parsed, as the invocation it came from.
+    fn parsed(s: &SlotArgs, worker: WorkerFlags, pod: Option<String>) -> WorkerInvocation {
+        let (namespace, name) = crate::cluster::split_topology(&s.topology);
+        WorkerInvocation {
+            topology: TopologyRef { namespace, name },
+            slot: s.slot,
+            etcd: s.etcd.clone(),
+            prefix: s.prefix.clone(),
+            etcd_tls: s.etcd_tls.clone(),
+            agent_addr: s.agent_addr.to_string(),
+            worker,
+            pod,
+        }
+    }
+
+    /// Render → parse with the real parser → the same invocation, for the
+    /// shapes the operator (a pod, after the kubelet expanded `$(POD_IP)`) and
+    /// the local launcher write.
+    #[test]
+    fn every_rendered_worker_command_line_parses_back_to_itself() {
+        let pod = WorkerInvocation {
+            topology: TopologyRef {
+                namespace: "prod".into(),
+                name: "word-count".into(),
+            },
+            slot: 3,
+            etcd: "https://a:2379,https://b:2379".into(),
+            prefix: "/squall".into(),
+            etcd_tls: EtcdTlsFiles {
+                ca_file: Some("/etc/squall/etcd-tls/ca.crt".into()),
+                cert_file: Some("/etc/squall/etcd-tls/tls.crt".into()),
+                key_file: Some("/etc/squall/etcd-tls/tls.key".into()),
+            },
+            agent_addr: "127.0.0.1:7071".into(),
+            worker: WorkerFlags {
+                listen: "10.1.2.3:6700".into(),
+                advertise: Some("10.1.2.3".into()),
+                http: Some("10.1.2.3:8080".into()),
+                batch_size: Some(256),
+            },
+            pod: Some("word-count-worker-3".into()),
+        };
+        let local = WorkerInvocation {
+            etcd: "http://127.0.0.1:2379".into(),
+            etcd_tls: EtcdTlsFiles::default(),
+            agent_addr: "127.0.0.1:41234".into(),
+            worker: WorkerFlags {
+                listen: "127.0.0.1:0".into(),
+                advertise: None,
+                http: None,
+                batch_size: Some(64),
+            },
+            pod: None,
+            ..pod.clone()
+        };
+        for inv in [pod, local] {
+            let argv = std::iter::once("topology-binary".to_string()).chain(inv.worker_args());
+            let Command::Worker(w) = Cli::try_parse_from(argv).unwrap().command else {
+                panic!("not the worker subcommand")
+            };
+            let flags = WorkerFlags {
+                listen: w.listen.to_string(),
+                advertise: w.advertise.clone(),
+                http: w.http.map(|h| h.to_string()),
+                batch_size: Some(w.batch_size),
+            };
+            // The worker takes no `--pod`.
+            let expected = WorkerInvocation {
+                pod: None,
+                ..inv.clone()
+            };
+            assert_eq!(parsed(&w.slot, flags, None), expected);
+
+            let argv = ["topology-binary".to_string(), "supervisor".to_string()]
+                .into_iter()
+                .chain(inv.supervisor_args());
+            let Command::Supervisor(s) = Cli::try_parse_from(argv).unwrap().command else {
+                panic!("not the supervisor subcommand")
+            };
+            // The supervisor takes no worker flags.
+            assert_eq!(parsed(&s.slot, inv.worker.clone(), s.pod.clone()), inv);
+        }
+    }
 
     #[test]
     fn durations() {

@@ -110,19 +110,10 @@ pub fn run(
     if let Some(addr) = opts.metrics_addr {
         let hub = hub.clone();
         let topology = name.to_string();
-        let handler: crate::http::Handler = Arc::new(move |path| match path {
-            "/metrics" => {
-                let stats = stats_of(&hub.collect(), None);
-                Some((
-                    200,
-                    crate::http::PROMETHEUS,
-                    render_prometheus(&[("topology", &topology)], &stats),
-                ))
-            }
-            "/healthz" | "/readyz" => Some((200, "text/plain", "ok\n".to_string())),
-            _ => None,
+        let endpoints = squall_coord::admin::Endpoints::always_ready(move || {
+            render_prometheus(&[("topology", &topology)], &stats_of(&hub.collect(), None))
         });
-        let bound = crate::http::serve(addr, handler).map_err(LocalError::Metrics)?;
+        let bound = squall_coord::admin::serve(addr, endpoints).map_err(LocalError::Metrics)?;
         tracing::info!(%bound, "serving Prometheus metrics on /metrics");
     }
 

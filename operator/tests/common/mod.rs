@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
-use etcd_client::{Client as Etcd, GetOptions};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
+use squall_coord::Coordinator;
 use squall_testenv::TestCluster;
 pub use squall_testenv::wait_until as wait_for;
 
@@ -171,22 +171,25 @@ pub fn install_crd(env: &Env) {
     );
 }
 
-pub async fn etcd_get<T: serde::de::DeserializeOwned>(etcd: &mut Etcd, key: &str) -> Option<T> {
-    let resp = etcd.get(key, None).await.ok()?;
-    serde_json::from_slice(resp.kvs().first()?.value()).ok()
+/// etcd, as the operator itself reaches it.
+pub type Etcd = std::sync::Arc<dyn Coordinator>;
+
+pub async fn etcd_connect(url: &str) -> Etcd {
+    squall_coord::connect(url, &Default::default())
+        .await
+        .unwrap()
 }
 
-pub async fn etcd_keys(etcd: &mut Etcd, prefix: &str) -> Vec<String> {
-    let resp = etcd
-        .get(
-            prefix,
-            Some(GetOptions::new().with_prefix().with_keys_only()),
-        )
+pub async fn etcd_get<T: serde::de::DeserializeOwned>(etcd: &Etcd, key: &str) -> Option<T> {
+    serde_json::from_slice(&etcd.get(key).await.ok()??).ok()
+}
+
+pub async fn etcd_keys(etcd: &Etcd, prefix: &str) -> Vec<String> {
+    etcd.list(prefix)
         .await
-        .unwrap();
-    resp.kvs()
-        .iter()
-        .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
         .collect()
 }
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use squall_runtime::coord::{self, TopologyStore};
+use squall_coord::{self as coord, TopologyStore};
 
 /// The runs start six or more processes each: one at a time on a small machine.
 fn serial() -> std::sync::MutexGuard<'static, ()> {
@@ -34,7 +34,9 @@ fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 }
 
 fn store(rt: &tokio::runtime::Runtime, etcd: &str, name: &str) -> TopologyStore {
-    let c = rt.block_on(coord::connect(etcd)).expect("connect to etcd");
+    let c = rt
+        .block_on(coord::connect(etcd, &Default::default()))
+        .expect("connect to etcd");
     TopologyStore::new(c, squall_api::records::DEFAULT_PREFIX, "default", name)
 }
 
@@ -60,16 +62,6 @@ fn wait_running(rt: &tokio::runtime::Runtime, s: &TopologyStore, workers: u32) {
             })
         },
     );
-}
-
-#[test]
-fn etcd_coordinator_keeps_the_contract() {
-    let _serial = serial();
-    let dir = Scratch::new("contract");
-    let etcd = Etcd::start(&dir.0);
-    let rt = rt();
-    let c = rt.block_on(coord::connect(&etcd.url)).unwrap();
-    rt.block_on(coord::contract::check(c, "/contract-test/"));
 }
 
 #[test]

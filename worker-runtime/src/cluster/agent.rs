@@ -109,6 +109,7 @@ impl WorkerAgent for AgentService {
         let (components, recent_complete_latency_ms) = self.stats();
         let stats = WorkerStats {
             slot: self.slot,
+            incarnation: super::incarnation(),
             applied_version: applied,
             timestamp_ms: super::unix_ms(),
             components,

@@ -8,9 +8,8 @@
 //! have drained), and reads progress back from the stats records in etcd.
 //!
 //! A worker's counters live in its process, so a restarted worker reports from
-//! zero again. The launcher keeps a [`Ledger`]: the last totals of each earlier
-//! process of a slot are banked and added to what the current process reports,
-//! so run totals never go down across restarts.
+//! zero again; the launcher totals them with the operator's rule,
+//! [`StatsLedger`], so run totals never go down across restarts.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -21,10 +20,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use squall_api::invocation::{EtcdTlsFiles, WorkerFlags, WorkerInvocation};
+use squall_api::ledger::StatsLedger;
 use squall_api::records::{Assignment, ComponentStats, Control, TopologyRef, WorkerStats};
-use squall_api::{PhysicalPlan, PlannedKind, TopologySpec};
+use squall_api::{PlannedKind, TopologySpec};
+use squall_coord::TopologyStore;
 
-use crate::coord::{self, TopologyStore};
 use crate::local::Summary;
 
 /// How a multi-process run behaves.
@@ -33,6 +34,7 @@ pub struct LaunchOptions {
     pub namespace: String,
     pub etcd: String,
     pub prefix: String,
+    pub etcd_tls: EtcdTlsFiles,
     /// Override the manifest's `workers`.
     pub workers: Option<u32>,
     pub duration: Option<Duration>,
@@ -131,107 +133,6 @@ struct Retiring {
     deadline: Instant,
 }
 
-/// Run totals per slot across worker restarts.
-///
-/// Every process of a slot counts from zero. When the launcher starts a new
-/// worker process for a slot that had one, the previous process's last
-/// snapshot becomes final: it is banked, and later snapshots stamped before the
-/// restart (published late) replace it. Snapshots stamped after the restart
-/// belong to the new process.
-#[derive(Default)]
-pub struct Ledger {
-    slots: BTreeMap<u32, SlotLedger>,
-}
-
-#[derive(Default)]
-struct SlotLedger {
-    /// Totals of every finished process of the slot but the last one.
-    banked: BTreeMap<String, ComponentStats>,
-    /// The last snapshot of the most recently finished process.
-    previous: Option<WorkerStats>,
-    /// Unix ms when the current process was started (0: the first process).
-    since_ms: u64,
-    current: Option<WorkerStats>,
-}
-
-impl Ledger {
-    /// A new worker process was started for `slot` (a restart, or a slot that comes back).
-    pub fn restarted(&mut self, slot: u32) {
-        self.restarted_at(slot, super::unix_ms());
-    }
-
-    fn restarted_at(&mut self, slot: u32, now_ms: u64) {
-        let l = self.slots.entry(slot).or_default();
-        if let Some(p) = l.previous.take() {
-            add_components(&mut l.banked, &p.components);
-        }
-        l.previous = l.current.take();
-        l.since_ms = now_ms;
-    }
-
-    /// Take in the snapshots read from etcd.
-    pub fn update(&mut self, stats: &BTreeMap<u32, WorkerStats>) {
-        for (slot, s) in stats {
-            let l = self.slots.entry(*slot).or_default();
-            if s.timestamp_ms < l.since_ms {
-                // Published late by the previous process.
-                if l.previous
-                    .as_ref()
-                    .is_none_or(|p| p.timestamp_ms <= s.timestamp_ms)
-                {
-                    l.previous = Some(s.clone());
-                }
-            } else {
-                l.current = Some(s.clone());
-            }
-        }
-    }
-
-    /// Per slot: the current process's state (applied version, pending, spouts
-    /// done) with counters totalled over every process of the slot. A slot whose
-    /// current process has not reported yet is left out.
-    pub fn totals(&self) -> BTreeMap<u32, WorkerStats> {
-        let mut out = BTreeMap::new();
-        for (slot, l) in &self.slots {
-            let Some(cur) = &l.current else { continue };
-            let mut components = l.banked.clone();
-            if let Some(p) = &l.previous {
-                add_components(&mut components, &p.components);
-            }
-            add_components(&mut components, &cur.components);
-            out.insert(
-                *slot,
-                WorkerStats {
-                    components,
-                    ..cur.clone()
-                },
-            );
-        }
-        out
-    }
-}
-
-/// Add `more` into `into`, component by component.
-fn add_components(
-    into: &mut BTreeMap<String, ComponentStats>,
-    more: &BTreeMap<String, ComponentStats>,
-) {
-    for (id, c) in more {
-        let e = into.entry(id.clone()).or_default();
-        e.emitted += c.emitted;
-        e.transferred += c.transferred;
-        e.acked += c.acked;
-        e.failed += c.failed;
-        e.executed += c.executed;
-        e.replayed += c.replayed;
-        e.roots += c.roots;
-        e.capacity = e.capacity.max(c.capacity);
-        e.complete_latency_ms = merge_latency(e.complete_latency_ms, c.complete_latency_ms);
-        e.execute_latency_ms = merge_latency(e.execute_latency_ms, c.execute_latency_ms);
-        e.process_latency_ms = merge_latency(e.process_latency_ms, c.process_latency_ms);
-    }
-}
-
 fn free_port() -> anyhow::Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
     Ok(l.local_addr()?.port())
@@ -252,10 +153,14 @@ pub fn run(name: &str, mut spec: TopologySpec, opts: &LaunchOptions) -> anyhow::
     };
     std::fs::create_dir_all(&log_dir)
         .with_context(|| format!("cannot create {}", log_dir.display()))?;
+    let topology_ref = TopologyRef {
+        namespace: opts.namespace.clone(),
+        name: name.to_string(),
+    };
     let topology = format!("{}/{}", opts.namespace, name);
 
     let store = rt.block_on(async {
-        let c = coord::connect(&opts.etcd)
+        let c = squall_coord::connect(&opts.etcd, &opts.etcd_tls)
             .await
             .with_context(|| format!("cannot reach etcd at {}", opts.etcd))?;
         let store = TopologyStore::new(c, &opts.prefix, &opts.namespace, name);
@@ -267,22 +172,14 @@ pub fn run(name: &str, mut spec: TopologySpec, opts: &LaunchOptions) -> anyhow::
                 ..Control::default()
             })
             .await?;
-        let plan = PhysicalPlan::compute(&spec);
-        let a = Assignment {
-            version: 1,
-            topology: TopologyRef {
-                namespace: opts.namespace.clone(),
-                name: name.to_string(),
-            },
-            spec: spec.clone(),
-            plan,
-        };
+        let a = Assignment::following(None, topology_ref.clone(), spec.clone());
         store.put_assignment(&a).await?;
-        anyhow::Ok(store)
+        anyhow::Ok((store, a))
     })?;
+    let (store, first) = store;
     let mut assignment_rx = rt.block_on(store.watch_key::<Assignment>(store.keys.assignment()))?;
-    let mut version = 1u64;
-    let mut workers = PhysicalPlan::compute(&spec).workers;
+    let mut version = first.version;
+    let mut workers = first.plan.workers;
     let timeout = Duration::from_secs(u64::from(spec.message_timeout_seconds));
     eprintln!(
         "launching {topology}: {workers} worker processes; logs in {}",
@@ -291,29 +188,24 @@ pub fn run(name: &str, mut spec: TopologySpec, opts: &LaunchOptions) -> anyhow::
 
     let mut pairs: BTreeMap<u32, Pair> = BTreeMap::new();
     let start_pair = |slot: u32| -> anyhow::Result<Pair> {
-        let agent = format!("127.0.0.1:{}", free_port()?);
-        let common = vec![
-            "--topology".to_string(),
-            topology.clone(),
-            "--slot".to_string(),
-            slot.to_string(),
-            "--etcd".to_string(),
-            opts.etcd.clone(),
-            "--prefix".to_string(),
-            opts.prefix.clone(),
-            "--agent-addr".to_string(),
-            agent,
-        ];
-        let mut wargs = vec!["worker".to_string()];
-        wargs.extend(common.iter().cloned());
-        wargs.extend([
-            "--listen".to_string(),
-            "127.0.0.1:0".to_string(),
-            "--batch-size".to_string(),
-            opts.batch_size.to_string(),
-        ]);
+        let invocation = WorkerInvocation {
+            topology: topology_ref.clone(),
+            slot,
+            etcd: opts.etcd.clone(),
+            prefix: opts.prefix.clone(),
+            etcd_tls: opts.etcd_tls.clone(),
+            agent_addr: format!("127.0.0.1:{}", free_port()?),
+            worker: WorkerFlags {
+                listen: "127.0.0.1:0".to_string(),
+                advertise: None,
+                http: None,
+                batch_size: Some(opts.batch_size),
+            },
+            pod: None,
+        };
+        let wargs = invocation.worker_args();
         let mut sargs = vec!["supervisor".to_string()];
-        sargs.extend(common);
+        sargs.extend(invocation.supervisor_args());
         let worker = Proc::spawn(
             &exe,
             wargs,
@@ -337,7 +229,7 @@ pub fn run(name: &str, mut spec: TopologySpec, opts: &LaunchOptions) -> anyhow::
         pairs.insert(slot, start_pair(slot)?);
     }
     let mut retiring: Vec<Retiring> = Vec::new();
-    let mut ledger = Ledger::default();
+    let mut ledger = StatsLedger::default();
     // How long a removed slot gets to apply the new plan (drain its trees) before it is stopped anyway.
     let retire_grace = timeout + Duration::from_secs(15);
 
@@ -345,7 +237,8 @@ pub fn run(name: &str, mut spec: TopologySpec, opts: &LaunchOptions) -> anyhow::
     let mut last_report = Instant::now();
     let mut last_stats: BTreeMap<u32, WorkerStats> = BTreeMap::new();
     let mut last_check = Instant::now() - Duration::from_secs(1);
-    let kinds: BTreeMap<String, PlannedKind> = PhysicalPlan::compute(&spec)
+    let kinds: BTreeMap<String, PlannedKind> = first
+        .plan
         .components
         .iter()
         .map(|c| (c.id.clone(), c.kind))
@@ -371,10 +264,6 @@ pub fn run(name: &str, mut spec: TopologySpec, opts: &LaunchOptions) -> anyhow::
             ] {
                 if let Ok(Some(status)) = p.child.try_wait() {
                     p.restarts += 1;
-                    if what == "worker" {
-                        // Its counters start from zero again: bank what the dead one counted.
-                        ledger.restarted(*slot);
-                    }
                     eprintln!(
                         "slot {slot}: {what} exited ({status}); restarting (restart {})",
                         p.restarts
@@ -403,9 +292,6 @@ pub fn run(name: &str, mut spec: TopologySpec, opts: &LaunchOptions) -> anyhow::
                         // A slot that comes back while its old pair is still stopping: stop that one now.
                         if let Some(i) = retiring.iter().position(|r| r.slot == slot) {
                             retiring.swap_remove(i).pair.kill();
-                        }
-                        if ledger.slots.contains_key(&slot) {
-                            ledger.restarted(slot);
                         }
                         e.insert(start_pair(slot)?);
                     }
@@ -436,7 +322,7 @@ pub fn run(name: &str, mut spec: TopologySpec, opts: &LaunchOptions) -> anyhow::
             let Ok(stats) = rt.block_on(store.stats()) else {
                 continue;
             };
-            ledger.update(&stats);
+            ledger.observe_all(&stats);
             let stats = ledger.totals();
             let done = (0..workers).all(|s| {
                 stats.get(&s).is_some_and(|w| {
@@ -474,9 +360,9 @@ pub fn run(name: &str, mut spec: TopologySpec, opts: &LaunchOptions) -> anyhow::
         ..Control::default()
     }));
     let drain_deadline = Instant::now() + timeout + Duration::from_secs(2);
-    let read = |ledger: &mut Ledger| {
+    let read = |ledger: &mut StatsLedger| {
         if let Ok(stats) = rt.block_on(store.stats()) {
-            ledger.update(&stats);
+            ledger.observe_all(&stats);
         }
         ledger.totals()
     };
@@ -553,31 +439,9 @@ fn retire(retiring: &mut Vec<Retiring>, stats: &BTreeMap<u32, WorkerStats>, vers
 pub fn aggregate(stats: &BTreeMap<u32, WorkerStats>) -> BTreeMap<String, ComponentStats> {
     let mut out: BTreeMap<String, ComponentStats> = BTreeMap::new();
     for w in stats.values() {
-        add_components(&mut out, &w.components);
+        ComponentStats::add_all(&mut out, &w.components);
     }
     out
-}
-
-/// Combine two latency summaries: counts add, the mean and p50 are weighted, p99 and max take the larger
-/// (an upper bound, since percentiles of separate histograms do not merge exactly).
-fn merge_latency(
-    a: Option<squall_api::records::LatencySummary>,
-    b: Option<squall_api::records::LatencySummary>,
-) -> Option<squall_api::records::LatencySummary> {
-    match (a, b) {
-        (None, x) | (x, None) => x,
-        (Some(a), Some(b)) => {
-            let n = (a.count + b.count).max(1) as f64;
-            let w = |x: f64, y: f64| (x * a.count as f64 + y * b.count as f64) / n;
-            Some(squall_api::records::LatencySummary {
-                count: a.count + b.count,
-                mean: w(a.mean, b.mean),
-                p50: w(a.p50, b.p50),
-                p99: a.p99.max(b.p99),
-                max: a.max.max(b.max),
-            })
-        }
-    }
 }
 
 fn summarize(
@@ -596,7 +460,7 @@ fn summarize(
             spouts.failed += c.failed;
             spouts.roots += c.roots;
             spouts.replayed += c.replayed;
-            latency = merge_latency(latency, c.complete_latency_ms);
+            latency = squall_api::records::LatencySummary::merge(latency, c.complete_latency_ms);
         }
     }
     spouts.complete_latency_ms = latency;
@@ -641,87 +505,26 @@ fn render_table(
 /// rebalance epoch; returns the new assignment version.
 pub async fn rebalance(
     etcd: &str,
+    etcd_tls: &EtcdTlsFiles,
     prefix: &str,
     namespace: &str,
     name: &str,
     workers: u32,
 ) -> anyhow::Result<u64> {
-    let c = coord::connect(etcd)
+    let c = squall_coord::connect(etcd, etcd_tls)
         .await
         .with_context(|| format!("cannot reach etcd at {etcd}"))?;
     let store = TopologyStore::new(c, prefix, namespace, name);
-    let mut a = store
+    let current = store
         .assignment()
         .await?
         .with_context(|| format!("no assignment for {namespace}/{name}"))?;
-    a.spec.workers = workers.max(1);
-    a.plan = PhysicalPlan::compute(&a.spec);
-    a.version += 1;
+    let mut spec = current.spec.clone();
+    spec.workers = workers.max(1);
+    let a = Assignment::following(Some(&current), current.topology.clone(), spec);
     store.put_assignment(&a).await?;
     let mut control = store.control().await?.unwrap_or_default();
     control.rebalance_epoch += 1;
     store.put_control(&control).await?;
     Ok(a.version)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn snap(slot: u32, ts: u64, acked: u64, executed: u64) -> WorkerStats {
-        let mut components = BTreeMap::new();
-        components.insert(
-            "c".to_string(),
-            ComponentStats {
-                acked,
-                executed,
-                ..ComponentStats::default()
-            },
-        );
-        WorkerStats {
-            slot,
-            applied_version: 1,
-            timestamp_ms: ts,
-            components,
-            pending: 0,
-            spouts_done: false,
-            recent_complete_latency_ms: Default::default(),
-        }
-    }
-
-    fn totals(l: &Ledger, slot: u32) -> (u64, u64) {
-        let t = l.totals();
-        let c = &t[&slot].components["c"];
-        (c.acked, c.executed)
-    }
-
-    #[test]
-    fn totals_keep_what_a_restarted_worker_counted() {
-        let mut l = Ledger::default();
-        l.update(&BTreeMap::from([
-            (0, snap(0, 1000, 10, 100)),
-            (1, snap(1, 1000, 5, 50)),
-        ]));
-        l.update(&BTreeMap::from([(0, snap(0, 2000, 20, 200))]));
-        assert_eq!(totals(&l, 0), (20, 200));
-        // Slot 0's worker dies at 2500 and a new one starts.
-        l.restarted_at(0, 2500);
-        // The old record is still in etcd until the new process publishes: not counted twice.
-        l.update(&BTreeMap::from([(0, snap(0, 2000, 20, 200))]));
-        assert!(
-            !l.totals().contains_key(&0),
-            "no report from the new process yet"
-        );
-        // A late snapshot of the dead process replaces its banked one.
-        l.update(&BTreeMap::from([(0, snap(0, 2400, 22, 220))]));
-        l.update(&BTreeMap::from([(0, snap(0, 3000, 1, 30))]));
-        assert_eq!(totals(&l, 0), (23, 250));
-        // A second restart banks the first process's totals for good.
-        l.update(&BTreeMap::from([(0, snap(0, 4000, 3, 40))]));
-        l.restarted_at(0, 4500);
-        l.update(&BTreeMap::from([(0, snap(0, 5000, 2, 2))]));
-        assert_eq!(totals(&l, 0), (27, 262));
-        // Other slots are untouched.
-        assert_eq!(totals(&l, 1), (5, 50));
-    }
 }

@@ -15,6 +15,20 @@ pub fn split_topology(s: &str) -> (String, String) {
     }
 }
 
+/// This process's incarnation: an id picked once per process start (the start
+/// time in nanoseconds, never 0), published with the worker's stats so that a
+/// reader can tell a restarted worker's fresh counters from the old ones
+/// (`squall_api::ledger`).
+pub fn incarnation() -> u64 {
+    static ID: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *ID.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        (nanos ^ u64::from(std::process::id())).max(1)
+    })
+}
+
 /// Unix time in milliseconds.
 pub fn unix_ms() -> u64 {
     std::time::SystemTime::now()

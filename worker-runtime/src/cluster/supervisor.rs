@@ -9,13 +9,14 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use squall_api::invocation::EtcdTlsFiles;
 use squall_api::records::{Assignment, Control, WorkerRecord, WorkerState, WorkerStats};
 use tonic::transport::{Channel, Endpoint};
 
 use super::agent::parse_state;
-use crate::coord::{self, CoordError, LeaseId, TopologyStore};
 use crate::net::proto::worker_agent_client::WorkerAgentClient;
 use crate::net::proto::{HealthRequest, Notice};
+use squall_coord::{CoordError, LeaseId, TopologyStore};
 
 /// How a supervisor runs.
 #[derive(Debug, Clone)]
@@ -25,6 +26,7 @@ pub struct SupervisorOptions {
     pub slot: u32,
     pub etcd: String,
     pub prefix: String,
+    pub etcd_tls: EtcdTlsFiles,
     /// The worker's localhost agent address.
     pub agent: SocketAddr,
     /// The pod name recorded in the registration.
@@ -53,7 +55,7 @@ pub async fn run(opts: SupervisorOptions) -> Result<(), SupervisorError> {
     let started = Instant::now();
     // Reaching etcd at all is subject to the same deadline.
     let coord = loop {
-        match coord::connect(&opts.etcd).await {
+        match squall_coord::connect(&opts.etcd, &opts.etcd_tls).await {
             Ok(c) => break c,
             Err(e) if started.elapsed() >= opts.etcd_deadline => {
                 return Err(SupervisorError::EtcdUnreachable(opts.etcd_deadline, e));
@@ -113,7 +115,11 @@ pub async fn run(opts: SupervisorOptions) -> Result<(), SupervisorError> {
                 }
             }
             if etcd_ok_at.elapsed() >= opts.etcd_deadline {
-                let e = last_etcd_err.unwrap_or(CoordError::Timeout(opts.etcd_deadline));
+                let e = last_etcd_err.unwrap_or(CoordError::Timeout {
+                    op: "heartbeat",
+                    key: store.keys.worker(opts.slot),
+                    after: opts.etcd_deadline,
+                });
                 return Err(SupervisorError::EtcdUnreachable(opts.etcd_deadline, e));
             }
         }

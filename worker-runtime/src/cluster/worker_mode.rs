@@ -23,12 +23,14 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use squall_api::invocation::EtcdTlsFiles;
 use squall_api::records::{Assignment, Control, WorkerState};
+use squall_coord::TopologyStore;
+use squall_coord::admin::Endpoints;
 use tokio::sync::mpsc;
 
 use super::agent::{AgentService, Notified, WorkerStatus};
 use crate::component::Registry;
-use crate::coord::{self, TopologyStore};
 use crate::executor::ParkedSpout;
 use crate::layout::Layout;
 use crate::metrics::MetricsHub;
@@ -47,6 +49,7 @@ pub struct WorkerOptions {
     pub slot: u32,
     pub etcd: String,
     pub prefix: String,
+    pub etcd_tls: EtcdTlsFiles,
     /// Where the tuple transport listens (port 0: any free port).
     pub listen: SocketAddr,
     /// The host peers use to reach this worker (default: the listen address's IP).
@@ -245,36 +248,27 @@ impl State {
 
 /// `/metrics` for Prometheus; `/readyz` is 200 once the slot's executors run
 /// (or the slot is idle in the plan); `/healthz` is 200 while the process serves.
-fn http_handler(
+fn admin_endpoints(
     topology: &str,
     slot: u32,
     hub: MetricsHub,
     status: Arc<Mutex<WorkerStatus>>,
-) -> crate::http::Handler {
+) -> Endpoints {
     let topology = topology.to_string();
     let slot = slot.to_string();
-    Arc::new(move |path| match path {
-        "/metrics" => {
+    Endpoints {
+        metrics: Arc::new(move || {
             let stats = crate::local::stats_of(&hub.collect(), None);
             let labels = [("topology", topology.as_str()), ("slot", slot.as_str())];
-            Some((
-                200,
-                crate::http::PROMETHEUS,
-                crate::metrics::render_prometheus(&labels, &stats),
-            ))
-        }
-        "/healthz" => Some((200, "text/plain", "ok\n".to_string())),
-        "/readyz" => {
-            let state = status.lock().unwrap_or_else(|p| p.into_inner()).state;
-            match state {
-                Some(WorkerState::Running | WorkerState::Draining) => {
-                    Some((200, "text/plain", "ok\n".to_string()))
-                }
-                other => Some((503, "text/plain", format!("not ready: {other:?}\n"))),
-            }
-        }
-        _ => None,
-    })
+            crate::metrics::render_prometheus(&labels, &stats)
+        }),
+        ready: Arc::new(
+            move || match status.lock().unwrap_or_else(|p| p.into_inner()).state {
+                Some(WorkerState::Running | WorkerState::Draining) => Ok(()),
+                other => Err(format!("not ready: {other:?}")),
+            },
+        ),
+    }
 }
 
 /// Run a worker until it is killed (control `killed`), or SIGTERM/SIGINT.
@@ -294,7 +288,7 @@ pub fn run(registry: Registry, opts: WorkerOptions) -> anyhow::Result<ExitCode> 
     let topology = format!("{}/{}", opts.namespace, opts.name);
 
     let (store, peers, listener, local, agent_listener) = rt.block_on(async {
-        let coord = coord::connect(&opts.etcd)
+        let coord = squall_coord::connect(&opts.etcd, &opts.etcd_tls)
             .await
             .with_context(|| format!("cannot reach etcd at {}", opts.etcd))?;
         let store = TopologyStore::new(coord, &opts.prefix, &opts.namespace, &opts.name);
@@ -332,9 +326,9 @@ pub fn run(registry: Registry, opts: WorkerOptions) -> anyhow::Result<ExitCode> 
     }));
     let hub = MetricsHub::new();
     if let Some(addr) = opts.http {
-        let bound = crate::http::serve(
+        let bound = squall_coord::admin::serve(
             addr,
-            http_handler(&topology, opts.slot, hub.clone(), status.clone()),
+            admin_endpoints(&topology, opts.slot, hub.clone(), status.clone()),
         )
         .with_context(|| format!("cannot serve HTTP on {addr}"))?;
         tracing::info!(%bound, "serving /metrics, /healthz, /readyz");

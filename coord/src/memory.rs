@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::{CoordError, Coordinator, LeaseId, WatchEvent};
+use crate::{CoordError, Coordinator, LeaseId, WatchEvent};
 
 #[derive(Default)]
 struct State {

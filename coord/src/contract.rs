@@ -1,10 +1,11 @@
-//! The behaviour every [`Coordinator`] must show, as one check that the unit
-//! tests run on the in-memory twin and the distributed tests run on a real etcd.
+//! The behaviour every [`Coordinator`] must show, as one check that this
+//! crate's tests run on the in-memory twin (`src/tests.rs`) and on a real etcd
+//! (`tests/etcd.rs`), so that a test passing on the twin means something.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Coordinator, WatchEvent};
+use crate::{Coordinator, WatchEvent};
 
 async fn next(rx: &mut tokio::sync::mpsc::Receiver<WatchEvent>) -> WatchEvent {
     match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {

@@ -6,13 +6,16 @@ use etcd_client::{
     Certificate, Client, ConnectOptions, DeleteOptions, EventType, GetOptions, Identity,
     PutOptions, TlsOptions, WatchOptions,
 };
+use squall_api::invocation::EtcdTlsFiles;
 use tokio::sync::mpsc;
 
-use super::{CoordError, Coordinator, LeaseId, WatchEvent};
+use crate::{CoordError, Coordinator, LeaseId, WatchEvent};
 
-/// Longest any single etcd request may take: an etcd that does not answer is an
-/// error the caller can act on, never a hang.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest any single etcd request may take, for every binary: an etcd that
+/// does not answer is an error the caller can act on, never a hang. Short
+/// enough that a supervisor whose keep-alive failed can retry well within its
+/// lease's default 5 s time-to-live.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 const WATCH_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// etcd through a shared, cheaply cloned client that reconnects by itself.
@@ -21,61 +24,81 @@ pub struct EtcdCoordinator {
 }
 
 impl EtcdCoordinator {
-    pub async fn connect(endpoints: &[&str]) -> Result<Self, CoordError> {
-        let mut opts = ConnectOptions::new()
-            .with_connect_timeout(REQUEST_TIMEOUT)
-            .with_timeout(REQUEST_TIMEOUT)
-            .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2))
-            .with_keep_alive_while_idle(true);
-        if let Some(tls) = tls_from_env()? {
-            opts = opts.with_tls(tls);
-        }
-        let client =
-            tokio::time::timeout(REQUEST_TIMEOUT * 2, Client::connect(endpoints, Some(opts)))
-                .await
-                .map_err(|_| CoordError::Timeout(REQUEST_TIMEOUT * 2))??;
-        Ok(EtcdCoordinator { client })
+    /// Connect to `endpoints`, over TLS when `tls` names any file.
+    ///
+    /// # Errors
+    ///
+    /// [`CoordError::Connect`] when no endpoint answers in time,
+    /// [`CoordError::TlsFile`] when a TLS file cannot be read.
+    pub async fn connect(endpoints: &[String], tls: &EtcdTlsFiles) -> Result<Self, CoordError> {
+        Ok(EtcdCoordinator {
+            client: connect_client(endpoints, tls, Some(REQUEST_TIMEOUT)).await?,
+        })
     }
 }
 
-/// TLS settings from the environment, as the operator sets them in worker pods
-/// (and as the chart sets them for the operator): `SQUALL_ETCD_CA_FILE`, and
-/// `SQUALL_ETCD_CERT_FILE` with `SQUALL_ETCD_KEY_FILE` for client certificates.
-fn tls_from_env() -> Result<Option<TlsOptions>, CoordError> {
-    let var = |name: &'static str| {
-        std::env::var(name)
-            .ok()
-            .filter(|v| !v.is_empty())
-            .map(|v| (name, v))
+/// A raw client for `endpoints`. `timeout` bounds every request; leave it off
+/// only for calls that block by design, such as a leader-election campaign.
+pub(crate) async fn connect_client(
+    endpoints: &[String],
+    tls: &EtcdTlsFiles,
+    timeout: Option<Duration>,
+) -> Result<Client, CoordError> {
+    let mut opts = ConnectOptions::new()
+        .with_connect_timeout(REQUEST_TIMEOUT)
+        .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2))
+        .with_keep_alive_while_idle(true);
+    if let Some(t) = timeout {
+        opts = opts.with_timeout(t);
+    }
+    if !tls.is_empty() {
+        opts = opts.with_tls(tls_options(tls)?);
+    }
+    let failed = |reason: String| CoordError::Connect {
+        endpoints: endpoints.to_vec(),
+        reason,
     };
-    let read = |(var, path): (&'static str, String)| {
-        std::fs::read(&path).map_err(|source| CoordError::TlsFile { var, path, source })
-    };
-    let (ca, cert, key) = (
-        var("SQUALL_ETCD_CA_FILE"),
-        var("SQUALL_ETCD_CERT_FILE"),
-        var("SQUALL_ETCD_KEY_FILE"),
-    );
-    if ca.is_none() && cert.is_none() {
-        return Ok(None);
-    }
-    let mut tls = TlsOptions::new();
-    if let Some(ca) = ca {
-        tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
-    }
-    if let (Some(cert), Some(key)) = (cert, key) {
-        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
-    }
-    Ok(Some(tls))
+    tokio::time::timeout(REQUEST_TIMEOUT * 2, Client::connect(endpoints, Some(opts)))
+        .await
+        .map_err(|_| failed(format!("no answer within {:?}", REQUEST_TIMEOUT * 2)))?
+        .map_err(|e| failed(e.to_string()))
 }
 
-async fn bounded<T>(
+fn tls_options(tls: &EtcdTlsFiles) -> Result<TlsOptions, CoordError> {
+    let read = |path: &str| {
+        std::fs::read(path).map_err(|source| CoordError::TlsFile {
+            path: path.to_string(),
+            source,
+        })
+    };
+    let mut opts = TlsOptions::new();
+    if let Some(ca) = &tls.ca_file {
+        opts = opts.ca_certificate(Certificate::from_pem(read(ca)?));
+    }
+    if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+        opts = opts.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(opts)
+}
+
+/// Run one etcd request under [`REQUEST_TIMEOUT`], naming what it was on failure.
+pub(crate) async fn bounded<T>(
+    op: &'static str,
+    key: &str,
     f: impl Future<Output = Result<T, etcd_client::Error>>,
 ) -> Result<T, CoordError> {
-    tokio::time::timeout(REQUEST_TIMEOUT, f)
-        .await
-        .map_err(|_| CoordError::Timeout(REQUEST_TIMEOUT))?
-        .map_err(Into::into)
+    match tokio::time::timeout(REQUEST_TIMEOUT, f).await {
+        Ok(r) => r.map_err(|source| CoordError::Etcd {
+            op,
+            key: key.to_string(),
+            source,
+        }),
+        Err(_) => Err(CoordError::Timeout {
+            op,
+            key: key.to_string(),
+            after: REQUEST_TIMEOUT,
+        }),
+    }
 }
 
 fn key_string(k: &[u8]) -> String {
@@ -86,13 +109,18 @@ fn key_string(k: &[u8]) -> String {
 impl Coordinator for EtcdCoordinator {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, CoordError> {
         let mut c = self.client.clone();
-        let resp = bounded(c.get(key, None)).await?;
+        let resp = bounded("get", key, c.get(key, None)).await?;
         Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, CoordError> {
         let mut c = self.client.clone();
-        let resp = bounded(c.get(prefix, Some(GetOptions::new().with_prefix()))).await?;
+        let resp = bounded(
+            "list",
+            prefix,
+            c.get(prefix, Some(GetOptions::new().with_prefix())),
+        )
+        .await?;
         Ok(resp
             .kvs()
             .iter()
@@ -108,26 +136,33 @@ impl Coordinator for EtcdCoordinator {
     ) -> Result<(), CoordError> {
         let mut c = self.client.clone();
         let opts = lease.map(|l| PutOptions::new().with_lease(l));
-        bounded(c.put(key, value, opts)).await?;
+        bounded("put", key, c.put(key, value, opts)).await?;
         Ok(())
     }
 
     async fn delete(&self, key: &str) -> Result<(), CoordError> {
         let mut c = self.client.clone();
-        bounded(c.delete(key, None)).await?;
+        bounded("delete", key, c.delete(key, None)).await?;
         Ok(())
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<(), CoordError> {
         let mut c = self.client.clone();
-        bounded(c.delete(prefix, Some(DeleteOptions::new().with_prefix()))).await?;
+        bounded(
+            "delete",
+            prefix,
+            c.delete(prefix, Some(DeleteOptions::new().with_prefix())),
+        )
+        .await?;
         Ok(())
     }
 
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, CoordError> {
         let mut c = self.client.clone();
         let secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
-        Ok(bounded(c.lease_grant(secs, None)).await?.id())
+        Ok(bounded("grant lease", "", c.lease_grant(secs, None))
+            .await?
+            .id())
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<(), CoordError> {
@@ -137,10 +172,7 @@ impl Coordinator for EtcdCoordinator {
             keeper.keep_alive().await?;
             stream.message().await
         };
-        match tokio::time::timeout(REQUEST_TIMEOUT, fut)
-            .await
-            .map_err(|_| CoordError::Timeout(REQUEST_TIMEOUT))??
-        {
+        match bounded("keep lease alive", &lease.to_string(), fut).await? {
             Some(r) if r.ttl() > 0 => Ok(()),
             _ => Err(CoordError::LeaseExpired(lease)),
         }
@@ -148,7 +180,7 @@ impl Coordinator for EtcdCoordinator {
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<(), CoordError> {
         let mut c = self.client.clone();
-        bounded(c.lease_revoke(lease)).await?;
+        bounded("revoke lease", &lease.to_string(), c.lease_revoke(lease)).await?;
         Ok(())
     }
 
@@ -168,7 +200,12 @@ async fn snapshot(
     prefix: &str,
 ) -> Result<(Vec<(String, Vec<u8>)>, i64), CoordError> {
     let mut c = client.clone();
-    let resp = bounded(c.get(prefix, Some(GetOptions::new().with_prefix()))).await?;
+    let resp = bounded(
+        "list",
+        prefix,
+        c.get(prefix, Some(GetOptions::new().with_prefix())),
+    )
+    .await?;
     let rev = resp.header().map_or(0, |h| h.revision());
     Ok((
         resp.kvs()
@@ -212,7 +249,8 @@ async fn watch_loop(
         let opts = WatchOptions::new()
             .with_prefix()
             .with_start_revision(rev + 1);
-        let mut stream = match bounded(c.watch(prefix.as_str(), Some(opts))).await {
+        let mut stream = match bounded("watch", &prefix, c.watch(prefix.as_str(), Some(opts))).await
+        {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(%prefix, error = %e, "watch: cannot start");

@@ -1,0 +1,149 @@
+//! The admin endpoint every Squall binary serves: `/metrics` (Prometheus
+//! text), `/healthz` (the process serves) and `/readyz` (it can do its job).
+//!
+//! Scrapes and probes are rare and tiny, so a blocking listener on one thread
+//! is enough: it works the same in the operator's async runtime and in a
+//! local-mode process that has none, and keeps an HTTP stack out of both.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The Prometheus text format's content type.
+pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4";
+
+/// What the three endpoints answer.
+#[derive(Clone)]
+pub struct Endpoints {
+    /// The body of `/metrics`: Prometheus text. The coordination metrics of
+    /// this crate are appended to it.
+    pub metrics: Arc<dyn Fn() -> String + Send + Sync>,
+    /// `Ok` for a 200 on `/readyz`; `Err(why)` for a 503 that says why.
+    pub ready: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
+}
+
+impl Endpoints {
+    /// Always ready: for a process that is ready as soon as it serves.
+    pub fn always_ready(metrics: impl Fn() -> String + Send + Sync + 'static) -> Self {
+        Endpoints {
+            metrics: Arc::new(metrics),
+            ready: Arc::new(|| Ok(())),
+        }
+    }
+
+    /// Status line, content type and body for a request path.
+    fn answer(&self, path: &str) -> (&'static str, &'static str, String) {
+        match path {
+            "/metrics" => {
+                let mut body = (self.metrics)();
+                body.push_str(&coord_metrics());
+                ("200 OK", PROMETHEUS_TEXT, body)
+            }
+            "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
+            "/readyz" => match (self.ready)() {
+                Ok(()) => ("200 OK", "text/plain", "ok\n".to_string()),
+                Err(why) => ("503 Service Unavailable", "text/plain", format!("{why}\n")),
+            },
+            _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
+        }
+    }
+}
+
+/// The metrics of this crate, in Prometheus text.
+fn coord_metrics() -> String {
+    format!(
+        "# HELP squall_coord_corrupt_records_total etcd records skipped because they did not decode.\n\
+         # TYPE squall_coord_corrupt_records_total counter\n\
+         squall_coord_corrupt_records_total {}\n",
+        crate::corrupt_records()
+    )
+}
+
+/// Serve `endpoints` on `addr` from a background thread, for the life of the
+/// process. Returns the bound address (useful with port 0).
+///
+/// # Errors
+///
+/// When `addr` cannot be bound.
+pub fn serve(addr: SocketAddr, endpoints: Endpoints) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)?;
+    let local = listener.local_addr()?;
+    std::thread::Builder::new()
+        .name("squall-admin".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                if let Err(e) = answer(stream, &endpoints) {
+                    tracing::debug!(error = %e, "admin request failed");
+                }
+            }
+        })?;
+    Ok(local)
+}
+
+fn answer(mut stream: TcpStream, endpoints: &Endpoints) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    // Drain the headers; the body of a GET is empty.
+    let mut line = String::new();
+    while reader.read_line(&mut line)? > 2 {
+        line.clear();
+    }
+    let path = request_line.split_whitespace().nth(1).unwrap_or("/");
+    let path = path.split('?').next().unwrap_or(path);
+    let (status, content_type, body) = endpoints.answer(path);
+    write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    stream.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use std::io::Read;
+
+    fn get(addr: SocketAddr, path: &str) -> String {
+        let mut s = TcpStream::connect(addr).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn serves_metrics_health_and_readiness() {
+        let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let r = ready.clone();
+        let endpoints = Endpoints {
+            metrics: Arc::new(|| "my_metric 1\n".to_string()),
+            ready: Arc::new(move || {
+                if r.load(std::sync::atomic::Ordering::Relaxed) {
+                    Ok(())
+                } else {
+                    Err("starting".into())
+                }
+            }),
+        };
+        let addr = serve("127.0.0.1:0".parse().unwrap(), endpoints).unwrap();
+        let m = get(addr, "/metrics?x=1");
+        assert!(m.starts_with("HTTP/1.1 200 OK"), "{m}");
+        assert!(
+            m.contains(PROMETHEUS_TEXT) && m.contains("my_metric 1"),
+            "{m}"
+        );
+        assert!(m.contains("squall_coord_corrupt_records_total"), "{m}");
+        assert!(get(addr, "/healthz").starts_with("HTTP/1.1 200"));
+        let not_ready = get(addr, "/readyz");
+        assert!(not_ready.starts_with("HTTP/1.1 503") && not_ready.ends_with("starting\n"));
+        ready.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(get(addr, "/readyz").starts_with("HTTP/1.1 200"));
+        assert!(get(addr, "/nope").starts_with("HTTP/1.1 404"));
+    }
+}
