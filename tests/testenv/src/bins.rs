@@ -8,6 +8,8 @@ pub const K8S_VERSION: &str = "v1.33.13";
 pub const ETCD_VERSION: &str = "v3.6.16";
 /// helm release (keep in sync with provision.sh).
 pub const HELM_VERSION: &str = "v3.22.0";
+/// CoreDNS release (keep in sync with provision.sh).
+pub const COREDNS_VERSION: &str = "v1.15.0";
 /// Name of the cache entry provision.sh builds into.
 pub const CACHE_KEY: &str = "k8s-v1.33.13_etcd-v3.6.16_helm-v3.22.0_coredns-v1.15.0";
 
@@ -71,6 +73,7 @@ mod tests {
             ("K8S_VERSION", K8S_VERSION),
             ("ETCD_VERSION", ETCD_VERSION),
             ("HELM_VERSION", HELM_VERSION),
+            ("COREDNS_VERSION", COREDNS_VERSION),
         ] {
             assert!(
                 script.contains(&format!("{var}=\"{val}\"")),
@@ -79,7 +82,9 @@ mod tests {
         }
         assert_eq!(
             CACHE_KEY,
-            format!("k8s-{K8S_VERSION}_etcd-{ETCD_VERSION}_helm-{HELM_VERSION}")
+            format!(
+                "k8s-{K8S_VERSION}_etcd-{ETCD_VERSION}_helm-{HELM_VERSION}_coredns-{COREDNS_VERSION}"
+            )
         );
     }
 }
