@@ -91,6 +91,8 @@ fi
 wanted() { [[ " ${WANT[*]} " == *" $1 "* ]]; }
 
 mkdir -p "$OUT" "$CACHE/stamps" "$CACHE/tmp"
+OUT="$(cd "$OUT" && pwd)"
+CACHE="$(cd "$CACHE" && pwd)"
 exec 9>"$CACHE/lock"
 flock -n 9 || {
     log "waiting for another build-images.sh on $CACHE"
@@ -141,13 +143,29 @@ report() {
     printf '%-22s %8s %6ss  %-9s %s\n' "$name.tar" "$size" "$secs" "$status" "$*"
 }
 
+# file_hash FILE: its sha256, remembered per (device, inode, size, mtime, ctime)
+# so that a run with nothing changed does not read the binaries again.
+file_hash() {
+    local f=$1 sig memo hash
+    sig="$(stat -L -c '%d %i %s %y %z' "$f")"
+    memo="$CACHE/hashes/$(printf '%s' "$f" | sha256sum | cut -c1-32)"
+    if [[ -f $memo && "$(head -n1 "$memo")" == "$sig" ]]; then
+        sed -n 2p "$memo"
+        return 0
+    fi
+    hash="$(sha256sum <"$f" | cut -c1-64)"
+    mkdir -p "$CACHE/hashes"
+    printf '%s\n%s\n' "$sig" "$hash" >"$memo"
+    printf '%s\n' "$hash"
+}
+
 # key_of STRING... : a hash of the strings; "@FILE" stands for the file's content.
 key_of() {
     local a
     for a in "$@"; do
         if [[ $a == @* ]]; then
             [[ -f ${a#@} ]] || die "missing input ${a#@}"
-            printf 'file %s\n' "$(sha256sum <"${a#@}" | cut -c1-64)"
+            printf 'file %s\n' "$(file_hash "${a#@}")"
         else
             printf 'str %s\n' "$a"
         fi

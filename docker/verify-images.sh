@@ -42,12 +42,14 @@ for tool in runc umoci skopeo jq curl; do
     }
 done
 
+# shellcheck disable=SC2317 # invoked by the trap
 cleanup() {
     local id
+    [[ -z ${KEEP:-} ]] || return 0 # KEEP=1: leave the bundles for a look
     for id in $("${RUNC[@]}" list -q 2>/dev/null); do "${RUNC[@]}" delete -f "$id" >/dev/null 2>&1 || true; done
     rm -rf "$W"
 }
-[[ -n ${KEEP:-} ]] || trap cleanup EXIT
+trap cleanup EXIT
 rm -rf "$W"
 mkdir -p "$W"
 export TMPDIR="$W"
@@ -135,10 +137,12 @@ check_help() { # NAME BINARY
 
 check_examples() {
     check_help squall-examples squall-examples
-    local out
+    local out acked
     if out="$(run squall-examples /usr/local/bin/squall-examples local \
-        /usr/share/squall/examples/word-count/topology.yaml --duration 3s 2>&1)"; then
-        ok squall-examples "word count in local mode, 3 s: $(grep -ci acked <<<"$out") lines mention acked"
+        /usr/share/squall/examples/word-count/topology.yaml --duration 3s 2>&1)" &&
+        acked="$(sed -n 's/^=== word-count finished.* acked=\([0-9]*\) .*/\1/p' <<<"$out")" &&
+        [[ ${acked:-0} -gt 0 ]]; then
+        ok squall-examples "word count from the image's manifest in local mode, 3 s: acked=$acked"
     else
         fail squall-examples "local word count: $(tail -n 20 <<<"$out")"
     fi
