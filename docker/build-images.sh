@@ -143,11 +143,12 @@ report() {
     printf '%-22s %8s %6ss  %-9s %s\n' "$name.tar" "$size" "$secs" "$status" "$*"
 }
 
-# file_hash FILE: its sha256, remembered per (device, inode, size, mtime, ctime)
-# so that a run with nothing changed does not read the binaries again.
+# file_hash FILE: its sha256, remembered per (device, inode, size, mtime), so
+# that a run with nothing changed does not read the binaries again. (Not ctime:
+# the hard link into the build context changes it.)
 file_hash() {
     local f=$1 sig memo hash
-    sig="$(stat -L -c '%d %i %s %y %z' "$f")"
+    sig="$(stat -L -c '%d %i %s %y' "$f")"
     memo="$CACHE/hashes/$(printf '%s' "$f" | sha256sum | cut -c1-32)"
     if [[ -f $memo && "$(head -n1 "$memo")" == "$sig" ]]; then
         sed -n 2p "$memo"
