@@ -36,8 +36,10 @@
 #   SQUALL_IMAGE_TAG           tag of the Squall images (default: the chart's appVersion)
 #
 # Needs root, buildah, umoci, skopeo, runc, gcc, apt-get (Debian 12). Nothing is
-# written outside the output and cache directories: buildah's storage, its
-# temporary files and its CNI lock all live in the cache.
+# left outside the output and cache directories: buildah's storage, its
+# temporary files and its CNI lock live in the cache, and the blob-info cache
+# that buildah and skopeo put in /var/lib/containers is removed if this run
+# created it.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -116,6 +118,11 @@ export CONTAINERS_CONF="$CACHE/containers.conf" TMPDIR="$CACHE/tmp"
 BUILDAH=(buildah --root "$STORE" --runroot "$RUNROOT" --storage-driver overlay)
 STORAGE_REF="containers-storage:[overlay@$STORE+$RUNROOT]"
 USED_BUILDAH=0
+# containers/image keeps a blob-info cache in /var/lib/containers/cache for
+# root, with no option to move it: remove it at the end if this run made it.
+HAD_VARLIB_CONTAINERS=0 HAD_BLOB_INFO_CACHE=0
+[[ -e /var/lib/containers ]] && HAD_VARLIB_CONTAINERS=1
+[[ -e /var/lib/containers/cache ]] && HAD_BLOB_INFO_CACHE=1
 
 cleanup() {
     if [[ $USED_BUILDAH == 1 ]]; then
@@ -127,6 +134,11 @@ cleanup() {
     awk -v p="$STORE/" 'index($5, p) == 1 || $5 == substr(p, 1, length(p) - 1) { print $5 }' /proc/self/mountinfo |
         sort -r | while read -r m; do umount "$m" 2>/dev/null || umount -l "$m" || true; done
     rm -rf "$CACHE/ctx" "${CACHE:?}/tmp/"*
+    if [[ $HAD_BLOB_INFO_CACHE == 0 ]]; then
+        rm -f /var/lib/containers/cache/blob-info-cache-v1.boltdb
+        rmdir /var/lib/containers/cache 2>/dev/null || true
+    fi
+    if [[ $HAD_VARLIB_CONTAINERS == 0 ]]; then rmdir /var/lib/containers 2>/dev/null || true; fi
 }
 trap cleanup EXIT
 

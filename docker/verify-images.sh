@@ -42,11 +42,21 @@ for tool in runc umoci skopeo jq curl; do
     }
 done
 
+# skopeo's blob-info cache (/var/lib/containers/cache for root) goes if this run made it.
+HAD_VARLIB_CONTAINERS=0 HAD_BLOB_INFO_CACHE=0
+[[ -e /var/lib/containers ]] && HAD_VARLIB_CONTAINERS=1
+[[ -e /var/lib/containers/cache ]] && HAD_BLOB_INFO_CACHE=1
+
 # shellcheck disable=SC2317 # invoked by the trap
 cleanup() {
     local id
-    [[ -z ${KEEP:-} ]] || return 0 # KEEP=1: leave the bundles for a look
     for id in $("${RUNC[@]}" list -q 2>/dev/null); do "${RUNC[@]}" delete -f "$id" >/dev/null 2>&1 || true; done
+    if [[ $HAD_BLOB_INFO_CACHE == 0 ]]; then
+        rm -f /var/lib/containers/cache/blob-info-cache-v1.boltdb
+        rmdir /var/lib/containers/cache 2>/dev/null || true
+    fi
+    if [[ $HAD_VARLIB_CONTAINERS == 0 ]]; then rmdir /var/lib/containers 2>/dev/null || true; fi
+    [[ -z ${KEEP:-} ]] || return 0 # KEEP=1: leave the bundles for a look
     rm -rf "$W"
 }
 trap cleanup EXIT
