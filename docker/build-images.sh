@@ -200,7 +200,7 @@ save_archive() {
     local extra=() n
     for n in "$@"; do extra+=(--additional-tag "$n"); done
     rm -f "$OUT/$name.tar.tmp"
-    skopeo copy --quiet "${extra[@]}" "$src" "docker-archive:$OUT/$name.tar.tmp:$first" >/dev/null
+    skopeo --tmpdir "$CACHE/tmp" copy --quiet "${extra[@]}" "$src" "docker-archive:$OUT/$name.tar.tmp:$first" >/dev/null
     mv -f "$OUT/$name.tar.tmp" "$OUT/$name.tar"
 }
 
@@ -333,7 +333,7 @@ dockerfile_image() {
         ln -f "$src" "$ctx/${pair#*=}" 2>/dev/null || cp -p "$src" "$ctx/${pair#*=}"
     done
     "${BUILDAH[@]}" bud --quiet --runtime /usr/bin/runc --pull=never --isolation=oci --network=none \
-        --format docker --build-arg BINARIES=prebuilt \
+        --runtime-flag "root=$CACHE/runc" --format docker --build-arg BINARIES=prebuilt \
         -f "$dockerfile" -t "${names[0]}" "$ctx" >/dev/null
     rm -rf "$ctx"
     save_archive "$STORAGE_REF${names[0]}" "$name" "${names[@]}"

@@ -70,7 +70,7 @@ bundle() {
     local name=$1 filter=${2:-.}
     rm -rf "${W:?}/$name"
     mkdir -p "$W/$name"
-    skopeo copy --quiet "docker-archive:$OUT/$name.tar" "oci:$W/$name/oci:img" >/dev/null
+    skopeo --tmpdir "$W" copy --quiet "docker-archive:$OUT/$name.tar" "oci:$W/$name/oci:img" >/dev/null
     umoci unpack --image "$W/$name/oci:img" "$W/$name/bundle" >/dev/null
     local c="$W/$name/bundle/config.json"
     jq '.process.terminal = false
@@ -99,7 +99,7 @@ run() {
     timeout 120 "${RUNC[@]}" run --bundle "$W/$name/bundle" "verify-$name-$$" </dev/null
 }
 
-image_user() { skopeo inspect --config "docker-archive:$OUT/$1.tar" | jq -r '.config.User // ""'; }
+image_user() { skopeo --tmpdir "$W" inspect --config "docker-archive:$OUT/$1.tar" | jq -r '.config.User // ""'; }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
