@@ -2,7 +2,7 @@
 SHELL := /usr/bin/env bash
 CARGO ?= cargo
 
-.PHONY: all build run test lint fmt testenv dev-cluster bench crds helm-lint
+.PHONY: all build run test lint fmt testenv dev-cluster bench crds helm-lint images
 
 all: build
 
@@ -48,6 +48,19 @@ crds:
 ## helm lint the chart (strict: warnings fail).
 helm-lint: testenv
 	@source <(bash tests/testenv/provision.sh --print-env) && helm lint --strict charts/squall
+
+## The container images, without a registry or a Docker engine (buildah), as
+## docker-archive tars in target/images/ for `ctr -n k8s.io images import`:
+## the operator, supervisor and examples images from docker/*.Dockerfile with
+## binaries cargo builds here, etcd from the test environment's binaries, the
+## node's pause image and the distroless base. Only what changed is rebuilt.
+## SQUALL_IMAGE_PROFILE=debug takes target/debug instead of target/release.
+SQUALL_IMAGE_PROFILE ?= release
+images: testenv
+	$(CARGO) build --profile $(if $(filter debug dev,$(SQUALL_IMAGE_PROFILE)),dev,$(SQUALL_IMAGE_PROFILE)) \
+		-p squall-operator -p squall-runtime -p squall-examples \
+		--bin squall-operator --bin squall-supervisor --bin squall-examples
+	SQUALL_IMAGE_PROFILE=$(SQUALL_IMAGE_PROFILE) bash docker/build-images.sh
 
 bench:
 	$(CARGO) run --release -p squall-examples --bin squall-bench

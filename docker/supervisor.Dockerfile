@@ -1,14 +1,28 @@
 # syntax=docker/dockerfile:1.7
 # The squall-supervisor image: the supervisor sidecar that the operator puts into every worker pod.
 #
-# Build from the workspace root (the whole workspace is the build context,
-# since cargo needs every member's manifest):
-#   docker build -f docker/supervisor.Dockerfile -t ghcr.io/squall-dev/squall-supervisor:0.1.0 .
+# One file, two sources for the binary; the BINARIES build argument names the
+# stage it comes from:
+#
+#   BINARIES=build (the default) compiles it from source in a Rust stage. The
+#   build context is the workspace root (cargo needs every member's manifest):
+#     docker build -f docker/supervisor.Dockerfile -t ghcr.io/squall-dev/squall-supervisor:0.1.0 .
+#
+#   BINARIES=prebuilt takes a binary built on a Debian 12 host (the runtime
+#   image's glibc) from a build context holding just `squall-supervisor`. This
+#   is what `make images` does (docker/build-images.sh, with buildah, no registry):
+#     docker build -f docker/supervisor.Dockerfile --build-arg BINARIES=prebuilt -t … DIR
+#
+# Only the stages the last one needs are built: BuildKit and buildah both skip
+# the other source, so a prebuilt build pulls no Rust image and runs no cargo.
+# buildah 1.28 only resolves `FROM ${BINARIES}` to a stage when the argument is
+# given on its command line, so with buildah pass --build-arg BINARIES=… always.
 #
 # Runs as uid/gid 65532 (distroless "nonroot") and writes nothing to its root
 # filesystem, so it runs with readOnlyRootFilesystem: true.
 
 ARG RUST_VERSION=1.95
+ARG BINARIES=build
 
 FROM rust:${RUST_VERSION}-bookworm AS build
 WORKDIR /src
@@ -23,11 +37,16 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && cargo build --release --locked -p squall-runtime --bin squall-supervisor \
  && install -D -m 0755 target/release/squall-supervisor /out/squall-supervisor
 
+FROM scratch AS prebuilt
+COPY squall-supervisor /out/squall-supervisor
+
+FROM ${BINARIES} AS binaries
+
 FROM gcr.io/distroless/cc-debian12:nonroot
 LABEL org.opencontainers.image.source="https://github.com/squall-dev/squall" \
       org.opencontainers.image.title="squall-supervisor" \
       org.opencontainers.image.licenses="Apache-2.0"
-COPY --from=build /out/squall-supervisor /usr/local/bin/squall-supervisor
+COPY --from=binaries /out/squall-supervisor /usr/local/bin/squall-supervisor
 # It listens on nothing: it reaches the worker's agent and etcd as a client.
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/squall-supervisor"]

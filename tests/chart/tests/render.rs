@@ -478,12 +478,40 @@ fn dockerfiles_agree_with_the_chart() {
             "{file}: entrypoint is not {binary}"
         );
         assert!(text.contains("USER 65532:65532"), "{file}: not uid 65532");
+        // A source build stage and a prebuilt one (`make images`), the one
+        // BINARIES names, and the runtime stage, which copies from it.
         assert_eq!(
             text.matches("\nFROM ").count(),
-            2,
-            "{file}: expected a build and a runtime stage"
+            4,
+            "{file}: expected build, prebuilt, binaries and runtime stages"
+        );
+        for stage in [
+            " AS build\n",
+            "FROM scratch AS prebuilt\n",
+            "FROM ${BINARIES} AS binaries\n",
+        ] {
+            assert!(text.contains(stage), "{file}: no `{}` stage", stage.trim());
+        }
+        assert!(
+            text.contains("ARG BINARIES=build\n"),
+            "{file}: not built from source by default"
+        );
+        assert!(
+            text.contains(&format!(
+                "COPY --from=binaries /out/{binary} /usr/local/bin/{binary}"
+            )),
+            "{file}: the runtime stage does not take {binary} from the binaries stage"
         );
     }
+    // The bundled etcd's image runs the chart's command, as uid 65532.
+    let etcd = std::fs::read_to_string(root.join("docker/etcd.Dockerfile")).unwrap();
+    let statefulset =
+        std::fs::read_to_string(root.join("charts/squall/templates/etcd-statefulset.yaml"))
+            .unwrap();
+    assert!(statefulset.contains("command: [\"/usr/local/bin/etcd\"]"));
+    assert!(etcd.contains("COPY --from=binaries /out/etcd /out/etcdctl /usr/local/bin/"));
+    assert!(etcd.contains("USER 65532:65532"));
+    assert!(etcd.contains("--chown=65532:65532 /out/data /var/lib/etcd"));
     // Each package is a workspace member that has that binary.
     let members = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
     for dir in ["worker-runtime", "examples"] {
