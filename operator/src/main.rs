@@ -55,7 +55,7 @@ struct Args {
     #[arg(long, env = "SQUALL_WATCH_NAMESPACE")]
     namespace: Option<String>,
     /// The supervisor sidecar image put in every worker pod.
-    #[arg(long, env = "SQUALL_SUPERVISOR_IMAGE", default_value = concat!("squall-supervisor:", env!("CARGO_PKG_VERSION")))]
+    #[arg(long, env = "SQUALL_SUPERVISOR_IMAGE", default_value = concat!("ghcr.io/squall-dev/squall-supervisor:", env!("CARGO_PKG_VERSION")))]
     supervisor_image: String,
     /// Image pull policy for worker pods (default: the cluster's).
     #[arg(long, env = "SQUALL_IMAGE_PULL_POLICY")]

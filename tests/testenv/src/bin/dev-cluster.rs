@@ -51,9 +51,18 @@ async fn run() -> Result<(), squall_testenv::Error> {
     for image in &info.images {
         eprintln!("dev-cluster: image             {image}");
     }
+    // Tests run against this cluster with SQUALL_TEST_CLUSTER=<this file>.
+    let info_path = info.dir.join("cluster.json");
+    std::fs::write(&info_path, serde_json::to_string_pretty(&info)?).map_err(|e| {
+        squall_testenv::Error::Io {
+            context: format!("write {}", info_path.display()),
+            source: e,
+        }
+    })?;
     println!("KUBECONFIG={}", info.kubeconfig.display());
     println!("SQUALL_ETCD={}", info.etcd_url);
     println!("SQUALL_WORKER_ETCD={}", info.etcd_url_from_pods);
+    println!("SQUALL_TEST_CLUSTER={}", info_path.display());
     let _ = std::io::stdout().flush();
     eprintln!("dev-cluster: ready; Ctrl-C to stop");
     tokio::select! {

@@ -1,4 +1,4 @@
-//! `with-cluster -- COMMAND...`: starts one real single-node cluster, runs
+//! `with-cluster [--] COMMAND...`: starts one real single-node cluster, runs
 //! COMMAND with `SQUALL_TEST_CLUSTER` pointing at the cluster's description
 //! (so every test process shares this one cluster, a namespace each), then
 //! tears the cluster down and exits with COMMAND's status. `make test` runs
@@ -12,14 +12,15 @@ use tokio::signal::unix::{SignalKind, signal};
 #[tokio::main]
 async fn main() -> ExitCode {
     squall_testenv::init_tracing();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let cmd = match args.split_first() {
-        Some((dashes, rest)) if dashes == "--" && !rest.is_empty() => rest.to_vec(),
-        _ => {
-            eprintln!("usage: with-cluster -- COMMAND [ARGS...]");
-            return ExitCode::from(2);
-        }
-    };
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "--") {
+        args.remove(0);
+    }
+    if args.is_empty() {
+        eprintln!("usage: with-cluster [--] COMMAND [ARGS...]");
+        return ExitCode::from(2);
+    }
+    let cmd = args;
     let images = squall_testenv::node::default_images_dir();
     let t0 = std::time::Instant::now();
     eprintln!("with-cluster: starting a control plane and a real node ...");

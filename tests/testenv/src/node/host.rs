@@ -26,6 +26,7 @@ const FIXED_PATHS: &[&str] = &[
     "/var/lib/cni",
     "/run/runc",
     "/etc/cni/net.d/cni.lock",
+    "/run/mount",
 ];
 
 /// The host as it was before a node started.
