@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -183,7 +183,28 @@ pub fn run_supervisor(a: SupervisorArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    match rt.block_on(crate::cluster::supervisor::run(opts)) {
+    // In a container the supervisor is PID 1, which the kernel shields from
+    // every signal it does not handle: without this, a pod's deletion would
+    // wait out its whole grace period.
+    let interrupt = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, interrupt.clone())?;
+    }
+    let signalled = async {
+        while !interrupt.load(Ordering::Relaxed) {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    };
+    let outcome = rt.block_on(async {
+        tokio::select! {
+            r = crate::cluster::supervisor::run(opts) => r,
+            () = signalled => {
+                tracing::info!("signalled; stopping");
+                Ok(())
+            }
+        }
+    });
+    match outcome {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => {
             tracing::error!(error = %e, "supervisor stopping");
