@@ -21,6 +21,9 @@ testenv:
 ## shares (a namespace each). Provisions what it needs first (as root: the
 ## node's Debian packages too), builds the images, runs the dev-cluster test
 ## on its own (it starts and removes a cluster of its own), then everything.
+## The test node runs debug builds: the suite builds them anyway, and a
+## release build of the operator's dependencies would add minutes.
+test: SQUALL_IMAGE_PROFILE = debug
 test: testenv images
 	source <(bash tests/testenv/provision.sh --print-env) && \
 	  $(CARGO) build --workspace --all-targets && \
