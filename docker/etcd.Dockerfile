@@ -31,17 +31,18 @@ ARG BINARIES=build
 FROM golang:${GO_VERSION}-bookworm AS build
 ARG ETCD_VERSION
 WORKDIR /src
-# etcd's server module carries replace directives, which `go install pkg@version`
-# refuses, so it is built through a one-line wrapper module; etcdctl installs
-# directly. Static binaries (CGO_ENABLED=0), as upstream ships them.
+# etcd's and etcdctl's modules carry replace directives, which
+# `go install pkg@version` refuses, so both are built through a wrapper module
+# that requires them. Static binaries (CGO_ENABLED=0), as upstream ships them.
 ENV CGO_ENABLED=0
 RUN --mount=type=cache,target=/go/pkg/mod \
     --mount=type=cache,target=/root/.cache/go-build \
-    printf 'module squall.local/etcd-image\n\ngo 1.26\n\nrequire go.etcd.io/etcd/server/v3 %s\n' "$ETCD_VERSION" > go.mod \
- && printf '//go:build tools\n\npackage tools\n\nimport _ "go.etcd.io/etcd/server/v3"\n' > tools.go \
+    printf 'module squall.local/etcd-image\n\ngo 1.26\n\nrequire (\n\tgo.etcd.io/etcd/etcdctl/v3 %s\n\tgo.etcd.io/etcd/server/v3 %s\n)\n' \
+      "$ETCD_VERSION" "$ETCD_VERSION" > go.mod \
+ && printf '//go:build tools\n\npackage tools\n\nimport (\n\t_ "go.etcd.io/etcd/etcdctl/v3"\n\t_ "go.etcd.io/etcd/server/v3"\n)\n' > tools.go \
  && go mod tidy \
  && go build -trimpath -ldflags "-s -w" -o /out/etcd go.etcd.io/etcd/server/v3 \
- && GOBIN=/out go install -trimpath -ldflags "-s -w" "go.etcd.io/etcd/etcdctl/v3@${ETCD_VERSION}" \
+ && go build -trimpath -ldflags "-s -w" -o /out/etcdctl go.etcd.io/etcd/etcdctl/v3 \
  && mkdir -p /out/data
 
 FROM scratch AS prebuilt
