@@ -24,7 +24,9 @@ mod process;
 mod tempdir;
 mod wait;
 
-pub use bins::{CACHE_KEY, COREDNS_VERSION, ETCD_VERSION, HELM_VERSION, K8S_VERSION, bin_dir, binary};
+pub use bins::{
+    CACHE_KEY, COREDNS_VERSION, ETCD_VERSION, HELM_VERSION, K8S_VERSION, bin_dir, binary,
+};
 pub use cluster::{CLUSTER_ENV, TestCluster};
 pub use control_plane::ControlPlane;
 pub use error::{Error, Result};
