@@ -35,6 +35,25 @@ fn write(path: &Path, data: &str) -> Result<()> {
     std::fs::write(path, data).ctx(|| format!("write {}", path.display()))
 }
 
+/// A client certificate for user `cn` in group `org`, signed by `issuer`.
+fn client_cert(
+    issuer: &Issuer<'_, KeyPair>,
+    cn: &str,
+    org: &str,
+) -> Result<(rcgen::Certificate, KeyPair)> {
+    let key = KeyPair::generate()?;
+    let mut p = CertificateParams::new(Vec::<String>::new())?;
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.distinguished_name.push(DnType::OrganizationName, org);
+    p.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = p.signed_by(&key, issuer)?;
+    Ok((cert, key))
+}
+
 /// Generates everything into `dir`; `extra_ips` go into the API server's
 /// serving certificate (the node IP, where the API server listens inside the
 /// node's network namespace).
@@ -83,32 +102,11 @@ pub(crate) fn generate(dir: &Path, extra_ips: &[Ipv4Addr]) -> Result<Pki> {
     let serving = sp.signed_by(&serving_key, &issuer)?;
 
     // admin client identity (system:masters)
-    let admin_key = KeyPair::generate()?;
-    let mut ap = CertificateParams::new(Vec::<String>::new())?;
-    ap.distinguished_name
-        .push(DnType::CommonName, "squall-testenv-admin");
-    ap.distinguished_name
-        .push(DnType::OrganizationName, "system:masters");
-    ap.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    ap.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let admin = ap.signed_by(&admin_key, &issuer)?;
+    let (admin, admin_key) = client_cert(&issuer, "squall-testenv-admin", "system:masters")?;
 
     // the kubelet's identity, for the Node authorizer and NodeRestriction
-    let kubelet_key = KeyPair::generate()?;
-    let mut kp = CertificateParams::new(Vec::<String>::new())?;
-    kp.distinguished_name
-        .push(DnType::CommonName, format!("system:node:{NODE_NAME}"));
-    kp.distinguished_name
-        .push(DnType::OrganizationName, "system:nodes");
-    kp.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    kp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let kubelet = kp.signed_by(&kubelet_key, &issuer)?;
+    let (kubelet, kubelet_key) =
+        client_cert(&issuer, &format!("system:node:{NODE_NAME}"), "system:nodes")?;
 
     // service-account token signing key
     let sa_key = KeyPair::generate()?;

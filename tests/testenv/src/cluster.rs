@@ -5,10 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
-
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use kube::api::{Api, PostParams};
+use std::time::Duration;
 
 use std::sync::Arc;
 
@@ -145,37 +142,7 @@ impl TestCluster {
     /// # Errors
     /// The API server refused, or the service account never appeared.
     pub async fn create_namespace(&self, name: &str, labels: &[(&str, &str)]) -> Result<()> {
-        let labels: serde_json::Map<String, serde_json::Value> = labels
-            .iter()
-            .map(|(k, v)| ((*k).to_string(), serde_json::Value::from(*v)))
-            .collect();
-        let ns: Namespace = serde_json::from_value(serde_json::json!({
-            "apiVersion": "v1", "kind": "Namespace",
-            "metadata": {"name": name, "labels": labels}
-        }))?;
-        let client = self.client();
-        match Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &ns)
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 409 => {}
-            Err(e) => return Err(e.into()),
-        }
-        let sas: Api<ServiceAccount> = Api::namespaced(client, name);
-        let timeout = Duration::from_secs(30);
-        let deadline = Instant::now() + timeout;
-        while sas.get_opt("default").await?.is_none() {
-            if Instant::now() >= deadline {
-                return Err(Error::NotReady {
-                    component: format!("service account default in namespace {name}"),
-                    timeout,
-                    detail: "not created by kube-controller-manager".into(),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Ok(())
+        crate::control_plane::create_namespace(&self.client(), name, labels).await
     }
 
     /// A new etcd of the test's own inside the node's network namespace, on

@@ -408,29 +408,7 @@ impl ControlPlane {
     /// Creates a namespace and waits (up to 30 s) for its `default` service
     /// account, without which pods are rejected.
     pub async fn create_namespace(&self, name: &str) -> Result<()> {
-        let ns: Namespace = serde_json::from_value(serde_json::json!({
-            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}
-        }))?;
-        let api: Api<Namespace> = Api::all(self.client.clone());
-        match api.create(&PostParams::default(), &ns).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 409 => {}
-            Err(e) => return Err(e.into()),
-        }
-        let sas: Api<ServiceAccount> = Api::namespaced(self.client.clone(), name);
-        let timeout = Duration::from_secs(30);
-        let deadline = Instant::now() + timeout;
-        while sas.get_opt("default").await?.is_none() {
-            if Instant::now() >= deadline {
-                return Err(Error::NotReady {
-                    component: format!("service account default in namespace {name}"),
-                    timeout,
-                    detail: "not created by kube-controller-manager".into(),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Ok(())
+        create_namespace(&self.client, name, &[]).await
     }
 
     /// Whether kube-apiserver and kube-controller-manager still run.
@@ -450,6 +428,46 @@ impl Drop for ControlPlane {
             );
         }
     }
+}
+
+/// Creates namespace `name` with `labels` (one that exists is fine) and
+/// waits (up to 30 s) for its `default` service account, without which pods
+/// are rejected.
+pub(crate) async fn create_namespace(
+    client: &kube::Client,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Result<()> {
+    let labels: serde_json::Map<String, serde_json::Value> = labels
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), serde_json::Value::from(*v)))
+        .collect();
+    let ns: Namespace = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": name, "labels": labels}
+    }))?;
+    match Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => return Err(e.into()),
+    }
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), name);
+    let timeout = Duration::from_secs(30);
+    let deadline = Instant::now() + timeout;
+    while sas.get_opt("default").await?.is_none() {
+        if Instant::now() >= deadline {
+            return Err(Error::NotReady {
+                component: format!("service account default in namespace {name}"),
+                timeout,
+                detail: "not created by kube-controller-manager".into(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
 }
 
 struct ApiserverParts {

@@ -16,6 +16,21 @@ use crate::tempdir::TempDir;
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A single-member etcd's flags, its data in `dir`.
+fn etcd_args(cmd: &mut Command, dir: &Path, client_url: &str, peer_url: &str) {
+    cmd.arg("--name=squall")
+        .arg(format!("--data-dir={}", dir.join("data").display()))
+        .arg(format!("--listen-client-urls={client_url}"))
+        .arg(format!("--advertise-client-urls={client_url}"))
+        .arg(format!("--listen-peer-urls={peer_url}"))
+        .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+        .arg(format!("--initial-cluster=squall={peer_url}"))
+        .arg("--initial-cluster-state=new")
+        .arg("--unsafe-no-fsync=true")
+        .arg("--log-level=warn")
+        .current_dir(dir);
+}
+
 /// A running etcd; stopped and its data removed on drop.
 #[derive(Debug)]
 pub struct Etcd {
@@ -55,17 +70,7 @@ impl Etcd {
         let client_url = format!("http://127.0.0.1:{client_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
         let mut cmd = Command::new(bin);
-        cmd.arg("--name=squall")
-            .arg(format!("--data-dir={}", dir.path().join("data").display()))
-            .arg(format!("--listen-client-urls={client_url}"))
-            .arg(format!("--advertise-client-urls={client_url}"))
-            .arg(format!("--listen-peer-urls={peer_url}"))
-            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
-            .arg(format!("--initial-cluster=squall={peer_url}"))
-            .arg("--initial-cluster-state=new")
-            .arg("--unsafe-no-fsync=true")
-            .arg("--log-level=warn")
-            .current_dir(dir.path());
+        etcd_args(&mut cmd, dir.path(), &client_url, &peer_url);
         let process = ManagedProcess::start("etcd", cmd, &dir.path().join("etcd.log"))?;
         let client_addr = SocketAddr::from(([127, 0, 0, 1], client_port));
         let mut etcd = Etcd {
@@ -91,17 +96,7 @@ impl Etcd {
         let inner_url = format!("http://{ip}:{port}");
         let peer_url = format!("http://127.0.0.1:{}", port + 1);
         let mut cmd = net.ns.command(bin);
-        cmd.arg("--name=squall")
-            .arg(format!("--data-dir={}", dir.path().join("data").display()))
-            .arg(format!("--listen-client-urls={inner_url}"))
-            .arg(format!("--advertise-client-urls={inner_url}"))
-            .arg(format!("--listen-peer-urls={peer_url}"))
-            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
-            .arg(format!("--initial-cluster=squall={peer_url}"))
-            .arg("--initial-cluster-state=new")
-            .arg("--unsafe-no-fsync=true")
-            .arg("--log-level=warn")
-            .current_dir(dir.path());
+        etcd_args(&mut cmd, dir.path(), &inner_url, &peer_url);
         let process = ManagedProcess::start("etcd", cmd, &dir.path().join("etcd.log"))?;
         let target: SocketAddr = format!("{ip}:{port}")
             .parse()
