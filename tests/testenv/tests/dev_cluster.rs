@@ -51,6 +51,10 @@ fn spawn() -> (KillOnDrop, mpsc::Receiver<String>) {
             .arg("dev-cluster")
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
             .process_group(0)
+            // A person's shell, not a sub-make of `make test`'s.
+            .env_remove("MAKELEVEL")
+            .env_remove("MAKEFLAGS")
+            .env_remove("MFLAGS")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
