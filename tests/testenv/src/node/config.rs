@@ -83,8 +83,10 @@ pub fn kubelet(dir: &Path, ca: &Path) -> String {
         "imageGCLowThresholdPercent": 99,
         "syncFrequency": "10s",
         "fileCheckFrequency": "10s",
-        "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%",
-                         "imagefs.available": "1%", "nodefs.inodesFree": "1%"},
+        // Absolute floors: a developer's nearly full disk must not taint the
+        // node with disk-pressure (a percentage of a large disk can be GiBs).
+        "evictionHard": {"memory.available": "100Mi", "nodefs.available": "256Mi",
+                         "imagefs.available": "256Mi", "nodefs.inodesFree": "1%"},
     })
     .to_string()
 }
