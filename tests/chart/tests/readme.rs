@@ -175,11 +175,12 @@ fn every_readme_command_block_has_a_proof() {
     assert_eq!(block(Proof::MakeTest).trim(), "make test");
     // `make test` builds the images first; the dev-cluster test types `make dev-cluster`.
     let makefile = std::fs::read_to_string(chart::workspace_root().join("Makefile")).unwrap();
-    let test_target = makefile
-        .lines()
-        .find(|l| l.starts_with("test:"))
-        .unwrap_or_default();
-    assert!(test_target.contains("images"), "{test_target}");
+    assert!(
+        makefile
+            .lines()
+            .any(|l| l.starts_with("test:") && l.split_whitespace().any(|w| w == "images")),
+        "make test must depend on images:\n{makefile}"
+    );
     let dev =
         std::fs::read_to_string(chart::workspace_root().join("tests/testenv/tests/dev_cluster.rs"))
             .unwrap();
