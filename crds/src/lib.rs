@@ -18,7 +18,7 @@ pub mod validate;
 pub use catalog::{ComponentCatalog, ComponentDecl};
 pub use plan::{ACKER_ID, PhysicalPlan, PlannedComponent, PlannedExecutor, PlannedKind, TaskId};
 pub use topology::{
-    ComponentKind, ComponentSpec, Config, DEFAULT_STREAM, Grouping, GroupingType, Phase,
+    ComponentKind, ComponentSpec, Config, DEFAULT_STREAM, Grouping, GroupingType, Phase, ShellSpec,
     StreamSpec, Topology, TopologySpec, TopologyStatus,
 };
 pub use validate::{FieldError, ValidationErrors, validate};

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements, Toleration};
+use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements, Toleration, Volume, VolumeMount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -152,10 +152,14 @@ fn free_form(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     })
 }
 
-/// One spout or bolt: an id in this topology, and the component that implements it.
+/// One spout or bolt: an id in this topology, and what implements it: a component
+/// registered in the topology binary, or a subprocess that speaks Storm's multilang
+/// protocol (`shell`).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(
     validation = Rule::new("!has(self.tasks) || self.parallelism <= self.tasks").message("parallelism must not exceed tasks"),
+    validation = Rule::new("has(self.component) != has(self.shell)").message("set exactly one of 'component' and 'shell'"),
+    validation = Rule::new("!has(self.outputs) || has(self.shell)").message("'outputs' is for shell components; a registered component declares its own"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ComponentSpec {
@@ -166,8 +170,19 @@ pub struct ComponentSpec {
     )]
     pub id: String,
     /// The component's registered name in the topology binary (for example `SplitSentence`).
+    /// Exactly one of `component` and `shell`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
-    pub component: String,
+    pub component: Option<String>,
+    /// A subprocess that speaks Storm's multilang protocol (Storm's `ShellSpout` /
+    /// `ShellBolt`), for components written with `storm.py`, `storm.js`, `storm.rb`,
+    /// pystorm or streamparse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shell: Option<ShellSpec>,
+    /// A shell component's output streams: stream → declared fields (Storm's
+    /// `declareOutputFields`). Registered components declare theirs in code.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub outputs: BTreeMap<String, Vec<String>>,
     /// Executors (threads) that run this component's tasks.
     #[serde(default = "default_parallelism")]
     #[schemars(range(min = 1, max = 4096))]
@@ -187,7 +202,44 @@ pub struct ComponentSpec {
     pub config: Config,
 }
 
+/// How to start a multilang subprocess.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ShellSpec {
+    /// The program and its arguments (argv, no shell). A relative program path that
+    /// contains a `/` resolves against `dir`; a bare name is looked up on `PATH`.
+    #[schemars(length(min = 1, max = 64))]
+    pub command: Vec<String>,
+    /// The subprocess's working directory. In local mode a relative `dir` resolves
+    /// against the manifest's folder; in a worker pod, against the worker
+    /// container's working directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub dir: Option<String>,
+    /// A subprocess that sends nothing (not even a heartbeat reply) for this long is
+    /// killed and restarted (Storm's `topology.subprocess.timeout.secs`).
+    #[serde(default = "default_subprocess_timeout")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub timeout_seconds: u32,
+}
+
+/// The default of [`ShellSpec::timeout_seconds`], as Storm's supervisor worker timeout.
+pub const DEFAULT_SUBPROCESS_TIMEOUT_SECONDS: u32 = 30;
+
+fn default_subprocess_timeout() -> u32 {
+    DEFAULT_SUBPROCESS_TIMEOUT_SECONDS
+}
+
 impl ComponentSpec {
+    /// What implements this component, for messages: the registered name, or the shell command.
+    pub fn implementation(&self) -> String {
+        match (&self.component, &self.shell) {
+            (Some(name), _) => name.clone(),
+            (None, Some(sh)) => format!("shell {}", sh.command.join(" ")),
+            (None, None) => String::new(),
+        }
+    }
+
     /// The number of tasks this component runs.
     pub fn task_count(&self) -> u32 {
         self.tasks.unwrap_or(self.parallelism)
@@ -269,6 +321,14 @@ pub struct WorkerTemplate {
     pub image_pull_policy: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account_name: Option<String>,
+    /// Volumes added to every worker pod (for example a ConfigMap of multilang scripts).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub volumes: Vec<Volume>,
+    /// Mounts of `volumes` into the worker container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub volume_mounts: Vec<VolumeMount>,
 }
 
 /// What the operator reports.

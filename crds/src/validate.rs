@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use crate::catalog::ComponentCatalog;
-use crate::topology::{ComponentKind, GroupingType, TopologySpec};
+use crate::topology::{ComponentKind, ComponentSpec, GroupingType, TopologySpec};
 
 /// Component ids that the runtime reserves for its own tasks.
 pub const SYSTEM_ID_PREFIX: &str = "__";
@@ -123,29 +123,7 @@ pub fn validate(
                     "must be at least 1".into(),
                 );
             }
-            if let Some(cat) = catalog {
-                let want = if list == "spouts" {
-                    ComponentKind::Spout
-                } else {
-                    ComponentKind::Bolt
-                };
-                match cat.get(&c.component) {
-                    None => err(
-                        format!("{at}.component"),
-                        format!(
-                            "unknown component '{}'; this binary provides: {}",
-                            c.component,
-                            cat.names().join(", ")
-                        ),
-                    ),
-                    Some(decl) if decl.kind != want => err(
-                        format!("{at}.component"),
-                        format!("'{}' is a {:?}, not a {want:?}", c.component, decl.kind)
-                            .to_lowercase(),
-                    ),
-                    Some(_) => {}
-                }
-            }
+            check_implementation(list, &at, c, catalog, &mut err);
         }
     }
 
@@ -196,14 +174,14 @@ pub fn validate(
                 format!("a {:?} grouping takes no fields", s.grouping.kind),
             );
         }
-        // What the source declares is only known with a catalog.
+        // What a registered source declares is only known with a catalog; a shell
+        // source declares its outputs in the manifest.
         let declared = source
-            .zip(catalog)
-            .and_then(|((_, comp), cat)| cat.get(&comp.component))
-            .map(|decl| decl.outputs.get(&s.stream).ok_or(decl));
+            .and_then(|(_, comp)| declared_outputs(comp, catalog))
+            .map(|outputs| outputs.get(&s.stream).ok_or(outputs));
         match declared {
-            Some(Err(decl)) => {
-                let streams: Vec<&str> = decl.outputs.keys().map(String::as_str).collect();
+            Some(Err(outputs)) => {
+                let streams: Vec<&str> = outputs.keys().map(String::as_str).collect();
                 err(
                     format!("{at}.stream"),
                     format!(
@@ -237,5 +215,115 @@ pub fn validate(
         Ok(())
     } else {
         Err(ValidationErrors(errs))
+    }
+}
+
+/// A component's declared output streams: from the manifest for a shell component,
+/// from the catalog for a registered one (`None` without a catalog or when unknown).
+pub fn declared_outputs<'a>(
+    c: &'a ComponentSpec,
+    catalog: Option<&'a ComponentCatalog>,
+) -> Option<&'a BTreeMap<String, Vec<String>>> {
+    match (&c.component, &c.shell) {
+        (None, Some(_)) => Some(&c.outputs),
+        (Some(name), None) => catalog?.get(name).map(|d| &d.outputs),
+        _ => None,
+    }
+}
+
+/// `component` xor `shell`, a registered component of the right kind, and a
+/// well-formed shell command and output declaration.
+fn check_implementation(
+    list: &str,
+    at: &str,
+    c: &ComponentSpec,
+    catalog: Option<&ComponentCatalog>,
+    err: &mut impl FnMut(String, String),
+) {
+    match (&c.component, &c.shell) {
+        (Some(_), Some(_)) => err(
+            at.to_string(),
+            "set exactly one of 'component' and 'shell', not both".into(),
+        ),
+        (None, None) => err(
+            format!("{at}.component"),
+            "missing: name a registered component, or give a 'shell' command".into(),
+        ),
+        (Some(name), None) => {
+            if !c.outputs.is_empty() {
+                err(
+                    format!("{at}.outputs"),
+                    format!("'{name}' declares its own outputs; 'outputs' is for shell components"),
+                );
+            }
+            let Some(cat) = catalog else { return };
+            let want = if list == "spouts" {
+                ComponentKind::Spout
+            } else {
+                ComponentKind::Bolt
+            };
+            match cat.get(name) {
+                None => err(
+                    format!("{at}.component"),
+                    format!(
+                        "unknown component '{name}'; this binary provides: {}",
+                        cat.names().join(", ")
+                    ),
+                ),
+                Some(decl) if decl.kind != want => err(
+                    format!("{at}.component"),
+                    format!("'{name}' is a {:?}, not a {want:?}", decl.kind).to_lowercase(),
+                ),
+                Some(_) => {}
+            }
+        }
+        (None, Some(sh)) => {
+            if sh.command.is_empty() {
+                err(
+                    format!("{at}.shell.command"),
+                    "must name a program to run".into(),
+                );
+            }
+            for (j, arg) in sh.command.iter().enumerate() {
+                if arg.is_empty() && j == 0 {
+                    err(
+                        format!("{at}.shell.command[0]"),
+                        "the program must not be empty".into(),
+                    );
+                }
+                if arg.contains('\0') {
+                    err(
+                        format!("{at}.shell.command[{j}]"),
+                        "must not contain a NUL byte".into(),
+                    );
+                }
+            }
+            if sh.timeout_seconds < 1 {
+                err(
+                    format!("{at}.shell.timeoutSeconds"),
+                    "must be at least 1".into(),
+                );
+            }
+            for (stream, fields) in &c.outputs {
+                let sat = format!("{at}.outputs.{stream}");
+                if stream.is_empty() || stream.starts_with(SYSTEM_ID_PREFIX) {
+                    err(
+                        sat.clone(),
+                        format!("'{stream}' is not a valid stream name (empty or reserved '__')"),
+                    );
+                }
+                let mut seen = BTreeSet::new();
+                for (j, f) in fields.iter().enumerate() {
+                    if f.is_empty() {
+                        err(
+                            format!("{sat}[{j}]"),
+                            "field names must not be empty".into(),
+                        );
+                    } else if !seen.insert(f) {
+                        err(format!("{sat}[{j}]"), format!("duplicate field '{f}'"));
+                    }
+                }
+            }
+        }
     }
 }

@@ -10,7 +10,9 @@ use squall_api::{
 fn component(id: &str, parallelism: u32, tasks: Option<u32>) -> ComponentSpec {
     ComponentSpec {
         id: id.into(),
-        component: "X".into(),
+        component: Some("X".into()),
+        shell: None,
+        outputs: Default::default(),
         parallelism,
         tasks,
         tick_frequency_seconds: None,

@@ -149,12 +149,12 @@ fn no_spouts() {
 #[test]
 fn unknown_component_and_wrong_kind() {
     expect_error(
-        |s| s.bolts[0].component = "SplitSentences".into(),
+        |s| s.bolts[0].component = Some("SplitSentences".into()),
         "spec.bolts[0].component",
         "SplitSentences",
     );
     expect_error(
-        |s| s.spouts[0].component = "WordCount".into(),
+        |s| s.spouts[0].component = Some("WordCount".into()),
         "spec.spouts[0].component",
         "bolt",
     );
@@ -172,7 +172,7 @@ fn reserved_ids() {
 #[test]
 fn without_a_catalog_only_the_graph_is_checked() {
     let mut s = spec();
-    s.bolts[0].component = "Whatever".into();
+    s.bolts[0].component = Some("Whatever".into());
     validate(&s, None).expect("component names need the catalog");
 }
 
@@ -183,4 +183,71 @@ fn broken_yaml_is_an_error_not_a_panic() {
     let err = TopologySpec::from_manifest("spouts: [{id: a, component: X, parallelism: -1}]")
         .expect_err("negative");
     assert!(err.to_string().contains("parallelism"), "{err}");
+}
+
+/// A shell component declares its outputs in the manifest; the graph checks use them
+/// as they use a registered component's, and every mistake names its field.
+#[test]
+fn shell_components_are_checked_like_registered_ones() {
+    let shell = |s: &mut TopologySpec| {
+        s.bolts[0].component = None;
+        s.bolts[0].shell = Some(serde_yaml::from_str("{command: [python3, split.py]}").unwrap());
+        s.bolts[0].outputs = BTreeMap::from([("default".to_string(), vec!["word".to_string()])]);
+    };
+    let mut s = spec();
+    shell(&mut s);
+    assert_eq!(s.bolts[0].shell.as_ref().unwrap().timeout_seconds, 30);
+    validate(&s, Some(&catalog())).unwrap();
+    validate(&s, None).unwrap();
+
+    expect_error(
+        |s| {
+            shell(s);
+            s.bolts[0]
+                .outputs
+                .insert("default".into(), vec!["token".into()]);
+        },
+        "spec.streams[1].grouping.fields[0]",
+        "no field 'word'",
+    );
+    expect_error(
+        |s| {
+            shell(s);
+            s.bolts[0].component = Some("SplitSentence".into());
+        },
+        "spec.bolts[0]",
+        "exactly one of 'component' and 'shell'",
+    );
+    expect_error(
+        |s| s.bolts[0].component = None,
+        "spec.bolts[0].component",
+        "missing",
+    );
+    expect_error(
+        |s| {
+            shell(s);
+            s.bolts[0].shell.as_mut().unwrap().command.clear();
+        },
+        "spec.bolts[0].shell.command",
+        "must name a program",
+    );
+    expect_error(
+        |s| {
+            s.bolts[0]
+                .outputs
+                .insert("default".into(), vec!["w".into()]);
+        },
+        "spec.bolts[0].outputs",
+        "declares its own outputs",
+    );
+    expect_error(
+        |s| {
+            shell(s);
+            s.bolts[0]
+                .outputs
+                .insert("x".into(), vec!["a".into(), "a".into()]);
+        },
+        "spec.bolts[0].outputs.x[1]",
+        "duplicate field 'a'",
+    );
 }

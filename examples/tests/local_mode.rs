@@ -120,7 +120,7 @@ fn flaky_path_still_acks_every_root_exactly_once() {
             double_acks: d.clone(),
         })
     });
-    spec.spouts[0].component = "Ledger".into();
+    spec.spouts[0].component = Some("Ledger".into());
     let s = local::run(&registry, &name, spec, &quiet()).unwrap();
     assert_eq!(s.stopped_by, "limit");
     assert_eq!(s.acked, 6000, "every root of both spout tasks acked: {s:?}");

@@ -21,6 +21,8 @@ K8S_VERSION="v1.33.13"     # k8s.io/kubernetes; staging modules use v0.33.13
 ETCD_VERSION="v3.6.16"     # go.etcd.io/etcd/server/v3
 HELM_VERSION="v3.22.0"     # helm.sh/helm/v3
 COREDNS_VERSION="v1.15.0"  # github.com/coredns/coredns
+STORM_VERSION="2.8.3"      # org.apache.storm:multilang-{python,javascript,ruby} (storm.py, storm.js, storm.rb)
+PYSTORM_VERSION="3.1.4"    # pystorm on PyPI, with its dependencies
 # Debian packages of the real node (see shared notes real-node.md).
 NODE_PACKAGES=(containerd runc iptables conntrack socat busybox-static containernetworking-plugins
                umoci skopeo buildah iproute2 util-linux)
@@ -29,9 +31,13 @@ CACHE_ROOT="${SQUALL_TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/squall-teste
 KEY="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_helm-${HELM_VERSION}_coredns-${COREDNS_VERSION}"
 DIR="${CACHE_ROOT}/${KEY}"
 BIN="${DIR}/bin"
+# Storm's multilang client libraries, as users have them: storm.py, storm.js and
+# storm.rb unpacked from Storm's jars on Maven Central, and pystorm from PyPI.
+MULTILANG="${CACHE_ROOT}/multilang-storm-${STORM_VERSION}_pystorm-${PYSTORM_VERSION}"
 
 if [[ "${1:-}" == "--print-env" ]]; then
     printf 'export SQUALL_TESTENV_BIN=%q\n' "$BIN"
+    printf 'export SQUALL_MULTILANG=%q\n' "$MULTILANG"
     printf 'export PATH=%q:"$PATH"\n' "$BIN"
     exit 0
 elif [[ $# -gt 0 ]]; then
@@ -48,6 +54,28 @@ have_all() {
     for b in etcd etcdctl "${K8S_BINS[@]}" helm coredns; do
         [[ -x "$BIN/$b" ]] || return 1
     done
+    have_multilang
+}
+
+have_multilang() {
+    [[ -f "$MULTILANG/storm.py" && -f "$MULTILANG/storm.js" && -f "$MULTILANG/storm.rb" \
+        && -d "$MULTILANG/python/pystorm" ]]
+}
+
+# storm.py, storm.js and storm.rb from Storm's own jars (Maven Central, unmodified),
+# and pystorm with its dependencies in a folder for PYTHONPATH.
+fetch_multilang() {
+    local tmp="$MULTILANG.tmp" lang
+    rm -rf "$tmp" && mkdir -p "$tmp/jars" "$tmp/python"
+    for lang in python javascript ruby; do
+        mvn -B -q dependency:copy -Dartifact="org.apache.storm:multilang-${lang}:${STORM_VERSION}" \
+            -DoutputDirectory="$tmp/jars"
+        (cd "$tmp" && unzip -o -q -j "jars/multilang-${lang}-${STORM_VERSION}.jar" 'resources/storm.*')
+    done
+    python3 -m pip install -q --disable-pip-version-check --no-input \
+        --target "$tmp/python" "pystorm==${PYSTORM_VERSION}"
+    ls -l "$tmp"
+    rm -rf "$MULTILANG" && mv "$tmp" "$MULTILANG"
 }
 
 # The real node's Debian packages. Root only (CI and the dev machine run as root);
@@ -312,6 +340,7 @@ log "provisioning into $DIR (${GO_VERSION#go version }, jobs: ${JOBS})"
 [[ -x "$BIN/etcdctl" ]] || step etcdctl build_etcdctl
 [[ -x "$BIN/helm" ]] || step helm build_helm
 [[ -x "$BIN/coredns" ]] || step coredns build_coredns
+have_multilang || step multilang fetch_multilang
 need_k8s=0
 for b in "${K8S_BINS[@]}"; do [[ -x "$BIN/$b" ]] || need_k8s=1; done
 if [[ $need_k8s -eq 1 ]]; then

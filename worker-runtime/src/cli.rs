@@ -264,8 +264,21 @@ pub fn main(registry: Registry) -> ExitCode {
 fn read_manifest(path: &PathBuf) -> anyhow::Result<(String, TopologySpec)> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let (name, spec) =
+    let (name, mut spec) =
         TopologySpec::from_manifest(&text).with_context(|| format!("in {}", path.display()))?;
+    // In local mode a shell component's `dir` is relative to the manifest's folder,
+    // so that `squall local examples/x/topology.yaml` works from anywhere.
+    let folder = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let folder = std::path::absolute(folder).unwrap_or_else(|_| folder.to_path_buf());
+    for c in spec.spouts.iter_mut().chain(spec.bolts.iter_mut()) {
+        if let Some(sh) = c.shell.as_mut() {
+            let dir = folder.join(sh.dir.as_deref().unwrap_or(""));
+            sh.dir = Some(dir.display().to_string());
+        }
+    }
     let name = name.unwrap_or_else(|| {
         path.file_stem()
             .and_then(|s| s.to_str())

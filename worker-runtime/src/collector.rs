@@ -214,7 +214,7 @@ impl SpoutCollector<'_> {
     /// Returns the number of target tasks.
     pub fn emit(&mut self, values: Values, msg_id: Option<u64>) -> usize {
         self.emit_inner(DEFAULT_STREAM, None, values, msg_id, None)
-            .unwrap_or(0)
+            .map_or(0, |t| t.len())
     }
 
     /// Emit on a named stream.
@@ -225,6 +225,7 @@ impl SpoutCollector<'_> {
         msg_id: Option<u64>,
     ) -> Result<usize, EmitError> {
         self.emit_inner(stream, None, values, msg_id, None)
+            .map(|t| t.len())
     }
 
     /// Emit to one task of a bolt that subscribes to `stream` with a DIRECT grouping.
@@ -236,6 +237,7 @@ impl SpoutCollector<'_> {
         msg_id: Option<u64>,
     ) -> Result<usize, EmitError> {
         self.emit_inner(stream, Some(task), values, msg_id, None)
+            .map(|t| t.len())
     }
 
     /// Emit a tracked tuple whose complete latency counts from `scheduled_ns` (on
@@ -249,7 +251,7 @@ impl SpoutCollector<'_> {
             Some(msg_id),
             Some(scheduled_ns),
         )
-        .unwrap_or(0)
+        .map_or(0, |t| t.len())
     }
 
     /// Open tuple trees of this task.
@@ -257,14 +259,15 @@ impl SpoutCollector<'_> {
         self.st.pending.len()
     }
 
-    fn emit_inner(
+    /// Emit and return the target tasks (a multilang spout answers its subprocess with them).
+    pub(crate) fn emit_inner(
         &mut self,
         stream: &str,
         direct: Option<TaskId>,
         values: Values,
         msg_id: Option<u64>,
         start_ns: Option<u64>,
-    ) -> Result<usize, EmitError> {
+    ) -> Result<Targets, EmitError> {
         let em = &mut *self.em;
         let stream = em.stream(stream).inspect_err(|e| em.note_error(e))?;
         let targets = em
@@ -274,7 +277,7 @@ impl SpoutCollector<'_> {
         let task = self.st.task;
         let Some(msg_id) = msg_id else {
             em.send_tuples(stream, &targets, values, task, |_| Anchors::new());
-            return Ok(targets.len());
+            return Ok(targets);
         };
         em.metrics.roots += 1;
         if self.st.failed_ids.remove(&msg_id) {
@@ -283,7 +286,7 @@ impl SpoutCollector<'_> {
         if !em.layout.acking {
             em.send_tuples(stream, &targets, values, task, |_| Anchors::new());
             self.st.immediate_acks.push(msg_id);
-            return Ok(targets.len());
+            return Ok(targets);
         }
         let root = em.rng.id();
         let mut xor = 0u64;
@@ -312,7 +315,7 @@ impl SpoutCollector<'_> {
             },
         );
         self.st.timeouts.push_back((deadline_ns, root));
-        Ok(targets.len())
+        Ok(targets)
     }
 }
 
@@ -329,7 +332,7 @@ impl BoltCollector<'_> {
     /// Emit on the default stream, anchored to `anchors` (empty = unanchored).
     pub fn emit(&mut self, anchors: &[&Tuple], values: Values) -> usize {
         self.emit_inner(DEFAULT_STREAM, None, anchors, values)
-            .unwrap_or(0)
+            .map_or(0, |t| t.len())
     }
 
     /// Emit on a named stream, anchored to `anchors`.
@@ -340,6 +343,7 @@ impl BoltCollector<'_> {
         values: Values,
     ) -> Result<usize, EmitError> {
         self.emit_inner(stream, None, anchors, values)
+            .map(|t| t.len())
     }
 
     /// Emit to one task of a bolt that subscribes to `stream` with a DIRECT grouping.
@@ -351,15 +355,17 @@ impl BoltCollector<'_> {
         values: Values,
     ) -> Result<usize, EmitError> {
         self.emit_inner(stream, Some(task), anchors, values)
+            .map(|t| t.len())
     }
 
-    fn emit_inner(
+    /// Emit and return the target tasks (a multilang bolt answers its subprocess with them).
+    pub(crate) fn emit_inner(
         &mut self,
         stream: &str,
         direct: Option<TaskId>,
         anchors: &[&Tuple],
         values: Values,
-    ) -> Result<usize, EmitError> {
+    ) -> Result<Targets, EmitError> {
         let em = &mut *self.em;
         let stream = em.stream(stream).inspect_err(|e| em.note_error(e))?;
         let targets = em
@@ -389,7 +395,7 @@ impl BoltCollector<'_> {
                 ids
             });
         }
-        Ok(targets.len())
+        Ok(targets)
     }
 
     /// The tuple is fully processed.

@@ -89,6 +89,16 @@ pub trait Spout: Send {
     fn ack(&mut self, _msg_id: u64) {}
     /// The tuple tree rooted at `msg_id` failed or timed out; replay it if you want it delivered.
     fn fail(&mut self, _msg_id: u64) {}
+    /// [`Spout::ack`] with the collector, for a spout that emits from its ack handler
+    /// (as Storm spouts may). The executor thread calls this one; the default calls `ack`.
+    fn ack_emitting(&mut self, msg_id: u64, _out: &mut SpoutCollector<'_>) {
+        self.ack(msg_id)
+    }
+    /// [`Spout::fail`] with the collector, for a spout that replays from its fail
+    /// handler. The executor thread calls this one; the default calls `fail`.
+    fn fail_emitting(&mut self, msg_id: u64, _out: &mut SpoutCollector<'_>) {
+        self.fail(msg_id)
+    }
     fn activate(&mut self) {}
     fn deactivate(&mut self) {}
     fn close(&mut self) {}

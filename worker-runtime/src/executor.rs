@@ -171,9 +171,14 @@ impl SpoutExecutor {
                         spout.next_tuple(&mut out);
                         let n = out.emitted;
                         // With acking off, a tracked emit is complete at once.
-                        for id in st.immediate_acks.drain(..) {
+                        for id in std::mem::take(&mut st.immediate_acks) {
                             self.core.emitter.metrics.acked += 1;
-                            spout.ack(id);
+                            let mut out = SpoutCollector {
+                                em: &mut self.core.emitter,
+                                st,
+                                emitted: 0,
+                            };
+                            spout.ack_emitting(id, &mut out);
                         }
                         if n == 0 {
                             break;
@@ -220,20 +225,22 @@ impl SpoutExecutor {
             else {
                 continue;
             };
-            let m = &mut self.core.emitter.metrics;
+            let em = &mut self.core.emitter;
             match env.msg {
                 Msg::SpoutAck { root } => {
                     if let Some(p) = st.pending.remove(&root) {
-                        m.acked += 1;
-                        m.record_complete(now.saturating_sub(p.start_ns));
-                        spout.ack(p.msg_id);
+                        em.metrics.acked += 1;
+                        em.metrics.record_complete(now.saturating_sub(p.start_ns));
+                        let mut out = SpoutCollector { em, st, emitted: 0 };
+                        spout.ack_emitting(p.msg_id, &mut out);
                     }
                 }
                 Msg::SpoutFail { root } => {
                     if let Some(p) = st.pending.remove(&root) {
-                        m.failed += 1;
+                        em.metrics.failed += 1;
                         st.remember_failed(p.msg_id);
-                        spout.fail(p.msg_id);
+                        let mut out = SpoutCollector { em, st, emitted: 0 };
+                        spout.fail_emitting(p.msg_id, &mut out);
                     }
                 }
                 Msg::SpoutReset { root } => {
@@ -264,7 +271,12 @@ impl SpoutExecutor {
                 {
                     self.core.emitter.metrics.failed += 1;
                     st.remember_failed(p.msg_id);
-                    spout.fail(p.msg_id);
+                    let mut out = SpoutCollector {
+                        em: &mut self.core.emitter,
+                        st,
+                        emitted: 0,
+                    };
+                    spout.fail_emitting(p.msg_id, &mut out);
                 }
             }
         }

@@ -41,8 +41,11 @@ pub struct Layout {
     pub max_pending: usize,
     /// By component index: declared output streams.
     pub streams: Vec<Vec<StreamRoute>>,
-    /// By component index: the registered component name (empty for the acker).
+    /// By component index: the registered component name (empty for the acker and
+    /// for shell components).
     pub implementations: Vec<String>,
+    /// By component index: the multilang subprocess of a shell component.
+    pub shells: Vec<Option<squall_api::ShellSpec>>,
     /// By component index: the merged configuration.
     pub configs: Vec<Arc<Config>>,
     /// By component index: tick interval.
@@ -71,6 +74,7 @@ impl Layout {
 
         let n = plan.components.len();
         let mut implementations = vec![String::new(); n];
+        let mut shells = vec![None; n];
         let mut configs: Vec<Arc<Config>> = (0..n).map(|_| Arc::default()).collect();
         let mut tick_ns = vec![None; n];
         let mut streams: Vec<Vec<StreamRoute>> = (0..n).map(|_| Vec::new()).collect();
@@ -78,17 +82,18 @@ impl Layout {
             let Some((_, cs)) = spec.component(&pc.id) else {
                 continue;
             };
-            implementations[ci] = cs.component.clone();
+            implementations[ci] = cs.component.clone().unwrap_or_default();
+            shells[ci] = cs.shell.clone();
             let mut cfg = spec.config.clone();
             cfg.extend(cs.config.iter().map(|(k, v)| (k.clone(), v.clone())));
             configs[ci] = Arc::new(cfg);
             tick_ns[ci] = cs
                 .tick_frequency_seconds
                 .map(|s| u64::from(s) * 1_000_000_000);
-            let Some(decl) = catalog.get(&cs.component) else {
+            let Some(outputs) = squall_api::validate::declared_outputs(cs, Some(&catalog)) else {
                 continue;
             };
-            for (stream, names) in &decl.outputs {
+            for (stream, names) in outputs {
                 let fields = Fields::intern(&pc.id, stream, names);
                 let subscriptions = spec
                     .streams
@@ -131,6 +136,7 @@ impl Layout {
             max_pending: spec.max_spout_pending as usize,
             streams,
             implementations,
+            shells,
             configs,
             tick_ns,
             task_slot,

@@ -16,6 +16,7 @@ pub mod layout;
 pub mod local;
 pub mod metrics;
 pub mod net;
+pub mod shell;
 pub mod transfer;
 pub mod tuple;
 pub mod worker;

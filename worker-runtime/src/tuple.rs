@@ -25,6 +25,9 @@ pub enum Value {
     /// Inline up to 23 bytes, shared beyond.
     Str(SmolStr),
     Bytes(std::sync::Arc<[u8]>),
+    /// A JSON array or object, as its compact text: a list or map that a multilang
+    /// component emitted, carried whole to the next component.
+    Json(std::sync::Arc<str>),
 }
 
 impl Value {
@@ -64,6 +67,7 @@ impl Value {
             Value::Float(f) => return mix(mix(h, 3), f.to_bits()),
             Value::Str(s) => (4, s.as_bytes()),
             Value::Bytes(b) => (5, b),
+            Value::Json(j) => (6, j.as_bytes()),
         };
         h = mix(h, u64::from(tag));
         let mut chunks = bytes.chunks_exact(8);
@@ -146,6 +150,7 @@ impl fmt::Display for Value {
             Value::Float(x) => write!(f, "{x}"),
             Value::Str(s) => f.write_str(s),
             Value::Bytes(b) => write!(f, "<{} bytes>", b.len()),
+            Value::Json(j) => f.write_str(j),
         }
     }
 }

@@ -11,29 +11,34 @@ use squall_api::{PlannedKind, TaskId};
 
 use crate::acker::AckerState;
 use crate::collector::{Emitter, SpoutTaskState};
-use crate::component::{ComponentError, Factory, Registry, TopologyContext};
+use crate::component::{ComponentError, Factory, Registry, Spout, TopologyContext};
 use crate::executor::{
     AckerExecutor, BoltExecutor, ExecutorCore, ParkedSpout, SpoutExecutor, SpoutProgress,
     WorkerControl,
 };
 use crate::layout::Layout;
 use crate::metrics::MetricsHub;
+use crate::shell::{self, ShellBoltExecutor, ShellBoltSetup, ShellSpout};
 use crate::transfer::{Batch, Dest, Outbox, RemoteSink, Routes, SendMode, TransferConfig, queue};
 
 /// Why a worker could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("component '{component}' (task {task}): {source}")]
+    // `error` is not a `source`: printed with its chain, it would say everything twice.
+    #[error("component '{component}' (task {task}): {error}")]
     Component {
         component: String,
         task: TaskId,
-        source: ComponentError,
+        error: ComponentError,
     },
     #[error("component '{0}' is not registered in this binary")]
     Unregistered(String),
     #[error("could not start an executor thread: {0}")]
     Thread(#[from] std::io::Error),
 }
+
+/// Builds one spout per task: a registered factory, or a multilang subprocess.
+type MakeSpout<'a> = dyn Fn(&TopologyContext) -> Result<Box<dyn Spout>, ComponentError> + 'a;
 
 /// Running executors and the handles to steer them.
 pub struct Worker {
@@ -174,10 +179,10 @@ impl Worker {
                 slot: ex.slot,
                 config: layout.configs[ex.component].clone(),
             };
-            let fail = |task, source| StartError::Component {
+            let fail = |task, error| StartError::Component {
                 component: comp.id.clone(),
                 task,
-                source,
+                error,
             };
             match comp.kind {
                 PlannedKind::Acker => {
@@ -187,10 +192,19 @@ impl Worker {
                 }
                 PlannedKind::Spout => {
                     let implementation = &layout.implementations[ex.component];
-                    let Some(Factory::Spout(make)) =
-                        registry.components.get(implementation).map(|r| &r.factory)
-                    else {
-                        return Err(StartError::Unregistered(implementation.clone()));
+                    let shell = layout.shells[ex.component].as_ref();
+                    let registered = registry.components.get(implementation).map(|r| &r.factory);
+                    let make: &MakeSpout<'_> = match (shell, registered) {
+                        (Some(sh), _) => &|c: &TopologyContext| {
+                            Ok(Box::new(ShellSpout::start(
+                                sh.clone(),
+                                c,
+                                shell::task_to_component(&layout),
+                                shell::streams(&layout, ex.component),
+                            )?) as Box<dyn Spout>)
+                        },
+                        (None, Some(Factory::Spout(make))) => make,
+                        _ => return Err(StartError::Unregistered(implementation.clone())),
                     };
                     let mut tasks = Vec::new();
                     for t in ex.tasks() {
@@ -212,6 +226,24 @@ impl Worker {
                         tasks,
                         progress,
                     };
+                    runnables.push((name, Box::new(move || exec.run())));
+                }
+                PlannedKind::Bolt if layout.shells[ex.component].is_some() => {
+                    let setup = ShellBoltSetup {
+                        spec: layout.shells[ex.component]
+                            .clone()
+                            .unwrap_or_else(|| unreachable!()),
+                        task_to_component: shell::task_to_component(&layout),
+                        streams: shell::streams(&layout, ex.component),
+                    };
+                    let contexts = ex.tasks().map(&ctx).collect();
+                    let exec = ShellBoltExecutor::start(
+                        core,
+                        contexts,
+                        setup,
+                        layout.tick_ns[ex.component],
+                    )
+                    .map_err(|(t, e)| fail(t, e))?;
                     runnables.push((name, Box::new(move || exec.run())));
                 }
                 PlannedKind::Bolt => {

@@ -12,22 +12,40 @@ pub const HELM_VERSION: &str = "v3.22.0";
 pub const COREDNS_VERSION: &str = "v1.15.0";
 /// Name of the cache entry provision.sh builds into.
 pub const CACHE_KEY: &str = "k8s-v1.33.13_etcd-v3.6.16_helm-v3.22.0_coredns-v1.15.0";
+/// Name of the cache entry holding Storm's multilang libraries and pystorm
+/// (keep in sync with provision.sh's STORM_VERSION and PYSTORM_VERSION).
+pub const MULTILANG_KEY: &str = "multilang-storm-2.8.3_pystorm-3.1.4";
 
-/// The directory holding the provisioned binaries: `$SQUALL_TESTENV_BIN`, else
-/// the default cache path (`${SQUALL_TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/squall-testenv}/<CACHE_KEY>/bin`).
-pub fn bin_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("SQUALL_TESTENV_BIN").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir);
-    }
-    let root = if let Some(c) = std::env::var_os("SQUALL_TESTENV_CACHE").filter(|d| !d.is_empty()) {
+/// `${SQUALL_TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/squall-testenv}`.
+fn cache_root() -> PathBuf {
+    if let Some(c) = std::env::var_os("SQUALL_TESTENV_CACHE").filter(|d| !d.is_empty()) {
         PathBuf::from(c)
     } else if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
         PathBuf::from(x).join("squall-testenv")
     } else {
         let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
         home.join(".cache").join("squall-testenv")
-    };
-    root.join(CACHE_KEY).join("bin")
+    }
+}
+
+/// The directory holding the provisioned binaries: `$SQUALL_TESTENV_BIN`, else
+/// the default cache path (`<cache root>/<CACHE_KEY>/bin`).
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SQUALL_TESTENV_BIN").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    cache_root().join(CACHE_KEY).join("bin")
+}
+
+/// Storm's multilang libraries as provision.sh fetched them: `storm.py`, `storm.js`
+/// and `storm.rb` (from Storm's jars on Maven Central) in the folder itself, and
+/// pystorm under `python/`. `$SQUALL_MULTILANG`, else the default cache path; a
+/// clear error telling to run `make testenv` when it is missing.
+pub fn multilang_dir() -> Result<PathBuf> {
+    let dir = std::env::var_os("SQUALL_MULTILANG")
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| cache_root().join(MULTILANG_KEY), PathBuf::from);
+    binary_in(&dir, "storm.py").map(|_| dir)
 }
 
 /// The path of a provisioned binary (`etcd`, `kube-apiserver`,

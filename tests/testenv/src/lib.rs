@@ -26,6 +26,7 @@ mod wait;
 
 pub use bins::{
     CACHE_KEY, COREDNS_VERSION, ETCD_VERSION, HELM_VERSION, K8S_VERSION, bin_dir, binary,
+    multilang_dir,
 };
 pub use cluster::{CLUSTER_ENV, TestCluster};
 pub use control_plane::ControlPlane;

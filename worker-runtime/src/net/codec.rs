@@ -189,6 +189,11 @@ fn encode_value(v: &Value, out: &mut Vec<u8>) {
             put_varint(out, b.len() as u64);
             out.extend_from_slice(b);
         }
+        Value::Json(j) => {
+            out.push(7);
+            put_varint(out, j.len() as u64);
+            out.extend_from_slice(j.as_bytes());
+        }
     }
 }
 
@@ -345,6 +350,16 @@ fn decode_value(r: &mut Reader<'_>) -> Result<Value, CodecError> {
             let n = usize::try_from(n).map_err(|_| CodecError::Truncated(r.pos))?;
             Value::Bytes(r.take(n)?.into())
         }
+        7 => {
+            let n = r.varint()?;
+            let n = usize::try_from(n).map_err(|_| CodecError::Truncated(r.pos))?;
+            let b = r.take(n)?;
+            Value::Json(
+                std::str::from_utf8(b)
+                    .map_err(|_| CodecError::BadUtf8)?
+                    .into(),
+            )
+        }
         t => return Err(CodecError::BadValueTag(t)),
     })
 }
@@ -375,6 +390,7 @@ mod tests {
         values.push(Value::Null);
         values.push(Value::Bool(true));
         values.push(Value::Bytes(vec![1u8, 2, 3].into()));
+        values.push(Value::Json(r#"[1,{"a":2}]"#.into()));
         values.push(Value::from("a string longer than twenty-three bytes"));
         let mut anchors = Anchors::new();
         anchors.push((u64::MAX, 7));
