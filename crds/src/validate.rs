@@ -263,6 +263,12 @@ fn check_implementation(
                 ComponentKind::Bolt
             };
             match cat.get(name) {
+                None if cat.components.is_empty() => err(
+                    format!("{at}.component"),
+                    format!(
+                        "unknown component '{name}'; this binary has no registered components (use 'shell', or a topology binary that registers '{name}')"
+                    ),
+                ),
                 None => err(
                     format!("{at}.component"),
                     format!(

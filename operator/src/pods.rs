@@ -106,6 +106,9 @@ fn http_probe(port: i32, path: &str, period: i32, failures: i32) -> Probe {
     }
 }
 
+/// The worker's writable `/tmp` when it runs multilang subprocesses.
+const SHELL_TMP_VOLUME: &str = "squall-tmp";
+
 /// The pod for one slot of a topology.
 pub fn worker_pod(topo: &Topology, slot: u32, settings: &PodSettings) -> Pod {
     let name = topo.name_any();
@@ -139,6 +142,26 @@ pub fn worker_pod(topo: &Topology, slot: u32, settings: &PodSettings) -> Pod {
         }
         None => (None, None),
     };
+    // The worker container also gets the template's volumes, and a writable /tmp
+    // when it runs multilang subprocesses (their pidDir; the root file system is
+    // read-only).
+    let shells = spec.components().any(|(_, c)| c.shell.is_some());
+    let mut pod_volumes = volumes.unwrap_or_default();
+    let mut worker_mounts = mounts.clone().unwrap_or_default();
+    if shells {
+        pod_volumes.push(Volume {
+            name: SHELL_TMP_VOLUME.into(),
+            empty_dir: Some(Default::default()),
+            ..Default::default()
+        });
+        worker_mounts.push(VolumeMount {
+            name: SHELL_TMP_VOLUME.into(),
+            mount_path: "/tmp".into(),
+            ..Default::default()
+        });
+    }
+    pod_volumes.extend(template.volumes.iter().cloned());
+    worker_mounts.extend(template.volume_mounts.iter().cloned());
     let common_env = vec![
         field_env(POD_NAME_ENV, "metadata.name"),
         field_env(POD_NAMESPACE_ENV, "metadata.namespace"),
@@ -197,7 +220,7 @@ pub fn worker_pod(topo: &Topology, slot: u32, settings: &PodSettings) -> Pod {
         readiness_probe: Some(http_probe(WORKER_HTTP_PORT, "/readyz", 2, 3)),
         liveness_probe: Some(http_probe(WORKER_HTTP_PORT, "/healthz", 5, 6)),
         resources: template.resources.clone(),
-        volume_mounts: mounts.clone(),
+        volume_mounts: (!worker_mounts.is_empty()).then_some(worker_mounts),
         security_context: Some(container_security()),
         ..Default::default()
     };
@@ -235,7 +258,7 @@ pub fn worker_pod(topo: &Topology, slot: u32, settings: &PodSettings) -> Pod {
             // Workers never call the API server: no token in the pod.
             automount_service_account_token: Some(false),
             security_context: Some(pod_security()),
-            volumes,
+            volumes: (!pod_volumes.is_empty()).then_some(pod_volumes),
             ..Default::default()
         }),
         status: None,
@@ -369,6 +392,47 @@ mod tests {
                 .contains("--agent-addr 127.0.0.1:7071")
         );
         assert!(spec.volumes.is_none());
+    }
+
+    /// Scripts from a ConfigMap reach the worker container (not the supervisor), and
+    /// multilang subprocesses get a writable /tmp for their pidDir.
+    #[test]
+    fn template_volumes_and_a_tmp_for_shell_components_reach_the_worker() {
+        let mut t = topo();
+        t.spec.spouts[0].component = None;
+        t.spec.spouts[0].shell = Some(
+            serde_json::from_value(serde_json::json!({"command": ["python3", "x.py"]})).unwrap(),
+        );
+        let w = t.spec.worker.get_or_insert_with(Default::default);
+        w.volumes = vec![
+            serde_json::from_value(
+                serde_json::json!({"name": "scripts", "configMap": {"name": "py"}}),
+            )
+            .unwrap(),
+        ];
+        w.volume_mounts = vec![
+            serde_json::from_value(
+                serde_json::json!({"name": "scripts", "mountPath": "/opt/topology"}),
+            )
+            .unwrap(),
+        ];
+        let spec = worker_pod(&t, 0, &settings(None)).spec.unwrap();
+        let names: Vec<_> = spec
+            .volumes
+            .unwrap()
+            .iter()
+            .map(|v| v.name.clone())
+            .collect();
+        assert_eq!(names, ["squall-tmp", "scripts"]);
+        let mounts: Vec<_> = spec.containers[0]
+            .volume_mounts
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|m| m.mount_path)
+            .collect();
+        assert_eq!(mounts, ["/tmp", "/opt/topology"]);
+        assert!(spec.containers[1].volume_mounts.is_none());
     }
 
     #[test]
