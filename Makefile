@@ -62,7 +62,7 @@ SQUALL_IMAGE_PROFILE ?= release
 images: testenv
 	$(CARGO) build --profile $(if $(filter debug dev,$(SQUALL_IMAGE_PROFILE)),dev,$(SQUALL_IMAGE_PROFILE)) \
 		-p squall-operator -p squall-runtime -p squall-examples \
-		--bin squall-operator --bin squall-supervisor --bin squall-examples
+		--bin squall-operator --bin squall-supervisor --bin squall-examples --bin squall
 	SQUALL_IMAGE_PROFILE=$(SQUALL_IMAGE_PROFILE) bash docker/build-images.sh
 
 bench:

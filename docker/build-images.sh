@@ -8,6 +8,9 @@
 #   squall-supervisor.tar  ghcr.io/squall-dev/squall-supervisor:$TAG
 #   squall-examples.tar    squall-examples:$TAG (containerd: docker.io/library/squall-examples:$TAG)
 #                          and ghcr.io/squall-dev/squall-examples:$TAG
+#   squall.tar             ghcr.io/squall-dev/squall:$TAG (the generic binary, Python 3, Node.js
+#                          and Storm's multilang libraries from the test environment's cache)
+#   squall-multilang-base.tar  localhost/squall-multilang-base:bookworm, its base, from Debian packages
 #   etcd.tar               quay.io/coreos/etcd:<tag>  (charts/squall/values.yaml etcd.image)
 #   pause.tar              localhost/pause:testenv    (a static pause, docker/pause.c)
 #   distroless-cc.tar      gcr.io/distroless/cc-debian12:nonroot, assembled from Debian packages
@@ -22,7 +25,7 @@
 # names, this script's recipe) changed; otherwise it is reported unchanged.
 #
 # Usage: docker/build-images.sh [IMAGE...]   IMAGE: squall-operator squall-supervisor
-#                                              squall-examples etcd pause distroless-cc
+#                                              squall-examples squall etcd pause distroless-cc
 #                                              (default: all)
 # Environment:
 #   SQUALL_IMAGE_PROFILE       cargo profile of the Squall binaries (default: release;
@@ -79,9 +82,10 @@ ETCD_IMAGE="$(awk '
     END { if (repo != "" && tag != "") print repo ":" tag }' "$ROOT/charts/squall/values.yaml")"
 [[ -n "$ETCD_IMAGE" ]] || die "no etcd.image in charts/squall/values.yaml"
 BASE_IMAGE="gcr.io/distroless/cc-debian12:nonroot"
+MULTILANG_BASE_IMAGE="localhost/squall-multilang-base:bookworm"
 PAUSE_IMAGE="localhost/pause:testenv"
 
-ALL=(squall-operator squall-supervisor squall-examples etcd pause distroless-cc)
+ALL=(squall-operator squall-supervisor squall-examples squall etcd pause distroless-cc)
 if [[ $# -gt 0 ]]; then
     for want in "$@"; do
         [[ " ${ALL[*]} " == *" $want "* ]] || die "unknown image '$want' (one of: ${ALL[*]})"
@@ -209,22 +213,31 @@ save_archive() {
 # OpenSSL, CA certificates, time zones, /etc/services and friends, os-release.
 BASE_PACKAGES=(base-files ca-certificates libc6 libgcc-s1 libgomp1 libssl3 libstdc++6 netbase tzdata)
 
-# The .deb files, downloaded once per package list (versions as the host's apt
-# lists had them then; delete $CACHE/debs to take newer ones).
+# The multilang base adds Python 3.11 and Node.js (Debian's 18, from
+# bookworm-security: the host's own nodejs may come from another repository).
+MULTILANG_PACKAGES=(python3-minimal python3.11-minimal libpython3.11-minimal libpython3.11-stdlib
+    libexpat1 libffi8 libbz2-1.0 liblzma5 libsqlite3-0 libncursesw6 libtinfo6 libreadline8
+    libuuid1 libcrypt1 zlib1g media-types
+    nodejs/bookworm-security libnode108/bookworm-security libuv1 libc-ares2 libbrotli1 libicu72
+    libnghttp2-14 node-acorn node-cjs-module-lexer node-undici)
+
+# fetch_debs PACKAGE...: the .deb files in $DEBS, downloaded once per package list
+# (versions as the host's apt lists had them then; delete $CACHE/debs to take newer ones).
 fetch_debs() {
-    DEBS="$CACHE/debs/$(printf '%s\n' "${BASE_PACKAGES[@]}" | sha256sum | cut -c1-16)"
+    DEBS="$CACHE/debs/$(printf '%s\n' "$@" | sha256sum | cut -c1-16)"
     if [[ ! -f "$DEBS/.complete" ]]; then
         rm -rf "$DEBS"
         mkdir -p "$DEBS"
-        log "apt-get download ${BASE_PACKAGES[*]}"
-        (cd "$DEBS" && apt-get download -qq -o APT::Sandbox::User=root "${BASE_PACKAGES[@]}" >&2) ||
+        log "apt-get download $*"
+        (cd "$DEBS" && apt-get download -qq -o APT::Sandbox::User=root "$@" >&2) ||
             die "apt-get download failed (apt-get update?)"
         touch "$DEBS/.complete"
     fi
 }
 
+# build_base NAME IMAGE: a distroless-style image of the packages in $DEBS.
 build_base() {
-    local work="$CACHE/base" r
+    local name=$1 image=$2 work="$CACHE/base-$1" r
     rm -rf "$work"
     umoci init --layout "$work/oci"
     umoci new --image "$work/oci:base"
@@ -270,39 +283,49 @@ EOF
         --config.env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
         --config.env SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
     umoci gc --layout "$work/oci"
-    save_archive "oci:$work/oci:base" distroless-cc "$BASE_IMAGE"
+    save_archive "oci:$work/oci:base" "$name" "$image"
     rm -rf "$work"
 }
 
-BASE_KEY=""
+# base_image NAME IMAGE PACKAGE...: build it unless its packages are unchanged;
+# sets BASE_KEYS[NAME].
+declare -A BASE_KEYS=()
 base_image() {
-    local t0 key deb inputs
+    local name=$1 image=$2 t0 key deb inputs
+    shift 2
     t0="$(now)"
-    fetch_debs
-    inputs=("$(declare -f build_base)" "$BASE_IMAGE")
+    fetch_debs "$@"
+    inputs=("$(declare -f build_base)" "$image")
     for deb in "$DEBS"/*.deb; do inputs+=("${deb##*/}" "@$deb"); done
     key="$(key_of "${inputs[@]}")"
-    BASE_KEY="$key"
-    if up_to_date distroless-cc "$key"; then
-        wanted distroless-cc && report distroless-cc "$t0" unchanged "$BASE_IMAGE"
+    BASE_KEYS[$name]="$key"
+    if up_to_date "$name" "$key"; then
+        wanted "$name" && report "$name" "$t0" unchanged "$image"
         return 0
     fi
-    build_base
-    echo "$key" >"$CACHE/stamps/distroless-cc"
-    report distroless-cc "$t0" built "$BASE_IMAGE"
+    build_base "$name" "$image"
+    echo "$key" >"$CACHE/stamps/$name"
+    report "$name" "$t0" built "$image"
 }
 
-# Load the base into buildah's storage, so that `FROM gcr.io/distroless/...`
+# Load the bases into buildah's storage, so that `FROM gcr.io/distroless/...`
 # resolves with --pull=never.
 ensure_base_loaded() {
     USED_BUILDAH=1
-    if [[ -f "$CACHE/stamps/base-loaded" && "$(cat "$CACHE/stamps/base-loaded")" == "$BASE_KEY" ]] &&
-        "${BUILDAH[@]}" inspect --type image "$BASE_IMAGE" >/dev/null 2>&1; then
-        return 0
-    fi
-    "${BUILDAH[@]}" pull --quiet "docker-archive:$OUT/distroless-cc.tar" >/dev/null
-    "${BUILDAH[@]}" rmi --prune >/dev/null 2>&1 || true
-    echo "$BASE_KEY" >"$CACHE/stamps/base-loaded"
+    local name image
+    for name in "${!BASE_KEYS[@]}"; do
+        case $name in
+            distroless-cc) image=$BASE_IMAGE ;;
+            *) image=$MULTILANG_BASE_IMAGE ;;
+        esac
+        if [[ -f "$CACHE/stamps/loaded-$name" && "$(cat "$CACHE/stamps/loaded-$name")" == "${BASE_KEYS[$name]}" ]] &&
+            "${BUILDAH[@]}" inspect --type image "$image" >/dev/null 2>&1; then
+            continue
+        fi
+        "${BUILDAH[@]}" pull --quiet "docker-archive:$OUT/$name.tar" >/dev/null
+        "${BUILDAH[@]}" rmi --prune >/dev/null 2>&1 || true
+        echo "${BASE_KEYS[$name]}" >"$CACHE/stamps/loaded-$name"
+    done
 }
 
 # ------------------------------------------------------------------ images from docker/*.Dockerfile
@@ -313,7 +336,7 @@ dockerfile_image() {
     read -r -a names <<<"$3"
     shift 3
     t0="$(now)"
-    local inputs=("$(declare -f dockerfile_image)" "$BASE_KEY" "${names[@]}" "@$dockerfile")
+    local inputs=("$(declare -f dockerfile_image)" "${BASE_KEYS[${IMAGE_BASE:-distroless-cc}]}" "${names[@]}" "${BUILD_ARGS[@]}" "@$dockerfile")
     for pair in "$@"; do
         src="${pair%%=*}"
         [[ -f $src ]] || die "$name: missing $src (make images builds it; see docs/helm.md)"
@@ -333,7 +356,7 @@ dockerfile_image() {
         ln -f "$src" "$ctx/${pair#*=}" 2>/dev/null || cp -p "$src" "$ctx/${pair#*=}"
     done
     "${BUILDAH[@]}" bud --quiet --runtime /usr/bin/runc --pull=never --isolation=oci --network=none \
-        --runtime-flag "root=$CACHE/runc" --format docker --build-arg BINARIES=prebuilt \
+        --runtime-flag "root=$CACHE/runc" --format docker --build-arg BINARIES=prebuilt "${BUILD_ARGS[@]}" \
         -f "$dockerfile" -t "${names[0]}" "$ctx" >/dev/null
     rm -rf "$ctx"
     save_archive "$STORAGE_REF${names[0]}" "$name" "${names[@]}"
@@ -346,7 +369,9 @@ dockerfile_image() {
 squall_image() { # NAME PACKAGE-BINARY [EXTRA-NAMES...]
     local name=$1 bin=$2
     shift 2
-    dockerfile_image "$name" "docker/${name#squall-}.Dockerfile" "ghcr.io/squall-dev/$name:$TAG $*" \
+    local file=${name#squall-}
+    [[ $name == squall ]] && file=squall
+    dockerfile_image "$name" "docker/$file.Dockerfile" "ghcr.io/squall-dev/$name:$TAG $*" \
         "$BIN_DIR/$bin=$bin" "${EXTRA_FILES[@]}"
 }
 
@@ -396,7 +421,11 @@ pause_image() {
 # ------------------------------------------------------------------ main
 T_START="$(now)"
 EXTRA_FILES=()
-base_image
+BUILD_ARGS=()
+base_image distroless-cc "$BASE_IMAGE" "${BASE_PACKAGES[@]}"
+if wanted squall || wanted squall-multilang-base; then
+    base_image squall-multilang-base "$MULTILANG_BASE_IMAGE" "${BASE_PACKAGES[@]}" "${MULTILANG_PACKAGES[@]}"
+fi
 if wanted squall-operator; then squall_image squall-operator squall-operator; fi
 if wanted squall-supervisor; then squall_image squall-supervisor squall-supervisor; fi
 if wanted squall-examples; then
@@ -406,6 +435,20 @@ if wanted squall-examples; then
     # The example manifests say `image: squall-examples:$TAG`.
     squall_image squall-examples squall-examples "docker.io/library/squall-examples:$TAG"
     EXTRA_FILES=()
+fi
+if wanted squall; then
+    # Storm's multilang libraries as the test environment fetched them (Maven
+    # Central and PyPI), the same files the tests run.
+    ml="$(bash "$ROOT/tests/testenv/provision.sh" --print-env | sed -n 's/^export SQUALL_MULTILANG=//p')"
+    ml="$(eval "printf '%s' $ml")"
+    [[ -f $ml/storm.py && -d $ml/python ]] || die "squall: no multilang libraries in $ml (make testenv fetches them)"
+    while IFS= read -r f; do
+        EXTRA_FILES+=("$ml/$f=multilang/$f")
+    done < <(cd "$ml" && find storm.py storm.js storm.rb python -type f ! -path '*/__pycache__/*' ! -path 'python/bin/*' | LC_ALL=C sort)
+    BUILD_ARGS=(--build-arg "RUNTIME_BASE=$MULTILANG_BASE_IMAGE")
+    IMAGE_BASE=squall-multilang-base squall_image squall squall
+    EXTRA_FILES=()
+    BUILD_ARGS=()
 fi
 if wanted etcd; then etcd_image; fi
 if wanted pause; then pause_image; fi

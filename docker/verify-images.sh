@@ -8,6 +8,8 @@
 #   pause              starts, and exits 0 on SIGTERM
 #   squall-operator    --help;  squall-supervisor --help
 #   squall-examples    --help, and word count in local mode from the manifest it carries
+#   squall             --help; python3 imports storm.py and pystorm, node requires storm.js
+#   squall-multilang-base  python3 and node run
 #   etcd               the chart's flags (ports moved to free loopback ports), /readyz,
 #                      etcdctl put/get inside the container, exit on SIGTERM
 #
@@ -200,7 +202,19 @@ check_etcd() {
     fi
 }
 
-ALL=(distroless-cc pause squall-operator squall-supervisor squall-examples etcd)
+check_squall() {
+    check_help squall squall
+    local out
+    if out="$(run squall /usr/bin/python3 -c 'import storm, pystorm, sys; print(sys.version.split()[0])' 2>&1)" &&
+        out="$out node $(run squall /usr/bin/node -e 'require("storm"); console.log(process.version)' 2>&1)" &&
+        [[ $out == 3.11.* ]]; then
+        ok squall "Storm's storm.py and pystorm import in python $out requires storm.js"
+    else
+        fail squall "multilang runtime: $out"
+    fi
+}
+
+ALL=(distroless-cc pause squall-operator squall-supervisor squall-examples squall etcd)
 WANT=("$@")
 if [[ ${#WANT[@]} -eq 0 ]]; then
     for n in "${ALL[@]}"; do [[ -f $OUT/$n.tar ]] && WANT+=("$n"); done
@@ -216,6 +230,7 @@ for n in "${WANT[@]}"; do
         squall-operator) check_help squall-operator squall-operator ;;
         squall-supervisor) check_help squall-supervisor squall-supervisor ;;
         squall-examples) check_examples ;;
+        squall) check_squall ;;
         etcd) check_etcd ;;
         *) fail "$n" "unknown image" ;;
     esac

@@ -364,6 +364,79 @@ async fn helm_install_apply_scale_kill_delete_uninstall() {
         leader.split_whitespace().collect::<Vec<_>>()
     ));
 
+    // 6b. Python and JavaScript topologies with no image of their own: Storm
+    // multilang scripts in a ConfigMap, on the `squall` image, applied as typed.
+    for (example, name, workers) in [
+        (
+            "examples/python-word-count/python-word-count.yaml",
+            "python-word-count",
+            2,
+        ),
+        (
+            "examples/node-word-count/node-word-count.yaml",
+            "node-word-count",
+            1,
+        ),
+    ] {
+        let applied = Instant::now();
+        kubectl(&cluster, &["apply", "-n", ns, "-f", example], None);
+        let get = || -> Value {
+            serde_json::from_str(&kubectl(
+                &cluster,
+                &["get", "topology", name, "-n", ns, "-o", "json"],
+                None,
+            ))
+            .unwrap()
+        };
+        let want = format!("{workers}/{workers}");
+        let first = wait_until(
+            &format!("{name} Running {want} with acks"),
+            Duration::from_secs(120),
+            || {
+                let (phase, w, acked) = phase_workers_acked(&get());
+                let hit = phase == "Running" && w == want && acked > 0;
+                async move { hit.then_some(acked) }
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{:#}\n{}", get()["status"], cluster.dump(ns)));
+        show(&format!(
+            "{name}: Running {want} with acked={first} {:.1}s after apply",
+            applied.elapsed().as_secs_f64()
+        ));
+        let later = wait_until(
+            &format!("{name}: acked rising"),
+            Duration::from_secs(60),
+            || {
+                let (_, _, acked) = phase_workers_acked(&get());
+                async move { (acked > first).then_some(acked) }
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{:#}\n{}", get()["status"], cluster.dump(ns)));
+        show(&format!("{name}: acked {first} -> {later}"));
+        kubectl(
+            &cluster,
+            &["delete", "-n", ns, "-f", example, "--timeout=120s"],
+            None,
+        );
+        let left = kubectl(
+            &cluster,
+            &[
+                "get",
+                "pods",
+                "-n",
+                ns,
+                "-l",
+                &format!("squall.dev/topology={name}"),
+                "-o",
+                "name",
+            ],
+            None,
+        );
+        assert!(left.trim().is_empty(), "pods left: {left}");
+    }
+
     // 7. helm uninstall: only the CRD stays, as Helm does.
     chart::uninstall(&cluster, RELEASE, NS).unwrap();
     // Pods of the operator's ReplicaSet are garbage-collected after helm returns.

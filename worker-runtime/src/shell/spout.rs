@@ -50,7 +50,11 @@ pub(crate) struct ShellSpout {
     /// Emits made while no collector was at hand (a rebalance failing open trees).
     deferred: VecDeque<Emit>,
     active: bool,
+    warned_lenient: bool,
 }
+
+/// How long `activate` and `deactivate` wait for their `sync`.
+const LENIENT_WAIT: Duration = Duration::from_secs(1);
 
 impl ShellSpout {
     pub(crate) fn start(
@@ -78,6 +82,7 @@ impl ShellSpout {
             failed: HashMap::new(),
             deferred: VecDeque::new(),
             active: false,
+            warned_lenient: false,
         };
         s.running = Some(s.launch()?);
         Ok(s)
@@ -179,15 +184,30 @@ impl ShellSpout {
             self.broken(&e);
             return Err(());
         }
+        // storm.js's default `activate` and `deactivate` never call `done`, so they
+        // never answer: wait briefly for those, and go on without the `sync`.
+        let lenient = matches!(command, "activate" | "deactivate");
+        let wait = if lenient {
+            self.timeout.min(LENIENT_WAIT)
+        } else {
+            self.timeout
+        };
         loop {
             let Some(r) = self.running.as_ref() else {
                 return Err(());
             };
-            let msg = match r.rx.recv_timeout(self.timeout) {
+            let msg = match r.rx.recv_timeout(wait) {
                 Ok(Ok(m)) => m,
                 Ok(Err(e)) => {
                     self.broken(&e.to_string());
                     return Err(());
+                }
+                Err(RecvTimeoutError::Timeout) if lenient => {
+                    if !self.warned_lenient {
+                        self.warned_lenient = true;
+                        tracing::warn!(component = %self.who.component, task = self.who.task, "the subprocess did not answer '{command}' (storm.js's default handlers never do); going on");
+                    }
+                    return Ok(());
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     let why = format!("no reply to '{command}' within {:?}", self.timeout);

@@ -125,6 +125,17 @@ pub struct Launch {
 
 impl Launch {
     pub fn start(etcd: &str, manifest: &str, dir: &Path, extra: &[&str]) -> Launch {
+        Self::start_with_env(etcd, manifest, dir, extra, &[])
+    }
+
+    /// [`Launch::start`] with more environment for the launcher and its workers.
+    pub fn start_with_env(
+        etcd: &str,
+        manifest: &str,
+        dir: &Path,
+        extra: &[&str],
+        env: &[(&str, String)],
+    ) -> Launch {
         let path = dir.join("topology.yaml");
         std::fs::write(&path, manifest).unwrap();
         let logs = dir.join("logs");
@@ -142,6 +153,7 @@ impl Launch {
             .arg(&logs)
             .args(extra)
             .arg(&path)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
