@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::plan::PhysicalPlan;
@@ -219,6 +220,51 @@ pub struct ComponentStats {
     /// Spout tuples emitted with a message id: the tuple trees started.
     #[serde(default)]
     pub roots: u64,
+    /// Errors the component reported (`report_error`, a multilang `error`, a
+    /// multilang subprocess restarted).
+    #[serde(default)]
+    pub errors: u64,
+    /// The latest of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<ReportedError>,
+}
+
+/// An error a component reported, as status and Events show it.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportedError {
+    /// What went wrong (cut to [`ReportedError::MAX_MESSAGE`] bytes).
+    pub message: String,
+    /// The task that reported it.
+    pub task: u32,
+    /// Unix time in milliseconds.
+    pub time_ms: u64,
+}
+
+impl ReportedError {
+    /// Longest message kept: status stays small however long a traceback is.
+    pub const MAX_MESSAGE: usize = 1024;
+
+    pub fn new(message: &str, task: u32, time_ms: u64) -> ReportedError {
+        let mut end = message.len().min(Self::MAX_MESSAGE);
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        ReportedError {
+            message: message[..end].to_string(),
+            task,
+            time_ms,
+        }
+    }
+
+    /// The later of two (the first on a tie).
+    pub fn later(a: Option<&ReportedError>, b: Option<&ReportedError>) -> Option<ReportedError> {
+        match (a, b) {
+            (Some(a), Some(b)) if b.time_ms > a.time_ms => Some(b.clone()),
+            (Some(a), _) => Some(a.clone()),
+            (None, b) => b.cloned(),
+        }
+    }
 }
 
 impl ComponentStats {
@@ -232,6 +278,8 @@ impl ComponentStats {
         self.executed += other.executed;
         self.replayed += other.replayed;
         self.roots += other.roots;
+        self.errors += other.errors;
+        self.last_error = ReportedError::later(self.last_error.as_ref(), other.last_error.as_ref());
         self.capacity = self.capacity.max(other.capacity);
         self.execute_latency_ms =
             LatencySummary::merge(self.execute_latency_ms, other.execute_latency_ms);
@@ -279,4 +327,43 @@ pub struct WorkerStats {
     /// limit) and has no open tree; true for a worker without spouts.
     #[serde(default)]
     pub spouts_done: bool,
+}
+
+#[cfg(test)]
+mod reported_error_tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_cut_on_a_char_boundary_and_the_later_error_wins() {
+        let long = "é".repeat(ReportedError::MAX_MESSAGE);
+        let e = ReportedError::new(&long, 3, 10);
+        assert!(
+            e.message.len() <= ReportedError::MAX_MESSAGE
+                && e.message.len() >= ReportedError::MAX_MESSAGE - 1
+        );
+        let older = ReportedError::new("old", 1, 5);
+        assert_eq!(
+            ReportedError::later(Some(&older), Some(&e)),
+            Some(e.clone())
+        );
+        assert_eq!(
+            ReportedError::later(Some(&e), Some(&older)),
+            Some(e.clone())
+        );
+        assert_eq!(
+            ReportedError::later(None, Some(&older)),
+            Some(older.clone())
+        );
+        let mut a = ComponentStats {
+            errors: 1,
+            last_error: Some(older),
+            ..Default::default()
+        };
+        a.add(&ComponentStats {
+            errors: 2,
+            last_error: Some(e.clone()),
+            ..Default::default()
+        });
+        assert_eq!((a.errors, a.last_error), (3, Some(e)));
+    }
 }

@@ -354,6 +354,25 @@ pub struct TopologyStatus {
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<TopologyStats>,
+    /// The latest error a component reported (a multilang `error`, a multilang
+    /// subprocess restarted, a bolt's `report_error`), over all workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<ComponentErrorStatus>,
+}
+
+/// An error a component reported.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ComponentErrorStatus {
+    /// The spout or bolt id.
+    pub component: String,
+    pub task: u32,
+    pub message: String,
+    /// When it was reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// Errors this component reported so far.
+    pub count: u64,
 }
 
 /// Worker pod counts.

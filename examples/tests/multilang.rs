@@ -219,6 +219,14 @@ fn a_dead_a_hung_and_a_garbage_writing_subprocess_each_lose_nothing() {
         );
         s.assert_exactly_once(LIMIT, 1);
         assert_eq!(sum.open_at_end, 0, "{mode}");
+        // The restart is a component error in the figures that feed status.
+        let sab = &sum.components["saboteur"];
+        assert!(sab.errors >= 1, "{mode}: no error counted: {sab:?}");
+        let last = sab.last_error.as_ref().expect("a last error");
+        assert!(
+            last.message.contains("subprocess restarted") && last.time_ms > 0,
+            "{mode}: {last:?}"
+        );
     }
 }
 

@@ -22,7 +22,7 @@ use squall_api::ledger::StatsLedger;
 use squall_api::records::{
     Assignment, Control, TopologyRef, WorkerRecord, WorkerState, WorkerStats,
 };
-use squall_api::topology::{TopologyStats, WorkerCounts};
+use squall_api::topology::{ComponentErrorStatus, TopologyStats, WorkerCounts};
 use squall_api::{Phase, Topology, TopologySpec, TopologyStatus, validate};
 use squall_coord::{CoordError, Store};
 
@@ -455,6 +455,26 @@ async fn apply(topo: &Topology, ctx: &Context) -> Result<Action, Error> {
         rebalancing,
         ctx,
     );
+    // A component error is an Event once, and at most one every 10 s.
+    if let Some(e) = &status.last_error
+        && old_status.last_error.as_ref().is_none_or(|old| {
+            old.message != e.message
+                && e.time
+                    .as_ref()
+                    .zip(old.time.as_ref())
+                    .is_none_or(|(new, old)| {
+                        new.0.as_millisecond() - old.0.as_millisecond() >= 10_000
+                    })
+        })
+    {
+        ctx.event(
+            topo,
+            EventType::Warning,
+            "ComponentError",
+            format!("{} (task {}): {}", e.component, e.task, e.message),
+        )
+        .await;
+    }
     if let Some(err) = workers.values().find_map(|w| w.error.clone())
         && !has_condition_message(&old_status, &err)
     {
@@ -613,7 +633,30 @@ fn compute_status(
         }
     }
     st.stats = Some(aggregate_stats(topo, stats, ctx));
+    st.last_error = latest_error(topo, ctx).or_else(|| old.last_error.clone());
     st
+}
+
+/// The latest error any component reported, from the ledger's totals (so that a
+/// restarted worker's errors are not forgotten).
+fn latest_error(topo: &Topology, ctx: &Context) -> Option<ComponentErrorStatus> {
+    let mem = ctx.memory();
+    let ledger = mem.ledgers.get(&key_of(topo))?;
+    ledger
+        .components()
+        .into_iter()
+        .filter_map(|(id, c)| c.last_error.map(|e| (id, c.errors, e)))
+        .max_by_key(|(_, _, e)| e.time_ms)
+        .map(|(component, count, e)| ComponentErrorStatus {
+            component,
+            task: e.task,
+            message: e.message,
+            time: i64::try_from(e.time_ms)
+                .ok()
+                .and_then(|ms| Timestamp::from_millisecond(ms).ok())
+                .map(Time),
+            count,
+        })
 }
 
 /// Sum the spouts' figures over workers; rates from the previous pass.

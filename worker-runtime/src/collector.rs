@@ -446,6 +446,7 @@ impl BoltCollector<'_> {
     /// Log an error on behalf of the component.
     pub fn report_error(&mut self, error: &dyn std::fmt::Display) {
         tracing::error!(component = self.em.layout.component_id(self.em.component), task = self.task, %error, "bolt reported an error");
+        self.em.metrics.note_error(self.task, &error.to_string());
     }
 
     fn time_process(&mut self, input: &Tuple) {

@@ -44,6 +44,9 @@ pub struct ExecMetrics {
     pub complete_ns: Histogram<u64>,
     /// When this copy was published.
     pub at_ns: u64,
+    /// Errors reported, and the latest (see [`ExecMetrics::note_error`]).
+    pub errors: u64,
+    pub last_error: Option<squall_api::records::ReportedError>,
 }
 
 impl Default for ExecMetrics {
@@ -61,6 +64,8 @@ impl Default for ExecMetrics {
             process_ns: histogram(),
             complete_ns: histogram(),
             at_ns: now_ns(),
+            errors: 0,
+            last_error: None,
         }
     }
 }
@@ -85,7 +90,23 @@ impl ExecMetrics {
         record(&mut self.complete_ns, ns);
     }
 
+    /// A component reported an error: counted, and kept as the latest for status.
+    pub fn note_error(&mut self, task: squall_api::TaskId, message: &str) {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.errors += 1;
+        self.last_error = Some(squall_api::records::ReportedError::new(
+            message, task, now_ms,
+        ));
+    }
+
     pub fn merge(&mut self, other: &ExecMetrics) {
+        self.errors += other.errors;
+        self.last_error = squall_api::records::ReportedError::later(
+            self.last_error.as_ref(),
+            other.last_error.as_ref(),
+        );
         self.emitted += other.emitted;
         self.transferred += other.transferred;
         self.acked += other.acked;
@@ -111,6 +132,7 @@ impl ExecMetrics {
         d.executed -= earlier.executed.min(d.executed);
         d.replayed -= earlier.replayed.min(d.replayed);
         d.roots -= earlier.roots.min(d.roots);
+        d.errors -= earlier.errors.min(d.errors);
         d.busy_ns -= earlier.busy_ns.min(d.busy_ns);
         // Counts only grow, so subtracting an earlier copy of the same histogram succeeds.
         let _ = d.execute_ns.subtract(&earlier.execute_ns);
@@ -147,6 +169,8 @@ impl ExecMetrics {
             capacity,
             replayed: self.replayed,
             roots: self.roots,
+            errors: self.errors,
+            last_error: self.last_error.clone(),
         }
     }
 }

@@ -6,11 +6,16 @@
 //! - the executor thread takes batches from the bolt's queue, records each input
 //!   tuple under a fresh id, and queues its JSON for the writer; it also sends ticks
 //!   and heartbeats, watches the subprocess's health and restarts it;
-//! - the writer thread owns the subprocess's stdin and writes what is queued;
+//! - the writer thread writes the queued tuples, ticks and heartbeats to the
+//!   subprocess's stdin;
 //! - the reader thread reads the subprocess's stdout and acts on it at once: emits
-//!   go out through the executor's emitter (shared under a mutex), and the task ids
-//!   of an emit are queued for the writer ahead of any tuple, so `storm.py`, which
-//!   waits for them after every emit, is answered without a hop.
+//!   go out through the executor's emitter (shared under a mutex), and it writes the
+//!   task ids of an emit to stdin itself, so `storm.py`, which waits for them after
+//!   every emit, is answered without a hop to another thread.
+//!
+//! Both writers share stdin under a mutex, each writing whole messages. The writer
+//! may block on a full pipe while holding it; that cannot deadlock the reader,
+//! because a subprocess that waits for task ids is reading its stdin.
 //!
 //! A subprocess that exits, writes garbage or stays silent past its timeout is
 //! killed and restarted in place, with backoff. The tuples it held are failed, so
@@ -124,6 +129,8 @@ struct Shared {
     out: WriteQueue,
     /// When the subprocess last wrote anything (ns on the runtime clock).
     last_heard_ns: AtomicU64,
+    /// The subprocess's stdin, shared by the writer thread and the reader's replies.
+    stdin: Mutex<Option<BufWriter<std::process::ChildStdin>>>,
     /// Why the subprocess is broken, once the reader or writer saw it.
     broken: Mutex<Option<String>>,
     dead: AtomicBool,
@@ -216,6 +223,7 @@ impl ShellBoltExecutor {
             inflight: Mutex::new(HashMap::new()),
             out: WriteQueue::default(),
             last_heard_ns: AtomicU64::new(now_ns()),
+            stdin: Mutex::new(None),
             broken: Mutex::new(None),
             dead: AtomicBool::new(false),
         })
@@ -234,6 +242,7 @@ impl ShellBoltExecutor {
             return Err(ComponentError::new("the subprocess has no pipes"));
         };
         let shared = self.fresh_shared(&t.ctx);
+        *lock(&shared.stdin) = Some(BufWriter::with_capacity(64 << 10, stdin));
         let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
                 .name(name)
@@ -243,7 +252,7 @@ impl ShellBoltExecutor {
         let w = shared.clone();
         let writer = spawn(
             format!("shell-write-{}", t.ctx.task_id),
-            Box::new(move || write_loop(&w, stdin)),
+            Box::new(move || write_loop(&w)),
         )?;
         let r = shared.clone();
         let reader = spawn(
@@ -265,6 +274,8 @@ impl ShellBoltExecutor {
         let failed = held.len();
         {
             let mut em = lock(&self.emitter);
+            em.metrics
+                .note_error(t.ctx.task_id, &format!("subprocess restarted: {why}"));
             let mut out = BoltCollector {
                 em: &mut em,
                 task: t.ctx.task_id,
@@ -461,19 +472,28 @@ fn stop(t: &mut TaskProc) -> HashMap<u64, Tuple> {
     std::mem::take(&mut *lock(&t.shared.inflight))
 }
 
-fn write_loop(s: &Shared, stdin: std::process::ChildStdin) {
-    let mut w = BufWriter::with_capacity(64 << 10, stdin);
+fn write_loop(s: &Shared) {
     while let Some((items, _)) = s.out.take() {
-        let r = items
-            .iter()
-            .try_for_each(|b| w.write_all(b))
-            .and_then(|()| w.flush());
-        if let Err(e) = r {
+        if let Err(e) = write_now(s, items.iter().map(Vec::as_slice)) {
             s.mark_broken(format!("writing to the subprocess: {e}"));
             s.out.close();
             return;
         }
     }
+    // Closing stdin tells a well-behaved subprocess to end.
+    lock(&s.stdin).take();
+}
+
+/// Write whole messages to the subprocess's stdin and flush.
+fn write_now<'a>(s: &Shared, items: impl Iterator<Item = &'a [u8]>) -> std::io::Result<()> {
+    let mut stdin = lock(&s.stdin);
+    let Some(w) = stdin.as_mut() else {
+        return Err(std::io::Error::other("stdin is closed"));
+    };
+    for b in items {
+        w.write_all(b)?;
+    }
+    w.flush()
 }
 
 fn read_loop(s: &Shared, stdout: &mut std::io::BufReader<std::process::ChildStdout>) {
@@ -487,9 +507,17 @@ fn read_loop(s: &Shared, stdout: &mut std::io::BufReader<std::process::ChildStdo
             }
         };
         s.last_heard_ns.store(now_ns(), Ordering::Relaxed);
+        // Emits are sent on when the tuple that caused them is acked or failed (one
+        // batch per input rather than one per emit), or once they linger.
+        let emit = matches!(msg, ShellMsg::Emit(_));
         handle(s, msg);
         if stdout.buffer().is_empty() {
-            lock(&s.emitter).outbox.flush(now_ns());
+            let mut em = lock(&s.emitter);
+            if emit {
+                em.outbox.flush_if_lingering(now_ns());
+            } else {
+                em.outbox.flush(now_ns());
+            }
         }
     }
 }
@@ -530,7 +558,10 @@ fn handle(s: &Shared, msg: ShellMsg) {
             });
             if e.need_task_ids && e.task.is_none() {
                 let reply = Json::Array(targets.iter().map(|&t| Json::from(t)).collect());
-                s.out.push_reply(protocol::frame(&reply));
+                if let Err(e) = write_now(s, std::iter::once(protocol::frame(&reply).as_slice())) {
+                    s.mark_broken(format!("writing to the subprocess: {e}"));
+                    s.out.close();
+                }
             }
         }
         ShellMsg::Ack { id } => finish(s, &id, true),
@@ -538,7 +569,8 @@ fn handle(s: &Shared, msg: ShellMsg) {
         ShellMsg::Sync => {}
         ShellMsg::Log { msg, level } => log_line(&s.who, level, &msg),
         ShellMsg::Error { msg } => {
-            tracing::error!(component = %s.who.component, task = s.task, error = %msg, "multilang bolt reported an error")
+            tracing::error!(component = %s.who.component, task = s.task, error = %msg, "multilang bolt reported an error");
+            lock(&s.emitter).metrics.note_error(s.task, &msg);
         }
         ShellMsg::Metrics { name } => {
             tracing::debug!(component = %s.who.component, metric = %name, "multilang metrics are not collected")

@@ -51,6 +51,9 @@ pub(crate) struct ShellSpout {
     deferred: VecDeque<Emit>,
     active: bool,
     warned_lenient: bool,
+    /// Errors not yet handed to the executor's metrics (they are, at the next
+    /// `next_tuple`): how many, and the latest.
+    errors: Vec<String>,
 }
 
 /// How long `activate` and `deactivate` wait for their `sync`.
@@ -83,6 +86,7 @@ impl ShellSpout {
             deferred: VecDeque::new(),
             active: false,
             warned_lenient: false,
+            errors: Vec::new(),
         };
         s.running = Some(s.launch()?);
         Ok(s)
@@ -158,6 +162,7 @@ impl ShellSpout {
         self.ids.clear();
         self.failed.clear();
         tracing::error!(component = %self.who.component, task = self.who.task, reason = why, restart_in = ?delay, "multilang spout subprocess killed; restarting it");
+        self.note_error(format!("subprocess restarted: {why}"));
     }
 
     fn write(&mut self, msg: &Json) -> Result<(), String> {
@@ -235,7 +240,8 @@ impl ShellSpout {
                 }
                 ShellMsg::Log { msg, level } => log_line(&self.who, level, &msg),
                 ShellMsg::Error { msg } => {
-                    tracing::error!(component = %self.who.component, task = self.who.task, error = %msg, "multilang spout reported an error")
+                    tracing::error!(component = %self.who.component, task = self.who.task, error = %msg, "multilang spout reported an error");
+                    self.note_error(msg);
                 }
                 ShellMsg::Metrics { name } => {
                     tracing::debug!(component = %self.who.component, metric = %name, "multilang metrics are not collected")
@@ -285,6 +291,14 @@ impl ShellSpout {
         reply
     }
 
+    fn note_error(&mut self, msg: String) {
+        // Only the latest is shown; the count is what matters for the rest.
+        if self.errors.len() >= 16 {
+            self.errors.remove(0);
+        }
+        self.errors.push(msg);
+    }
+
     fn ack_or_fail(&mut self, command: &str, msg_id: u64, out: Option<&mut SpoutCollector<'_>>) {
         // An id from before a restart means nothing to the new subprocess.
         let Some(id) = self.ids.remove(&msg_id) else {
@@ -301,6 +315,9 @@ impl ShellSpout {
 
 impl Spout for ShellSpout {
     fn next_tuple(&mut self, out: &mut SpoutCollector<'_>) {
+        for e in self.errors.drain(..) {
+            out.em.metrics.note_error(self.who.task, &e);
+        }
         if !self.ensure_running() {
             return;
         }
