@@ -193,7 +193,13 @@ pub fn read_all(
     timeout: Duration,
 ) -> Result<Vec<ReadRecord>, ToolError> {
     let ends = end_offsets(bootstrap, topic)?;
+    // librdkafka wants a group even for assigned partitions; this one never commits.
     let consumer: BaseConsumer = config(bootstrap)
+        .set(
+            "group.id",
+            format!("squall-read-all-{}", std::process::id()),
+        )
+        .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
         .create()
         .map_err(|e| err("consumer", e))?;
