@@ -10,6 +10,8 @@ pub const ETCD_VERSION: &str = "v3.6.16";
 pub const HELM_VERSION: &str = "v3.22.0";
 /// CoreDNS release (keep in sync with provision.sh).
 pub const COREDNS_VERSION: &str = "v1.15.0";
+/// Apache Kafka release of the test broker (keep in sync with provision.sh).
+pub const KAFKA_VERSION: &str = "4.1.1";
 /// Name of the cache entry provision.sh builds into.
 pub const CACHE_KEY: &str = "k8s-v1.33.13_etcd-v3.6.16_helm-v3.22.0_coredns-v1.15.0";
 
@@ -19,15 +21,28 @@ pub fn bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("SQUALL_TESTENV_BIN").filter(|d| !d.is_empty()) {
         return PathBuf::from(dir);
     }
-    let root = if let Some(c) = std::env::var_os("SQUALL_TESTENV_CACHE").filter(|d| !d.is_empty()) {
+    cache_root().join(CACHE_KEY).join("bin")
+}
+
+/// `${SQUALL_TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/squall-testenv}`.
+fn cache_root() -> PathBuf {
+    if let Some(c) = std::env::var_os("SQUALL_TESTENV_CACHE").filter(|d| !d.is_empty()) {
         PathBuf::from(c)
     } else if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
         PathBuf::from(x).join("squall-testenv")
     } else {
         let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
         home.join(".cache").join("squall-testenv")
-    };
-    root.join(CACHE_KEY).join("bin")
+    }
+}
+
+/// The directory of the provisioned Kafka broker (its jars in `libs/`):
+/// `$SQUALL_TESTENV_KAFKA`, else `<cache root>/kafka-<KAFKA_VERSION>`.
+pub fn kafka_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SQUALL_TESTENV_KAFKA").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    cache_root().join(format!("kafka-{KAFKA_VERSION}"))
 }
 
 /// The path of a provisioned binary (`etcd`, `kube-apiserver`,
@@ -74,6 +89,7 @@ mod tests {
             ("ETCD_VERSION", ETCD_VERSION),
             ("HELM_VERSION", HELM_VERSION),
             ("COREDNS_VERSION", COREDNS_VERSION),
+            ("KAFKA_VERSION", KAFKA_VERSION),
         ] {
             assert!(
                 script.contains(&format!("{var}=\"{val}\"")),
