@@ -255,3 +255,52 @@ fn the_kafka_word_count_example_counts_every_word() {
         .collect();
     assert_eq!(counted, expected, "no failures: every count exact");
 }
+
+/// The broker dies mid-run (SIGKILL): the spout and bolt log and keep trying,
+/// nothing panics, and the run still stops when asked.
+#[test]
+fn a_broker_that_dies_mid_run_is_no_crash() {
+    let kafka = Kafka::start().unwrap();
+    let b = kafka.bootstrap_servers().to_string();
+    tools::create_topic(&b, "in", 2).unwrap();
+    tools::produce(&b, "in", (0..2000).map(|i| (None::<&str>, format!("r{i}")))).unwrap();
+    let (name, spec) = spec(&format!(
+        "apiVersion: squall.dev/v1alpha1\nkind: Topology\nmetadata: {{name: dies}}\nspec:\n  image: x\n  \
+         messageTimeoutSeconds: 2\n  \
+         spouts: [{{id: events, component: KafkaSpout, config: {{bootstrapServers: \"{b}\", topic: in, groupId: dies, offsetCommitPeriodMs: 100}}}}]\n  \
+         bolts: [{{id: sink, component: KafkaBolt, config: {{bootstrapServers: \"{b}\", topic: out, valueField: value, messageTimeoutMs: 1000}}}}]\n  \
+         streams: [{{from: events, to: sink, grouping: {{type: SHUFFLE}}}}]\n"
+    ));
+    let stop = Arc::new(AtomicBool::new(false));
+    let run = {
+        let opts = quiet(stop.clone());
+        std::thread::spawn(move || local::run(&squall_examples::registry(), &name, spec, &opts))
+    };
+    wait_for("the first commit", Duration::from_secs(60), || {
+        tools::committed_offsets(&b, "dies", "in")
+            .is_ok_and(|c| c.values().any(|o| o.is_some_and(|o| o > 0)))
+    });
+    let status = std::process::Command::new("kill")
+        .args(["-s", "KILL", &kafka.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    wait_for("the broker to be gone", Duration::from_secs(10), || {
+        !std::path::Path::new(&format!("/proc/{}", kafka.pid())).exists()
+            || std::fs::read_to_string(format!("/proc/{}/stat", kafka.pid()))
+                .is_ok_and(|s| s.contains(") Z "))
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !run.is_finished(),
+        "the topology keeps running without its broker"
+    );
+    let t = Instant::now();
+    stop.store(true, Ordering::Relaxed);
+    let s = run.join().expect("no panic").unwrap();
+    eprintln!(
+        "broker killed mid-run: stopped in {:.1}s; {s:?}",
+        t.elapsed().as_secs_f64()
+    );
+    assert!(s.acked > 0, "{s:?}");
+}

@@ -23,6 +23,8 @@ use crate::tuple::{Value, Values};
 
 /// How long a metadata or committed-offsets request may hold up `next_tuple`.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long `close` waits for its last commit.
+const CLOSE_WAIT: Duration = Duration::from_secs(3);
 /// The longest wait between tries to reach the broker for the partitions.
 const MAX_ASSIGN_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -54,7 +56,8 @@ pub struct KafkaSpout {
     first: FirstOffset,
     commit_metadata: String,
     topology: String,
-    consumer: BaseConsumer<SpoutContext>,
+    /// `None` once closed: the consumer is dropped on a thread of its own (see `close`).
+    consumer: Option<BaseConsumer<SpoutContext>>,
     partitions: BTreeMap<i32, PartitionOffsets>,
     /// By message id: records emitted and not acked, or waiting for a retry.
     records: HashMap<u64, Record>,
@@ -186,7 +189,7 @@ impl KafkaSpout {
             first,
             commit_metadata,
             topology: ctx.topology.clone(),
-            consumer,
+            consumer: Some(consumer),
             partitions: BTreeMap::new(),
             records: HashMap::new(),
             retries: BTreeSet::new(),
@@ -237,8 +240,8 @@ impl KafkaSpout {
     }
 
     fn assign_new_partitions(&mut self) -> Result<(), String> {
-        let md = self
-            .consumer
+        let consumer = self.consumer.as_ref().ok_or("closed")?;
+        let md = consumer
             .fetch_metadata(Some(&self.topic), REQUEST_TIMEOUT)
             .map_err(|e| format!("metadata: {e}"))?;
         let t = md
@@ -269,8 +272,7 @@ impl KafkaSpout {
         for &p in &mine {
             ask.add_partition(&self.topic, p);
         }
-        let committed = self
-            .consumer
+        let committed = consumer
             .committed_offsets(ask, REQUEST_TIMEOUT)
             .map_err(|e| format!("committed offsets of group: {e}"))?;
         let mut start = TopicPartitionList::new();
@@ -299,7 +301,7 @@ impl KafkaSpout {
                 .map_err(|e| format!("start offset: {e}"))?;
             fresh.push((e.partition(), resume, from));
         }
-        self.consumer
+        consumer
             .incremental_assign(&start)
             .map_err(|e| format!("assign: {e}"))?;
         for (p, resume, from) in fresh {
@@ -309,10 +311,11 @@ impl KafkaSpout {
         Ok(())
     }
 
-    /// Commit what may be committed, if the period passed (or `sync`: now, and wait).
-    fn commit(&mut self, now: Instant, sync: bool) {
+    /// Commit (asynchronously: the result comes back through `poll`) what may
+    /// be committed, if the period passed.
+    fn commit(&mut self, now: Instant) {
         self.apply_commit_results();
-        if !sync && now < self.next_commit {
+        if now < self.next_commit {
             return;
         }
         self.next_commit = now + self.commit_period;
@@ -328,30 +331,19 @@ impl KafkaSpout {
         if tpl.count() == 0 {
             return;
         }
-        let mode = if sync {
-            CommitMode::Sync
-        } else {
-            CommitMode::Async
+        let Some(consumer) = self.consumer.as_ref() else {
+            return;
         };
-        match self.consumer.commit(&tpl, mode) {
-            Ok(()) if sync => {
-                for e in tpl.elements() {
-                    if let (Some(st), Offset::Offset(o)) =
-                        (self.partitions.get_mut(&e.partition()), e.offset())
-                    {
-                        st.committed(o);
-                    }
-                }
-            }
-            Ok(()) => {}
-            Err(error) => {
-                tracing::warn!(component = %self.component, task = self.task, %error, "kafka offset commit failed; it is tried again")
-            }
+        if let Err(error) = consumer.commit(&tpl, CommitMode::Async) {
+            tracing::warn!(component = %self.component, task = self.task, %error, "kafka offset commit failed; it is tried again");
         }
     }
 
     fn apply_commit_results(&mut self) {
-        let done: Vec<(i32, i64)> = match self.consumer.context().committed.lock() {
+        let Some(consumer) = self.consumer.as_ref() else {
+            return;
+        };
+        let done: Vec<(i32, i64)> = match consumer.context().committed.lock() {
             Ok(mut c) => std::mem::take(&mut *c),
             Err(_) => return,
         };
@@ -397,7 +389,10 @@ impl KafkaSpout {
     }
 
     fn poll_one(&mut self, out: &mut SpoutCollector<'_>) {
-        match self.consumer.poll(Duration::ZERO) {
+        let Some(consumer) = self.consumer.as_ref() else {
+            return;
+        };
+        match consumer.poll(Duration::ZERO) {
             None => {}
             Some(Ok(m)) => {
                 let partition = m.partition();
@@ -446,7 +441,7 @@ impl Spout for KafkaSpout {
         if !self.emit_retry(now, out) && self.records.len() < self.max_records {
             self.poll_one(out);
         }
-        self.commit(now, false);
+        self.commit(now);
     }
 
     fn ack(&mut self, msg_id: u64) {
@@ -470,10 +465,33 @@ impl Spout for KafkaSpout {
     }
 
     fn deactivate(&mut self) {
-        self.commit(Instant::now(), true);
+        // Not a synchronous commit: with the broker gone it would block the
+        // executor (and the kill) until librdkafka gives up.
+        self.next_commit = Instant::now();
+        self.commit(Instant::now());
     }
 
     fn close(&mut self) {
-        self.commit(Instant::now(), true);
+        // A last commit, waited for at most CLOSE_WAIT: messages polled meanwhile
+        // are dropped, which is safe here (they are not committed, so whoever
+        // reads the partition next reads them again).
+        let deadline = Instant::now() + CLOSE_WAIT;
+        self.next_commit = Instant::now();
+        self.commit(Instant::now());
+        while Instant::now() < deadline && self.partitions.values().any(|p| p.to_commit().is_some())
+        {
+            if let Some(c) = self.consumer.as_ref() {
+                let _ = c.poll(Duration::from_millis(100));
+            }
+            self.apply_commit_results();
+        }
+        // Dropping a consumer closes it, and librdkafka's close waits for the
+        // group coordinator: with the broker down it would hold up the
+        // worker's shutdown for good. Close it on a thread of its own.
+        if let Some(c) = self.consumer.take() {
+            let _ = std::thread::Builder::new()
+                .name("kafka-consumer-close".into())
+                .spawn(move || drop(c));
+        }
     }
 }
