@@ -2,7 +2,7 @@
 SHELL := /usr/bin/env bash
 CARGO ?= cargo
 
-.PHONY: all build run test lint fmt testenv dev-cluster bench crds helm-lint images
+.PHONY: all build run test lint fmt testenv dev-cluster bench bench-kafka crds helm-lint images
 
 all: build
 
@@ -67,3 +67,7 @@ images: testenv
 
 bench:
 	$(CARGO) run --release -p squall-examples --bin squall-bench
+
+## KafkaSpout → KafkaBolt records/s against a real local broker (docs/benchmarks.md).
+bench-kafka: testenv
+	source <(bash tests/testenv/provision.sh --print-env) && $(CARGO) bench -p squall-examples --bench kafka

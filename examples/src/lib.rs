@@ -4,12 +4,15 @@
 //! |---|---|---|---|
 //! | `RandomSentenceSpout` | spout | `sentence` | `rate` (roots/s per task, 0 = flat out), `limit` (roots per task, 0 = endless) |
 //! | `TestWordSpout` | spout | `word` | `rate`, `limit` |
-//! | `SplitSentence` | bolt | `word` | |
+//! | `SplitSentence` | bolt | `word` | splits field `value` (a `KafkaSpout` record) when the input has one, else field 0 |
 //! | `WordCount` | bolt | `word`, `count` | |
 //! | `ExclamationBolt` | bolt | `word` | |
 //! | `RollingCount` | bolt | `obj`, `count` | `window_seconds` (default 9); needs `tickFrequencySeconds` |
 //! | `TopN` | bolt | `rankings` | `n` (default 10); needs `tickFrequencySeconds` |
-//! | `Flaky` | bolt | `value` (pass-through) | `fail_ratio`, `drop_ratio`, `sleep_ms` |
+//! | `Flaky` | bolt | `value` (pass-through of field `value` when the input has one, else field 0) | `fail_ratio`, `drop_ratio`, `sleep_ms` |
+//!
+//! The binary also has the engine's built-in `KafkaSpout` and `KafkaBolt`
+//! (see `squall_runtime::kafka` and docs/kafka.md).
 
 use std::collections::{HashMap, VecDeque};
 
@@ -182,12 +185,19 @@ impl Spout for ReplayingSpout {
     }
 }
 
-/// Splits a sentence (field 0) into words, anchored to the sentence.
+/// The field a pass-through bolt reads: `value` (a Kafka record's payload, or
+/// Flaky's output) when the input declares it, else the first field.
+fn payload(input: &Tuple) -> Option<&Value> {
+    input.get_by_field("value").or_else(|| input.get(0))
+}
+
+/// Splits a sentence (field `value` or field 0, see [`payload`]) into words,
+/// anchored to the sentence.
 pub struct SplitSentence;
 
 impl Bolt for SplitSentence {
     fn execute(&mut self, input: Tuple, out: &mut BoltCollector<'_>) {
-        if let Some(sentence) = input.str(0) {
+        if let Some(sentence) = payload(&input).and_then(Value::as_str) {
             for word in sentence.split_whitespace() {
                 out.emit(&[&input], values![word]);
             }
@@ -343,7 +353,9 @@ impl Bolt for TopN {
 }
 
 /// A pass-through bolt for fault injection: fails a share of tuples, drops a share
-/// (never acks them, so their trees time out), and can sleep to act slow.
+/// (never acks them, so their trees time out), and can sleep to act slow. It
+/// passes on one value, as it declares one field (`value`): the input's field
+/// `value` when it has one (a `KafkaSpout` record's payload), else its first.
 pub struct Flaky {
     fail_ratio: f64,
     drop_ratio: f64,
@@ -384,7 +396,8 @@ impl Bolt for Flaky {
         } else if dice < self.fail_ratio + self.drop_ratio {
             // Dropped: never acked, the tree times out at its spout.
         } else {
-            out.emit(&[&input], input.values().iter().cloned().collect());
+            let value = payload(&input).cloned().unwrap_or(Value::Null);
+            out.emit(&[&input], values![value]);
             out.ack(&input);
         }
     }

@@ -300,6 +300,7 @@ fn every_example_manifest_validates() {
         "rolling-top-words",
         "throughput-vs-latency",
         "word-count-flaky",
+        "kafka-word-count",
     ] {
         let out = bin()
             .args(["validate", &format!("examples/{ex}/topology.yaml")])

@@ -4,7 +4,9 @@
 #   kube-proxy (k8s.io/kubernetes, built through a wrapper go.mod), etcd
 #   (go.etcd.io/etcd/server/v3), CoreDNS and helm (go install), plus the
 #   Debian packages of the real node (containerd, runc, CNI plugins, iptables,
-#   umoci/skopeo/buildah for images) when running as root.
+#   umoci/skopeo/buildah for images) when running as root; and an Apache Kafka
+#   broker (org.apache.kafka:kafka_2.13 and its runtime jars from Maven Central,
+#   resolved by mvn) for the Kafka components' tests.
 #
 # Usage:
 #   bash tests/testenv/provision.sh              build whatever is missing (idempotent)
@@ -23,6 +25,8 @@ HELM_VERSION="v3.22.0"     # helm.sh/helm/v3
 COREDNS_VERSION="v1.15.0"  # github.com/coredns/coredns
 STORM_VERSION="2.8.3"      # org.apache.storm:multilang-{python,javascript,ruby} (storm.py, storm.js, storm.rb)
 PYSTORM_VERSION="3.1.4"    # pystorm on PyPI, with its dependencies
+KAFKA_VERSION="4.1.1"      # org.apache.kafka:kafka_2.13 (KRaft, single node, on java 17+)
+LOG4J_VERSION="2.24.3"     # log4j-slf4j-impl: the broker's log binding (Kafka's own log4j-core version)
 # Debian packages of the real node (see shared notes real-node.md).
 NODE_PACKAGES=(containerd runc iptables conntrack socat busybox-static containernetworking-plugins
                umoci skopeo buildah iproute2 util-linux)
@@ -34,10 +38,13 @@ BIN="${DIR}/bin"
 # Storm's multilang client libraries, as users have them: storm.py, storm.js and
 # storm.rb unpacked from Storm's jars on Maven Central, and pystorm from PyPI.
 MULTILANG="${CACHE_ROOT}/multilang-storm-${STORM_VERSION}_pystorm-${PYSTORM_VERSION}"
+# Kafka has a cache entry of its own: bumping it does not rebuild Kubernetes.
+KAFKA_DIR="${CACHE_ROOT}/kafka-${KAFKA_VERSION}"
 
 if [[ "${1:-}" == "--print-env" ]]; then
     printf 'export SQUALL_TESTENV_BIN=%q\n' "$BIN"
     printf 'export SQUALL_MULTILANG=%q\n' "$MULTILANG"
+    printf 'export SQUALL_TESTENV_KAFKA=%q\n' "$KAFKA_DIR"
     printf 'export PATH=%q:"$PATH"\n' "$BIN"
     exit 0
 elif [[ $# -gt 0 ]]; then
@@ -106,6 +113,60 @@ install_packages() {
 }
 
 install_packages
+
+# ---------------------------------------------------------------- kafka
+# The broker's jars, resolved by Maven from a generated pom into
+# $KAFKA_DIR/libs; .complete is written last, so an interrupted run resolves again.
+have_kafka() {
+    [[ -f "$KAFKA_DIR/.complete" && -f "$KAFKA_DIR/libs/kafka_2.13-${KAFKA_VERSION}.jar" ]]
+}
+
+provision_kafka() {
+    have_kafka && return 0
+    if ! command -v java >/dev/null 2>&1; then
+        log "step 'kafka' failed: no 'java' on PATH; the Kafka broker needs Java 17+ (apt-get install openjdk-17-jre-headless)"
+        exit 1
+    fi
+    if ! command -v mvn >/dev/null 2>&1; then
+        if [[ $(id -u) -eq 0 ]]; then
+            log "installing Debian package maven (resolves the Kafka broker's jars)"
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends maven >"$CACHE_ROOT/apt-maven.log" 2>&1 ||
+                { log "apt-get install maven FAILED; see $CACHE_ROOT/apt-maven.log"; exit 1; }
+        else
+            log "step 'kafka' failed: no 'mvn' on PATH; as root run: apt-get install -y maven"
+            exit 1
+        fi
+    fi
+    mkdir -p "$KAFKA_DIR"
+    local logf="$KAFKA_DIR/resolve.log" t0=$SECONDS
+    log "step 'kafka' (org.apache.kafka:kafka_2.13:${KAFKA_VERSION} from Maven Central) ..."
+    cat >"$KAFKA_DIR/pom.xml" <<EOF
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>squall.testenv</groupId>
+  <artifactId>kafka-broker</artifactId>
+  <version>${KAFKA_VERSION}</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>${KAFKA_VERSION}</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId><version>${LOG4J_VERSION}</version></dependency>
+  </dependencies>
+</project>
+EOF
+    rm -rf "${KAFKA_DIR:?}/libs" "${KAFKA_DIR:?}/libs.tmp"
+    if ! mvn -B -q -f "$KAFKA_DIR/pom.xml" dependency:copy-dependencies \
+            -DincludeScope=runtime -DoutputDirectory="$KAFKA_DIR/libs.tmp" >"$logf" 2>&1; then
+        log "step 'kafka' FAILED: mvn could not resolve the broker's jars; last lines of $logf:"
+        tail -n 30 "$logf" | sed 's/^/    /' >&2
+        exit 1
+    fi
+    mv "$KAFKA_DIR/libs.tmp" "$KAFKA_DIR/libs"
+    touch "$KAFKA_DIR/.complete"
+    log "step 'kafka' ok ($((SECONDS - t0))s): $KAFKA_DIR/libs"
+}
+
+mkdir -p "$CACHE_ROOT"
+provision_kafka
 
 if have_all; then
     log "cache hit: $BIN"

@@ -116,6 +116,12 @@ pub trait Bolt: Send {
     }
     /// Process one tuple. Every input must eventually be acked or failed through `out`.
     fn execute(&mut self, input: Tuple, out: &mut BoltCollector<'_>);
+    /// Called when the executor finds the bolt's input queue empty, before it waits
+    /// for more. A bolt that holds input tuples until an asynchronous result comes
+    /// (the built-in `KafkaBolt` waits for the broker's acknowledgement) acks or
+    /// fails them here, so they need neither more input nor a tick to settle. It
+    /// may block briefly (milliseconds): input waits meanwhile.
+    fn idle(&mut self, _out: &mut BoltCollector<'_>) {}
     fn cleanup(&mut self) {}
 }
 
@@ -157,14 +163,34 @@ pub(crate) struct Registered {
 }
 
 /// Every component a topology binary can run, by name.
-#[derive(Default)]
 pub struct Registry {
     pub(crate) components: BTreeMap<String, Registered>,
 }
 
+impl Default for Registry {
+    fn default() -> Self {
+        Registry::new()
+    }
+}
+
 impl Registry {
+    /// A registry that holds the built-in components (`KafkaSpout` and
+    /// `KafkaBolt` with the `kafka` feature), so that no topology binary can
+    /// forget them. A component registered later under the same name replaces
+    /// the built-in one.
     pub fn new() -> Self {
-        Registry::default()
+        #[allow(unused_mut)] // without the kafka feature there is nothing built in
+        let mut r = Registry::empty();
+        #[cfg(feature = "kafka")]
+        crate::kafka::register(&mut r);
+        r
+    }
+
+    /// A registry without the built-in components.
+    pub fn empty() -> Self {
+        Registry {
+            components: BTreeMap::new(),
+        }
     }
 
     /// Register a spout under `name`; `make` builds one instance per task.

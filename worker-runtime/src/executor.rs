@@ -357,9 +357,13 @@ impl BoltExecutor {
                     while let Ok(batch) = self.core.rx.try_recv() {
                         self.process(batch);
                     }
+                    self.idle();
                     self.core.emitter.outbox.flush(now_ns());
                 }
-                Err(RecvTimeoutError::Timeout) => self.core.emitter.outbox.flush(now_ns()),
+                Err(RecvTimeoutError::Timeout) => {
+                    self.idle();
+                    self.core.emitter.outbox.flush(now_ns());
+                }
                 Err(RecvTimeoutError::Disconnected) => break,
             }
         }
@@ -382,6 +386,20 @@ impl BoltExecutor {
             }
         }
         self.core.emitter.outbox.flush_if_lingering(t);
+    }
+
+    /// The input ran dry: let each bolt settle what it holds ([`Bolt::idle`]).
+    fn idle(&mut self) {
+        let now = now_ns();
+        for (idx, bolt) in self.bolts.iter_mut().enumerate() {
+            let mut out = BoltCollector {
+                em: &mut self.core.emitter,
+                task: self.core.first_task + idx as TaskId,
+                exec_start_ns: now,
+                acked_current: 0,
+            };
+            bolt.idle(&mut out);
+        }
     }
 
     /// Execute one tuple that starts at `start`; returns the time it ended, which is

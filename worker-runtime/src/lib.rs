@@ -12,6 +12,8 @@ pub mod collector;
 pub mod component;
 pub mod executor;
 pub mod grouping;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod layout;
 pub mod local;
 pub mod metrics;

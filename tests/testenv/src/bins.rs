@@ -10,6 +10,8 @@ pub const ETCD_VERSION: &str = "v3.6.16";
 pub const HELM_VERSION: &str = "v3.22.0";
 /// CoreDNS release (keep in sync with provision.sh).
 pub const COREDNS_VERSION: &str = "v1.15.0";
+/// Apache Kafka release of the test broker (keep in sync with provision.sh).
+pub const KAFKA_VERSION: &str = "4.1.1";
 /// Name of the cache entry provision.sh builds into.
 pub const CACHE_KEY: &str = "k8s-v1.33.13_etcd-v3.6.16_helm-v3.22.0_coredns-v1.15.0";
 /// Name of the cache entry holding Storm's multilang libraries and pystorm
@@ -46,6 +48,15 @@ pub fn multilang_dir() -> Result<PathBuf> {
         .filter(|d| !d.is_empty())
         .map_or_else(|| cache_root().join(MULTILANG_KEY), PathBuf::from);
     binary_in(&dir, "storm.py").map(|_| dir)
+}
+
+/// The directory of the provisioned Kafka broker (its jars in `libs/`):
+/// `$SQUALL_TESTENV_KAFKA`, else `<cache root>/kafka-<KAFKA_VERSION>`.
+pub fn kafka_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SQUALL_TESTENV_KAFKA").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    cache_root().join(format!("kafka-{KAFKA_VERSION}"))
 }
 
 /// The path of a provisioned binary (`etcd`, `kube-apiserver`,
@@ -92,6 +103,7 @@ mod tests {
             ("ETCD_VERSION", ETCD_VERSION),
             ("HELM_VERSION", HELM_VERSION),
             ("COREDNS_VERSION", COREDNS_VERSION),
+            ("KAFKA_VERSION", KAFKA_VERSION),
         ] {
             assert!(
                 script.contains(&format!("{var}=\"{val}\"")),

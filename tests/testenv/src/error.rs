@@ -11,6 +11,13 @@ pub enum Error {
          holding etcd, kube-apiserver, kube-controller-manager and helm"
     )]
     BinaryMissing { name: String, path: PathBuf },
+    /// The provisioned Kafka broker is missing.
+    #[error(
+        "testenv Kafka broker not found at {path}: run `make testenv` \
+         (or `bash tests/testenv/provision.sh`) first, or point SQUALL_TESTENV_KAFKA at a directory \
+         whose libs/ holds the kafka_2.13 jars and their dependencies"
+    )]
+    KafkaMissing { path: PathBuf },
     /// An I/O operation failed.
     #[error("{context}: {source}")]
     Io {

@@ -19,19 +19,21 @@ mod control_plane;
 mod error;
 mod etcd;
 mod http;
+mod kafka;
 pub mod node;
 mod process;
 mod tempdir;
 mod wait;
 
 pub use bins::{
-    CACHE_KEY, COREDNS_VERSION, ETCD_VERSION, HELM_VERSION, K8S_VERSION, bin_dir, binary,
-    multilang_dir,
+    CACHE_KEY, COREDNS_VERSION, ETCD_VERSION, HELM_VERSION, K8S_VERSION, KAFKA_VERSION, bin_dir,
+    binary, kafka_dir, multilang_dir,
 };
 pub use cluster::{CLUSTER_ENV, TestCluster};
 pub use control_plane::ControlPlane;
 pub use error::{Error, Result};
 pub use etcd::Etcd;
+pub use kafka::Kafka;
 pub use node::{ClusterInfo, RealCluster};
 pub use process::ManagedProcess;
 pub use tempdir::TempDir;
