@@ -8,7 +8,6 @@
 
 use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -140,26 +139,6 @@ impl Transfer for TransferService {
     }
 }
 
-/// Longest a delivery thread holds a batch for a worker whose executors are not up.
-const TARGET_WAIT: Duration = Duration::from_secs(30);
-
-/// The worker's current executors, waiting up to [`TARGET_WAIT`] for them.
-fn wait_for_target(target: &TargetSlot) -> Option<Arc<Target>> {
-    let deadline = std::time::Instant::now() + TARGET_WAIT;
-    loop {
-        let current = target.read().unwrap_or_else(|p| p.into_inner()).clone();
-        if current.is_some() || std::time::Instant::now() >= deadline {
-            if current.is_none() {
-                tracing::warn!(
-                    "no executors to deliver to after {TARGET_WAIT:?}: a batch is dropped"
-                );
-            }
-            return current;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 /// One lane's delivery thread: decode, split by executor queue, deliver, grant credit.
 fn deliver(
     rx: std::sync::mpsc::Receiver<Bytes>,
@@ -170,11 +149,7 @@ fn deliver(
 ) {
     let mut parts: Vec<(usize, Batch)> = Vec::new();
     while let Ok(payload) = rx.recv() {
-        // A peer that started first may send before this worker's executors are
-        // up (or while it swaps plan versions): hold the batch, and with it the
-        // sender's credit, until they are, rather than drop trees that would only
-        // come back after the message timeout.
-        let current = wait_for_target(&target);
+        let current = target.read().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(t) = current {
             match decode(&t.schema, &payload) {
                 Ok(batch) => {
