@@ -148,7 +148,9 @@ impl Worker {
             queues: senders,
         });
 
-        let control = WorkerControl::new(layout.spec.active);
+        // A worker with peers starts with its spouts held back; its owner
+        // activates them once the links to the peers are up.
+        let control = WorkerControl::new(layout.spec.active && routes.remote.is_none());
         let mut spouts = Vec::new();
         let mut runnables: Vec<(String, Box<dyn FnOnce() + Send>)> = Vec::new();
         for (&ei, rx) in mine.iter().zip(receivers) {

@@ -67,6 +67,9 @@ pub struct WorkerOptions {
 struct Running {
     worker: Worker,
     links: Arc<Links>,
+    /// Every link to a peer has been up once. Spouts wait for it, so the first
+    /// tuples do not meet a peer whose executors are not running yet.
+    linked: bool,
 }
 
 struct State {
@@ -208,14 +211,37 @@ impl State {
                 return Err(e.into());
             }
         };
-        worker.set_active(self.control.active && !self.control.killed);
         *self.target.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(Target {
+            version,
             inbound: worker.inbound(),
             schema,
         }));
         self.set_status(|s| s.applied_version = version);
-        self.running = Some(Running { worker, links });
+        self.running = Some(Running {
+            worker,
+            links,
+            linked: false,
+        });
+        self.check_links();
         Ok(())
+    }
+
+    /// Activate the spouts once every peer link is up (checked each loop turn).
+    fn check_links(&mut self) {
+        let Some(r) = &mut self.running else { return };
+        if r.linked || !r.links.all_up() {
+            return;
+        }
+        r.linked = true;
+        tracing::info!("every peer link is up; spouts may emit");
+        self.activate();
+    }
+
+    fn activate(&self) {
+        if let Some(r) = &self.running {
+            r.worker
+                .set_active(r.linked && self.control.active && !self.control.killed);
+        }
     }
 
     fn apply_control(&mut self, c: Control) {
@@ -228,10 +254,7 @@ impl State {
             );
         }
         self.control = c;
-        if let Some(r) = &self.running {
-            r.worker
-                .set_active(self.control.active && !self.control.killed);
-        }
+        self.activate();
     }
 
     fn refresh_progress(&self) {
@@ -396,6 +419,7 @@ pub fn run(registry: Registry, opts: WorkerOptions) -> anyhow::Result<ExitCode> 
             state.stop(Duration::from_secs(2), false);
             break ExitCode::SUCCESS;
         }
+        state.check_links();
         state.refresh_progress();
         let notice = rt
             .block_on(async { tokio::time::timeout(Duration::from_millis(100), nrx.recv()).await });

@@ -38,6 +38,24 @@ pub struct LinkStats {
     pub batches_sent: AtomicU64,
     pub connects: AtomicU64,
     pub dropped_envelopes: AtomicU64,
+    /// Links whose peer accepted the stream and has not ended it since.
+    pub up: AtomicU64,
+}
+
+/// Counts a link as up for as long as it lives.
+struct Up<'a>(&'a AtomicU64);
+
+impl<'a> Up<'a> {
+    fn new(n: &'a AtomicU64) -> Self {
+        n.fetch_add(1, Ordering::Relaxed);
+        Up(n)
+    }
+}
+
+impl Drop for Up<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// This worker's links to its peers.
@@ -108,6 +126,12 @@ impl Links {
     pub fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
         let _ = self.stop.send(true);
+    }
+
+    /// Every peer accepted its stream, so it runs this plan version's
+    /// executors: Storm's "worker active once all connections are ready".
+    pub fn all_up(&self) -> bool {
+        self.stats.up.load(Ordering::Relaxed) as usize == self.links.iter().flatten().count()
     }
 
     fn encode(&self, batch: &Batch, want_control: bool) -> Bytes {
@@ -309,6 +333,7 @@ async fn session(
         .map_err(|e| format!("open: {e}"))?
         .into_inner();
     stats.connects.fetch_add(1, Ordering::Relaxed);
+    let _up = Up::new(&stats.up);
     tracing::info!(peer = slot, %endpoint, "tuple link up");
     let (mut dc, mut cc) = (0u32, 0u32);
     loop {

@@ -5,6 +5,12 @@
 //! and hands them to the lane's thread, which decodes them, splits them over the
 //! executor queues (waiting while a bolt's queue is full), and then grants the
 //! credit back. A slow bolt therefore holds credits, and its senders wait.
+//!
+//! A stream is accepted only while this worker runs executors for the plan
+//! version the sender runs (the hello says which). Before that, and after the
+//! plan moves on, the stream is refused or closed and the sender keeps its
+//! batches queued and retries: a batch is never decoded against another plan's
+//! schema, and never dropped because the executors were not up yet.
 
 use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, RwLock};
@@ -23,11 +29,21 @@ use crate::worker::Inbound;
 
 /// What incoming batches are delivered to: the running worker's queues.
 pub struct Target {
+    /// The assignment version these executors run.
+    pub version: u64,
     pub inbound: Arc<Inbound>,
     pub schema: Arc<Schema>,
 }
 
-/// The current target; `None` while no executors run (between plan versions).
+/// The target if it runs plan `version`.
+fn current(slot: &TargetSlot, version: u64) -> Option<Arc<Target>> {
+    slot.read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+        .filter(|t| t.version == version)
+}
+
+/// The current target; `None` while no executors run (before the first plan, between versions).
 pub type TargetSlot = Arc<RwLock<Option<Arc<Target>>>>;
 
 /// The `Transfer` gRPC service of one worker.
@@ -65,6 +81,17 @@ impl Transfer for TransferService {
                 self.slot, self.topology, hello.to_slot, hello.topology
             )));
         }
+        if current(&self.target, hello.plan_version).is_none() {
+            tracing::debug!(
+                from = hello.from_slot,
+                version = hello.plan_version,
+                "no executors for that plan version yet; refusing the stream"
+            );
+            return Err(Status::unavailable(format!(
+                "slot {} does not run plan version {} (yet)",
+                self.slot, hello.plan_version
+            )));
+        }
         // Credits in flight never exceed what the lanes granted, so this channel never fills.
         let (credits, rx) =
             mpsc::channel(2 * (self.cfg.data_credits + self.cfg.control_credits) as usize + 4);
@@ -77,6 +104,7 @@ impl Transfer for TransferService {
         for (lane, n) in lanes {
             let (tx, lane_rx) = sync_channel::<Bytes>(n as usize);
             let target = self.target.clone();
+            let version = hello.plan_version;
             let lane_credits = credits.clone();
             let fault = fault_tx.clone();
             let name = format!(
@@ -86,7 +114,7 @@ impl Transfer for TransferService {
             );
             std::thread::Builder::new()
                 .name(name)
-                .spawn(move || deliver(lane_rx, target, lane_credits, lane, fault))
+                .spawn(move || deliver(lane_rx, target, version, lane_credits, lane, fault))
                 .map_err(|e| {
                     Status::resource_exhausted(format!("cannot start a delivery thread: {e}"))
                 })?;
@@ -143,37 +171,41 @@ impl Transfer for TransferService {
 fn deliver(
     rx: std::sync::mpsc::Receiver<Bytes>,
     target: TargetSlot,
+    version: u64,
     credits: mpsc::Sender<Result<Credit, Status>>,
     lane: Lane,
     fault: mpsc::Sender<String>,
 ) {
     let mut parts: Vec<(usize, Batch)> = Vec::new();
     while let Ok(payload) = rx.recv() {
-        let current = target.read().unwrap_or_else(|p| p.into_inner()).clone();
-        if let Some(t) = current {
-            match decode(&t.schema, &payload) {
-                Ok(batch) => {
-                    for env in batch {
-                        let Some(Dest::Local(q)) = t.inbound.dest.get(env.task as usize).copied()
-                        else {
-                            continue;
-                        };
-                        match parts.iter_mut().find(|(i, _)| *i == q) {
-                            Some((_, b)) => b.push(env),
-                            None => parts.push((q, vec![env])),
-                        }
-                    }
-                    for (q, b) in parts.drain(..) {
-                        if let Some(tx) = t.inbound.queues.get(q) {
-                            // Blocks while the executor's queue is full: that is the back-pressure.
-                            let _ = tx.send(b);
-                        }
+        // The executors stopped or moved to another plan: close the stream so the
+        // sender keeps the rest of its queue and retries against the new plan.
+        let Some(t) = current(&target, version) else {
+            let _ = fault.try_send(format!("plan version {version} no longer runs here"));
+            return;
+        };
+        match decode(&t.schema, &payload) {
+            Ok(batch) => {
+                for env in batch {
+                    let Some(Dest::Local(q)) = t.inbound.dest.get(env.task as usize).copied()
+                    else {
+                        continue;
+                    };
+                    match parts.iter_mut().find(|(i, _)| *i == q) {
+                        Some((_, b)) => b.push(env),
+                        None => parts.push((q, vec![env])),
                     }
                 }
-                Err(e) => {
-                    let _ = fault.try_send(format!("malformed batch: {e}"));
-                    return;
+                for (q, b) in parts.drain(..) {
+                    if let Some(tx) = t.inbound.queues.get(q) {
+                        // Blocks while the executor's queue is full: that is the back-pressure.
+                        let _ = tx.send(b);
+                    }
                 }
+            }
+            Err(e) => {
+                let _ = fault.try_send(format!("malformed batch: {e}"));
+                return;
             }
         }
         if credits
