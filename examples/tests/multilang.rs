@@ -8,7 +8,6 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -72,27 +71,9 @@ impl Scratch {
         (summary, log)
     }
 
-    /// How often the spout was told each id was acked, over every spout task.
-    fn ledger(&self) -> BTreeMap<String, u32> {
-        let mut acks = BTreeMap::new();
-        for f in std::fs::read_dir(self.path()).unwrap() {
-            let f = f.unwrap().path();
-            if f.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("ledger.")
-            {
-                for id in std::fs::read_to_string(&f).unwrap().lines() {
-                    *acks.entry(id.to_string()).or_insert(0) += 1;
-                }
-            }
-        }
-        acks
-    }
-
     /// Every id 0..limit acked exactly once, per spout task (ids are per task).
     fn assert_exactly_once(&self, limit: u32, tasks: u32) {
-        let acks = self.ledger();
+        let acks = squall_testenv::spout_ledger(self.path()).unwrap();
         let twice: Vec<_> = acks.iter().filter(|(_, n)| **n > 1).collect();
         assert!(twice.is_empty(), "ids acked more than once: {twice:?}");
         let missing: Vec<_> = (0..limit)

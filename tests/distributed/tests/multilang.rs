@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
@@ -48,19 +47,7 @@ fn storm_py_and_storm_js_over_three_processes_ack_every_root_once() {
         ],
     );
     let s = launch.wait(Duration::from_secs(120));
-    let mut acks: BTreeMap<String, u32> = BTreeMap::new();
-    for f in std::fs::read_dir(&dir.0).unwrap() {
-        let f = f.unwrap().path();
-        if f.file_name()
-            .unwrap()
-            .to_string_lossy()
-            .starts_with("ledger.")
-        {
-            for id in std::fs::read_to_string(&f).unwrap().lines() {
-                *acks.entry(id.to_string()).or_default() += 1;
-            }
-        }
-    }
+    let acks = squall_testenv::spout_ledger(&dir.0).unwrap();
     let twice: Vec<_> = acks.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "acked more than once: {twice:?}\n{s}");
     let missing = (0..LIMIT)

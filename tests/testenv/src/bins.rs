@@ -1,4 +1,4 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
@@ -48,6 +48,24 @@ pub fn multilang_dir() -> Result<PathBuf> {
         .filter(|d| !d.is_empty())
         .map_or_else(|| cache_root().join(MULTILANG_KEY), PathBuf::from);
     binary_in(&dir, "storm.py").map(|_| dir)
+}
+
+/// The ledger that the multilang example spout (`examples/multilang/sentence_spout.py`)
+/// keeps when its `ledger` config is set: how often each message id was acked to
+/// it, over every `ledger.*` file (one per spout task) in `dir`.
+pub fn spout_ledger(dir: &Path) -> std::io::Result<std::collections::BTreeMap<String, u32>> {
+    let mut acks = std::collections::BTreeMap::new();
+    for f in std::fs::read_dir(dir)? {
+        let f = f?.path();
+        if f.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("ledger."))
+        {
+            for id in std::fs::read_to_string(&f)?.lines() {
+                *acks.entry(id.to_string()).or_insert(0) += 1;
+            }
+        }
+    }
+    Ok(acks)
 }
 
 /// The directory of the provisioned Kafka broker (its jars in `libs/`):

@@ -27,7 +27,7 @@ mod wait;
 
 pub use bins::{
     CACHE_KEY, COREDNS_VERSION, ETCD_VERSION, HELM_VERSION, K8S_VERSION, KAFKA_VERSION, bin_dir,
-    binary, kafka_dir, multilang_dir,
+    binary, kafka_dir, multilang_dir, spout_ledger,
 };
 pub use cluster::{CLUSTER_ENV, TestCluster};
 pub use control_plane::ControlPlane;

@@ -104,7 +104,7 @@ impl WriteQueue {
     }
 
     /// Everything queued, or `None` once closed and drained.
-    fn take(&self) -> Option<(VecDeque<Vec<u8>>, usize)> {
+    fn take(&self) -> Option<VecDeque<Vec<u8>>> {
         let mut s = lock(&self.state);
         while s.queue.is_empty() && !s.closed {
             s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
@@ -112,10 +112,10 @@ impl WriteQueue {
         if s.queue.is_empty() {
             return None;
         }
-        let tuples = std::mem::take(&mut s.tuples);
+        s.tuples = 0;
         let q = std::mem::take(&mut s.queue);
         self.changed.notify_all();
-        Some((q, tuples))
+        Some(q)
     }
 }
 
@@ -198,7 +198,7 @@ impl ShellBoltExecutor {
         };
         for ctx in contexts {
             let mut t = TaskProc {
-                shared: ex.fresh_shared(&ctx),
+                shared: fresh_shared(&ex.emitter, &ctx),
                 ctx,
                 proc: None,
                 threads: Vec::new(),
@@ -206,64 +206,10 @@ impl ShellBoltExecutor {
                 backoff: Backoff::default(),
                 next_id: 1,
             };
-            ex.launch(&mut t).map_err(|e| (t.ctx.task_id, e))?;
+            launch(&ex.setup, ex.timeout, &ex.emitter, &mut t).map_err(|e| (t.ctx.task_id, e))?;
             ex.tasks.push(t);
         }
         Ok(ex)
-    }
-
-    fn fresh_shared(&self, ctx: &TopologyContext) -> Arc<Shared> {
-        Arc::new(Shared {
-            who: Who {
-                component: ctx.component_id.clone(),
-                task: ctx.task_id,
-            },
-            task: ctx.task_id,
-            emitter: self.emitter.clone(),
-            inflight: Mutex::new(HashMap::new()),
-            out: WriteQueue::default(),
-            last_heard_ns: AtomicU64::new(now_ns()),
-            stdin: Mutex::new(None),
-            broken: Mutex::new(None),
-            dead: AtomicBool::new(false),
-        })
-    }
-
-    /// Start the task's subprocess and its reader and writer threads.
-    fn launch(&self, t: &mut TaskProc) -> Result<(), ComponentError> {
-        let mut proc = ShellProcess::start(
-            &self.setup.spec,
-            &t.ctx,
-            &self.setup.task_to_component,
-            &self.setup.streams,
-            self.timeout,
-        )?;
-        let (Some(mut stdout), Some(stdin)) = (proc.stdout.take(), proc.stdin.take()) else {
-            return Err(ComponentError::new("the subprocess has no pipes"));
-        };
-        let shared = self.fresh_shared(&t.ctx);
-        *lock(&shared.stdin) = Some(BufWriter::with_capacity(64 << 10, stdin));
-        let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
-            std::thread::Builder::new()
-                .name(name)
-                .spawn(f)
-                .map_err(|e| ComponentError::new(format!("cannot start a thread: {e}")))
-        };
-        let w = shared.clone();
-        let writer = spawn(
-            format!("shell-write-{}", t.ctx.task_id),
-            Box::new(move || write_loop(&w)),
-        )?;
-        let r = shared.clone();
-        let reader = spawn(
-            format!("shell-read-{}", t.ctx.task_id),
-            Box::new(move || read_loop(&r, &mut stdout)),
-        )?;
-        t.shared = shared;
-        t.proc = Some(proc);
-        t.threads = vec![writer, reader];
-        t.started = Instant::now();
-        Ok(())
     }
 
     /// Kill a broken subprocess, fail the tuples it held, wait out the backoff and
@@ -298,11 +244,12 @@ impl ShellBoltExecutor {
                 }
                 std::thread::sleep(IDLE_WAIT.min(until.saturating_duration_since(Instant::now())));
             }
-            let stand_in = placeholder(&self.tasks[idx]);
-            let mut t = std::mem::replace(&mut self.tasks[idx], stand_in);
-            let r = self.launch(&mut t);
-            self.tasks[idx] = t;
-            match r {
+            match launch(
+                &self.setup,
+                self.timeout,
+                &self.emitter,
+                &mut self.tasks[idx],
+            ) {
                 Ok(()) => return,
                 Err(e) => {
                     tracing::error!(component = %self.tasks[idx].ctx.component_id, error = %e, "multilang bolt could not restart");
@@ -446,17 +393,63 @@ impl ShellBoltExecutor {
     }
 }
 
-/// A stand-in while a task is being relaunched (never run).
-fn placeholder(t: &TaskProc) -> TaskProc {
-    TaskProc {
-        ctx: t.ctx.clone(),
-        shared: t.shared.clone(),
-        proc: None,
-        threads: Vec::new(),
-        started: t.started,
-        backoff: Backoff::default(),
-        next_id: t.next_id,
-    }
+fn fresh_shared(emitter: &Arc<Mutex<Emitter>>, ctx: &TopologyContext) -> Arc<Shared> {
+    Arc::new(Shared {
+        who: Who {
+            component: ctx.component_id.clone(),
+            task: ctx.task_id,
+        },
+        task: ctx.task_id,
+        emitter: emitter.clone(),
+        inflight: Mutex::new(HashMap::new()),
+        out: WriteQueue::default(),
+        last_heard_ns: AtomicU64::new(now_ns()),
+        stdin: Mutex::new(None),
+        broken: Mutex::new(None),
+        dead: AtomicBool::new(false),
+    })
+}
+
+/// Start the task's subprocess and its reader and writer threads.
+fn launch(
+    setup: &ShellBoltSetup,
+    timeout: Duration,
+    emitter: &Arc<Mutex<Emitter>>,
+    t: &mut TaskProc,
+) -> Result<(), ComponentError> {
+    let mut proc = ShellProcess::start(
+        &setup.spec,
+        &t.ctx,
+        &setup.task_to_component,
+        &setup.streams,
+        timeout,
+    )?;
+    let (Some(mut stdout), Some(stdin)) = (proc.stdout.take(), proc.stdin.take()) else {
+        return Err(ComponentError::new("the subprocess has no pipes"));
+    };
+    let shared = fresh_shared(emitter, &t.ctx);
+    *lock(&shared.stdin) = Some(BufWriter::with_capacity(64 << 10, stdin));
+    let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
+        std::thread::Builder::new()
+            .name(name)
+            .spawn(f)
+            .map_err(|e| ComponentError::new(format!("cannot start a thread: {e}")))
+    };
+    let w = shared.clone();
+    let writer = spawn(
+        format!("shell-write-{}", t.ctx.task_id),
+        Box::new(move || write_loop(&w)),
+    )?;
+    let r = shared.clone();
+    let reader = spawn(
+        format!("shell-read-{}", t.ctx.task_id),
+        Box::new(move || read_loop(&r, &mut stdout)),
+    )?;
+    t.shared = shared;
+    t.proc = Some(proc);
+    t.threads = vec![writer, reader];
+    t.started = Instant::now();
+    Ok(())
 }
 
 /// Stop a task's subprocess and threads; returns the tuples it still held.
@@ -473,7 +466,7 @@ fn stop(t: &mut TaskProc) -> HashMap<u64, Tuple> {
 }
 
 fn write_loop(s: &Shared) {
-    while let Some((items, _)) = s.out.take() {
+    while let Some(items) = s.out.take() {
         if let Err(e) = write_now(s, items.iter().map(Vec::as_slice)) {
             s.mark_broken(format!("writing to the subprocess: {e}"));
             s.out.close();

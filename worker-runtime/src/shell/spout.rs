@@ -53,7 +53,7 @@ pub(crate) struct ShellSpout {
     warned_lenient: bool,
     /// Errors not yet handed to the executor's metrics (they are, at the next
     /// `next_tuple`): how many, and the latest.
-    errors: Vec<String>,
+    errors: (u64, Option<String>),
 }
 
 /// How long `activate` and `deactivate` wait for their `sync`.
@@ -86,7 +86,7 @@ impl ShellSpout {
             deferred: VecDeque::new(),
             active: false,
             warned_lenient: false,
-            errors: Vec::new(),
+            errors: (0, None),
         };
         s.running = Some(s.launch()?);
         Ok(s)
@@ -293,10 +293,8 @@ impl ShellSpout {
 
     fn note_error(&mut self, msg: String) {
         // Only the latest is shown; the count is what matters for the rest.
-        if self.errors.len() >= 16 {
-            self.errors.remove(0);
-        }
-        self.errors.push(msg);
+        self.errors.0 += 1;
+        self.errors.1 = Some(msg);
     }
 
     fn ack_or_fail(&mut self, command: &str, msg_id: u64, out: Option<&mut SpoutCollector<'_>>) {
@@ -315,8 +313,9 @@ impl ShellSpout {
 
 impl Spout for ShellSpout {
     fn next_tuple(&mut self, out: &mut SpoutCollector<'_>) {
-        for e in self.errors.drain(..) {
-            out.em.metrics.note_error(self.who.task, &e);
+        if let (n, Some(latest)) = std::mem::take(&mut self.errors) {
+            out.em.metrics.note_error(self.who.task, &latest);
+            out.em.metrics.errors += n.saturating_sub(1);
         }
         if !self.ensure_running() {
             return;
