@@ -83,14 +83,14 @@ pub struct TopologySpec {
     pub image: String,
     /// Number of worker pods (Storm's `topology.workers`). The scale subresource drives it.
     #[serde(default = "default_workers")]
-    #[schemars(range(min = 1, max = 1024))]
+    #[schemars(range(min = 1, max = crate::validate::limits::MAX_WORKERS))]
     pub workers: u32,
     /// `false` deactivates the topology: spouts are not polled.
     #[serde(default = "default_true")]
     pub active: bool,
     /// Acker tasks. 0 turns acking off (at-most-once). Default: one per worker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(max = 1024))]
+    #[schemars(range(max = crate::validate::limits::MAX_ACKERS))]
     pub ackers: Option<u32>,
     /// How long a tuple tree may take before its spout is told it failed.
     #[serde(default = "default_message_timeout")]
@@ -185,12 +185,12 @@ pub struct ComponentSpec {
     pub outputs: BTreeMap<String, Vec<String>>,
     /// Executors (threads) that run this component's tasks.
     #[serde(default = "default_parallelism")]
-    #[schemars(range(min = 1, max = 4096))]
+    #[schemars(range(min = 1, max = crate::validate::limits::MAX_PARALLELISM))]
     pub parallelism: u32,
     /// Task instances; fixed for the topology's life so that fields groupings stay stable
     /// across rebalances. Default: the parallelism.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 65536))]
+    #[schemars(range(min = 1, max = crate::validate::limits::MAX_TASKS))]
     pub tasks: Option<u32>,
     /// Send this component a tick tuple every so many seconds (Storm's `topology.tick.tuple.freq.secs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -12,6 +12,26 @@ use crate::topology::{ComponentKind, ComponentSpec, GroupingType, TopologySpec};
 /// Component ids that the runtime reserves for its own tasks.
 pub const SYSTEM_ID_PREFIX: &str = "__";
 
+/// Limits that keep a plan within what one machine can hold. The CRD's schema
+/// carries the per-field ones; [`validate`] checks all of them, so local mode,
+/// `--processes` and the operator refuse the same manifests before any memory is
+/// committed to a plan.
+pub mod limits {
+    /// Worker processes (pods) of a topology.
+    pub const MAX_WORKERS: u32 = 1024;
+    /// Acker tasks.
+    pub const MAX_ACKERS: u32 = 1024;
+    /// Executors (threads) of one component.
+    pub const MAX_PARALLELISM: u32 = 4096;
+    /// Tasks of one component.
+    pub const MAX_TASKS: u32 = 65536;
+    /// Tasks of the whole topology, ackers included: the routing tables of every
+    /// executor are sized by it.
+    pub const MAX_TOTAL_TASKS: u64 = 65536;
+    /// Executors that one worker runs: each is a thread with its own queue.
+    pub const MAX_EXECUTORS_PER_WORKER: u64 = 1024;
+}
+
 /// One problem with a manifest, located by its field path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldError {
@@ -61,6 +81,18 @@ pub fn validate(
     if spec.workers < 1 {
         err("spec.workers".into(), "must be at least 1".into());
     }
+    if spec.workers > limits::MAX_WORKERS {
+        err(
+            "spec.workers".into(),
+            format!("{} is more than {}", spec.workers, limits::MAX_WORKERS),
+        );
+    }
+    if let Some(a) = spec.ackers.filter(|&a| a > limits::MAX_ACKERS) {
+        err(
+            "spec.ackers".into(),
+            format!("{a} is more than {}", limits::MAX_ACKERS),
+        );
+    }
     if spec.message_timeout_seconds < 1 {
         err(
             "spec.messageTimeoutSeconds".into(),
@@ -103,10 +135,20 @@ pub fn validate(
             }
             if c.parallelism < 1 {
                 err(format!("{at}.parallelism"), "must be at least 1".into());
+            } else if c.parallelism > limits::MAX_PARALLELISM {
+                err(
+                    format!("{at}.parallelism"),
+                    format!("{} is more than {}", c.parallelism, limits::MAX_PARALLELISM),
+                );
             }
             if let Some(tasks) = c.tasks {
                 if tasks < 1 {
                     err(format!("{at}.tasks"), "must be at least 1".into());
+                } else if tasks > limits::MAX_TASKS {
+                    err(
+                        format!("{at}.tasks"),
+                        format!("{tasks} is more than {}", limits::MAX_TASKS),
+                    );
                 } else if c.parallelism > tasks {
                     err(
                         format!("{at}.parallelism"),
@@ -125,6 +167,39 @@ pub fn validate(
             }
             check_implementation(list, &at, c, catalog, &mut err);
         }
+    }
+
+    // The plan as a whole: tasks in all, and executors per worker.
+    let acker_tasks = u64::from(spec.acker_count());
+    let tasks: u64 = spec
+        .components()
+        .map(|(_, c)| u64::from(c.task_count()))
+        .sum::<u64>()
+        + acker_tasks;
+    if tasks > limits::MAX_TOTAL_TASKS {
+        err(
+            "spec".into(),
+            format!(
+                "{tasks} tasks in all (ackers included) is more than {}",
+                limits::MAX_TOTAL_TASKS
+            ),
+        );
+    }
+    let executors: u64 = spec
+        .components()
+        .map(|(_, c)| u64::from(c.parallelism.clamp(1, c.task_count().max(1))))
+        .sum::<u64>()
+        + acker_tasks;
+    let per_worker = executors.div_ceil(u64::from(spec.workers.max(1)));
+    if per_worker > limits::MAX_EXECUTORS_PER_WORKER {
+        err(
+            "spec.workers".into(),
+            format!(
+                "{executors} executors over {} workers is {per_worker} per worker, more than {}; add workers or lower parallelism",
+                spec.workers,
+                limits::MAX_EXECUTORS_PER_WORKER
+            ),
+        );
     }
 
     // Streams: known endpoints, declared stream and fields, well-formed groupings.

@@ -251,3 +251,44 @@ fn shell_components_are_checked_like_registered_ones() {
         "duplicate field 'a'",
     );
 }
+
+#[test]
+fn plans_over_the_limits_are_refused() {
+    use squall_api::validate::limits;
+    expect_error(|s| s.workers = 100_000, "spec.workers", "more than 1024");
+    expect_error(|s| s.ackers = Some(5000), "spec.ackers", "more than 1024");
+    expect_error(
+        |s| s.spouts[0].tasks = Some(1_000_000),
+        "spec.spouts[0].tasks",
+        "more than 65536",
+    );
+    expect_error(
+        |s| s.bolts[0].parallelism = limits::MAX_PARALLELISM + 1,
+        "spec.bolts[0].parallelism",
+        "more than 4096",
+    );
+    // Within each component's bounds, too many in all.
+    expect_error(
+        |s| {
+            for c in s.bolts.iter_mut() {
+                c.tasks = Some(limits::MAX_TASKS);
+                c.parallelism = 1;
+            }
+        },
+        "spec",
+        "tasks in all",
+    );
+    // Too many threads for one worker; more workers fix it.
+    expect_error(
+        |s| {
+            s.workers = 1;
+            s.bolts[0].parallelism = 1100;
+        },
+        "spec.workers",
+        "per worker",
+    );
+    let mut ok = spec();
+    ok.bolts[0].parallelism = 1100;
+    ok.workers = 2;
+    validate(&ok, Some(&catalog())).expect("two workers hold 1100 executors");
+}

@@ -326,6 +326,11 @@ fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<ExitCode> {
                 interrupt: Some(interrupt),
             };
             let summary = if args.processes {
+                // `--workers` is part of what must be valid.
+                let mut spec = spec;
+                if let Some(w) = args.workers {
+                    spec.workers = w.max(1);
+                }
                 validate(&spec, Some(&registry.catalog()))
                     .with_context(|| format!("in {}", args.manifest.display()))?;
                 let launch = crate::cluster::launcher::LaunchOptions {

@@ -94,6 +94,9 @@ pub fn run(
     spec: TopologySpec,
     opts: &LocalOptions,
 ) -> Result<Summary, LocalError> {
+    // Validate before computing the plan: a manifest over the limits must not
+    // get to allocate one.
+    squall_api::validate(&spec, Some(&registry.catalog())).map_err(LayoutError::from)?;
     let plan = PhysicalPlan::compute(&spec);
     let layout = Arc::new(Layout::new(name, spec, plan, registry)?);
     let hub = MetricsHub::new();
