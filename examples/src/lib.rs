@@ -9,7 +9,7 @@
 //! | `ExclamationBolt` | bolt | `word` | |
 //! | `RollingCount` | bolt | `obj`, `count` | `window_seconds` (default 9); needs `tickFrequencySeconds` |
 //! | `TopN` | bolt | `rankings` | `n` (default 10); needs `tickFrequencySeconds` |
-//! | `Flaky` | bolt | `value` (pass-through of field `value` when the input has one, else field 0) | `fail_ratio`, `drop_ratio`, `sleep_ms` |
+//! | `Flaky` | bolt | `value` (pass-through of field `value` when the input has one, else field 0) | `fail_ratio`, `drop_ratio`, `sleep_ms`, `panic_after` + `panic_marker` |
 //!
 //! The binary also has the engine's built-in `KafkaSpout` and `KafkaBolt`
 //! (see `squall_runtime::kafka` and docs/kafka.md).
@@ -361,6 +361,10 @@ pub struct Flaky {
     drop_ratio: f64,
     sleep: std::time::Duration,
     rand: Rand,
+    /// Panic at this input tuple, once: only while `panic_marker` (a file) does
+    /// not exist; it is created first, so a restarted worker does not panic again.
+    panic_after: Option<(u64, std::path::PathBuf)>,
+    seen: u64,
 }
 
 impl Flaky {
@@ -381,6 +385,20 @@ impl Flaky {
             drop_ratio: ratio("drop_ratio")?,
             sleep: std::time::Duration::from_millis(ctx.config_u64("sleep_ms", 0)?),
             rand: Rand::new(u64::from(ctx.task_id) * 31 + 5),
+            panic_after: match (
+                ctx.config_u64("panic_after", 0)?,
+                ctx.config_str("panic_marker", "")?,
+            ) {
+                (0, _) => None,
+                (n, marker) if !marker.is_empty() => Some((n, std::path::PathBuf::from(marker))),
+                (_, _) => {
+                    return Err(ComponentError::new(format!(
+                        "{}: config 'panic_after' needs 'panic_marker', a file that says the panic happened",
+                        ctx.component_id
+                    )));
+                }
+            },
+            seen: 0,
         })
     }
 }
@@ -389,6 +407,17 @@ impl Bolt for Flaky {
     fn execute(&mut self, input: Tuple, out: &mut BoltCollector<'_>) {
         if !self.sleep.is_zero() {
             std::thread::sleep(self.sleep);
+        }
+        self.seen += 1;
+        if let Some((n, marker)) = &self.panic_after
+            && self.seen >= *n
+            && std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(marker)
+                .is_ok()
+        {
+            panic!("Flaky panics after {n} tuples, as configured");
         }
         let dice = self.rand.unit();
         if dice < self.fail_ratio {

@@ -442,3 +442,38 @@ fn metrics_endpoint_serves_prometheus_text() {
     assert!(acked > 0.0);
     assert!(body.contains("squall_complete_latency_seconds{topology=\"word-count\",component=\"sentences\",quantile=\"0.99\"}"));
 }
+
+#[test]
+fn a_panicking_bolt_ends_local_mode_nonzero_naming_it() {
+    let dir = tempdir();
+    let marker = dir.join("panicked");
+    let path = dir.join("panic.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "spouts: [{{id: words, component: TestWordSpout}}]\n\
+             bolts: [{{id: flaky, component: Flaky, config: {{panic_after: 100, panic_marker: '{}'}}}}]\n\
+             streams: [{{from: words, to: flaky, grouping: {{type: SHUFFLE}}}}]\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    // Without the panic this would run for a minute.
+    let out = bin()
+        .args(["local", path.to_str().unwrap(), "--duration", "60s"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(marker.exists(), "Flaky never reached its panic: {err}");
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("error:"))
+        .unwrap_or_else(|| panic!("no error line: {err}"));
+    for words in [
+        "component 'flaky' (task 2) panicked",
+        "Flaky panics after 100 tuples",
+    ] {
+        assert!(line.contains(words), "{words:?} not in {line:?}\n{err}");
+    }
+}

@@ -23,6 +23,46 @@ pub struct WorkerControl {
     /// plan version can carry them over (a rebalance keeps spout state).
     pub keep_spouts: AtomicBool,
     pub parked_spouts: std::sync::Mutex<Vec<ParkedSpout>>,
+    /// The first executor that panicked: the worker cannot be trusted after it
+    /// (its tasks' trees would time out and replay into a dead thread forever),
+    /// so whoever runs the worker ends it.
+    pub crashed: std::sync::Mutex<Option<Crash>>,
+}
+
+/// A component that panicked: which executor, and the panic's message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Crash {
+    pub component: String,
+    /// The executor's tasks, `first..=last`.
+    pub tasks: (TaskId, TaskId),
+    pub message: String,
+}
+
+impl std::fmt::Display for Crash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (a, b) = self.tasks;
+        let tasks = if a == b {
+            format!("task {a}")
+        } else {
+            format!("tasks {a}..={b}")
+        };
+        write!(
+            f,
+            "component '{}' ({tasks}) panicked: {}",
+            self.component, self.message
+        )
+    }
+}
+
+impl Crash {
+    /// The message of a caught panic's payload.
+    pub fn message_of(payload: &(dyn std::any::Any + Send)) -> String {
+        payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".to_string())
+    }
 }
 
 /// A spout task parked by a rebalance, to be carried into the next plan version
@@ -52,7 +92,26 @@ impl WorkerControl {
             shutdown: AtomicBool::new(false),
             keep_spouts: AtomicBool::new(false),
             parked_spouts: std::sync::Mutex::new(Vec::new()),
+            crashed: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Record an executor's panic (the first one wins) and stop every executor.
+    pub fn crash(&self, crash: Crash) {
+        let mut c = self.crashed.lock().unwrap_or_else(|p| p.into_inner());
+        if c.is_none() {
+            tracing::error!(component = %crash.component, first_task = crash.tasks.0, "{crash}; stopping the worker");
+            *c = Some(crash);
+        }
+        self.shutdown.store(true, Ordering::Relaxed);
+    }
+
+    /// The panic that ended this worker's executors, if one did.
+    pub fn crashed(&self) -> Option<Crash> {
+        self.crashed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 

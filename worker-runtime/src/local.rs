@@ -85,6 +85,8 @@ pub enum LocalError {
     Start(#[from] StartError),
     #[error("cannot serve metrics: {0}")]
     Metrics(std::io::Error),
+    #[error("{0}; the topology stopped")]
+    Crashed(crate::executor::Crash),
 }
 
 /// Run `spec` in this process until its spouts are done, the duration passes, or it is interrupted.
@@ -131,6 +133,10 @@ pub fn run(
             .is_some_and(|f| f.load(Ordering::Relaxed))
         {
             break "interrupt";
+        }
+        if let Some(crash) = worker.crashed() {
+            worker.shutdown();
+            return Err(LocalError::Crashed(crash));
         }
         if opts.duration.is_some_and(|d| started.elapsed() >= d) {
             break "duration";

@@ -13,7 +13,7 @@ use crate::acker::AckerState;
 use crate::collector::{Emitter, SpoutTaskState};
 use crate::component::{ComponentError, Factory, Registry, Spout, TopologyContext};
 use crate::executor::{
-    AckerExecutor, BoltExecutor, ExecutorCore, ParkedSpout, SpoutExecutor, SpoutProgress,
+    AckerExecutor, BoltExecutor, Crash, ExecutorCore, ParkedSpout, SpoutExecutor, SpoutProgress,
     WorkerControl,
 };
 use crate::layout::Layout;
@@ -152,7 +152,9 @@ impl Worker {
         // activates them once the links to the peers are up.
         let control = WorkerControl::new(layout.spec.active && routes.remote.is_none());
         let mut spouts = Vec::new();
-        let mut runnables: Vec<(String, Box<dyn FnOnce() + Send>)> = Vec::new();
+        // (thread name, component, its tasks, the executor's loop)
+        type Runnable = (String, String, (TaskId, TaskId), Box<dyn FnOnce() + Send>);
+        let mut runnables: Vec<Runnable> = Vec::new();
         for (&ei, rx) in mine.iter().zip(receivers) {
             let ex = &plan.executors[ei];
             let comp = &plan.components[ex.component];
@@ -172,6 +174,7 @@ impl Worker {
             let slot = metrics.register(&comp.id, comp.kind);
             let core = ExecutorCore::new(emitter, rx, control.clone(), slot, ex.first_task);
             let name = format!("{}-{}", comp.id, ex.first_task);
+            let span = (ex.first_task, ex.tasks().last().unwrap_or(ex.first_task));
             let ctx = |task: TaskId| TopologyContext {
                 topology: layout.topology.clone(),
                 component_id: comp.id.clone(),
@@ -190,7 +193,7 @@ impl Worker {
                 PlannedKind::Acker => {
                     let states = ex.tasks().map(|_| AckerState::new()).collect();
                     let exec = AckerExecutor { core, states };
-                    runnables.push((name, Box::new(move || exec.run())));
+                    runnables.push((name, comp.id.clone(), span, Box::new(move || exec.run())));
                 }
                 PlannedKind::Spout => {
                     let implementation = &layout.implementations[ex.component];
@@ -228,7 +231,7 @@ impl Worker {
                         tasks,
                         progress,
                     };
-                    runnables.push((name, Box::new(move || exec.run())));
+                    runnables.push((name, comp.id.clone(), span, Box::new(move || exec.run())));
                 }
                 PlannedKind::Bolt if layout.shells[ex.component].is_some() => {
                     let setup = ShellBoltSetup {
@@ -246,7 +249,7 @@ impl Worker {
                         layout.tick_ns[ex.component],
                     )
                     .map_err(|(t, e)| fail(t, e))?;
-                    runnables.push((name, Box::new(move || exec.run())));
+                    runnables.push((name, comp.id.clone(), span, Box::new(move || exec.run())));
                 }
                 PlannedKind::Bolt => {
                     let implementation = &layout.implementations[ex.component];
@@ -267,14 +270,26 @@ impl Worker {
                         bolts,
                         tick_ns: layout.tick_ns[ex.component],
                     };
-                    runnables.push((name, Box::new(move || exec.run())));
+                    runnables.push((name, comp.id.clone(), span, Box::new(move || exec.run())));
                 }
             }
         }
 
         let mut threads = Vec::with_capacity(runnables.len());
-        for (name, run) in runnables {
-            match std::thread::Builder::new().name(name).spawn(run) {
+        for (name, component, tasks, run) in runnables {
+            // A panic in a component ends the worker: it is caught here, recorded,
+            // and every executor stops; whoever runs the worker exits non-zero.
+            let ctl = control.clone();
+            let guarded = move || {
+                if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+                    ctl.crash(Crash {
+                        component,
+                        tasks,
+                        message: Crash::message_of(p.as_ref()),
+                    });
+                }
+            };
+            match std::thread::Builder::new().name(name).spawn(guarded) {
                 Ok(h) => threads.push(h),
                 Err(e) => {
                     control.shutdown.store(true, Ordering::Relaxed);
@@ -311,6 +326,11 @@ impl Worker {
     /// Every spout of this worker is finished and has no open tree.
     pub fn spouts_done(&self) -> bool {
         self.spouts.iter().all(|p| p.done.load(Ordering::Relaxed))
+    }
+
+    /// The component panic that stopped this worker's executors, if one did.
+    pub fn crashed(&self) -> Option<Crash> {
+        self.control.crashed()
     }
 
     /// Where batches from peers should go.

@@ -419,6 +419,17 @@ pub fn run(registry: Registry, opts: WorkerOptions) -> anyhow::Result<ExitCode> 
             state.stop(Duration::from_secs(2), false);
             break ExitCode::SUCCESS;
         }
+        if let Some(crash) = state.running.as_ref().and_then(|r| r.worker.crashed()) {
+            // The executors stopped; exit non-zero so the pod (or the launcher)
+            // restarts this worker, and say why for the supervisor to report.
+            state.set_status(|s| {
+                s.state = Some(WorkerState::Error);
+                s.error = Some(crash.to_string());
+            });
+            std::thread::sleep(Duration::from_millis(1500));
+            state.stop(Duration::ZERO, false);
+            break ExitCode::FAILURE;
+        }
         state.check_links();
         state.refresh_progress();
         let notice = rt
