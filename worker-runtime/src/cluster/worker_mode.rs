@@ -341,6 +341,7 @@ pub fn run(registry: Registry, opts: WorkerOptions) -> anyhow::Result<ExitCode> 
             topology: topology.clone(),
             target: target.clone(),
             cfg: opts.net,
+            refused: Default::default(),
         },
     );
     let status = Arc::new(Mutex::new(WorkerStatus {

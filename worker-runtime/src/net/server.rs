@@ -52,6 +52,8 @@ pub struct TransferService {
     pub topology: String,
     pub target: TargetSlot,
     pub cfg: NetConfig,
+    /// (peer slot, plan version) pairs already refused, to log each once.
+    pub refused: std::sync::Mutex<std::collections::HashSet<(u32, u64)>>,
 }
 
 #[tonic::async_trait]
@@ -82,11 +84,22 @@ impl Transfer for TransferService {
             )));
         }
         if current(&self.target, hello.plan_version).is_none() {
-            tracing::debug!(
-                from = hello.from_slot,
-                version = hello.plan_version,
-                "no executors for that plan version yet; refusing the stream"
-            );
+            // Said once per peer and version: the sender retries every second at most.
+            let mut said = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+            if said.insert((hello.from_slot, hello.plan_version)) {
+                let running = self
+                    .target
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .map(|t| t.version);
+                tracing::info!(
+                    from = hello.from_slot,
+                    version = hello.plan_version,
+                    running = ?running,
+                    "refusing a tuple stream until this worker runs the sender's plan version"
+                );
+            }
             return Err(Status::unavailable(format!(
                 "slot {} does not run plan version {} (yet)",
                 self.slot, hello.plan_version
