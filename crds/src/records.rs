@@ -147,7 +147,11 @@ pub enum WorkerState {
     Starting,
     Running,
     Draining,
+    /// The worker cannot run this spec (a start error): the topology is `Failed`.
     Error,
+    /// The worker stopped (a component panicked, or it stopped answering its
+    /// supervisor) and is restarted: the topology is `Degraded` until it is back.
+    Crashed,
 }
 
 /// A worker's registration, kept under its supervisor's lease (its heartbeat).

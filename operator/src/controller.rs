@@ -475,11 +475,16 @@ async fn apply(topo: &Topology, ctx: &Context) -> Result<Action, Error> {
         )
         .await;
     }
-    if let Some(err) = workers.values().find_map(|w| w.error.clone())
-        && !has_condition_message(&old_status, &err)
-    {
-        ctx.event(topo, EventType::Warning, "WorkerError", err)
-            .await;
+    if let Some(w) = workers.values().find(|w| w.error.is_some()) {
+        let err = w.error.clone().unwrap_or_default();
+        let (reason, shown) = if w.state == WorkerState::Crashed {
+            ("WorkerCrashed", format!("slot {}: {err}", w.slot))
+        } else {
+            ("WorkerError", err)
+        };
+        if !has_condition_message(&old_status, &shown) {
+            ctx.event(topo, EventType::Warning, reason, shown).await;
+        }
     }
     if status.phase != old_status.phase
         && let Some(p) = status.phase
@@ -536,11 +541,21 @@ fn compute_status(
     let error = workers
         .values()
         .find_map(|w| (w.state == WorkerState::Error).then(|| w.error.clone().unwrap_or_default()));
+    let crashed = workers.values().find_map(|w| {
+        (w.state == WorkerState::Crashed).then(|| {
+            format!(
+                "slot {}: {}",
+                w.slot,
+                w.error.as_deref().unwrap_or("the worker crashed")
+            )
+        })
+    });
     let was_running = matches!(
         old.phase,
         Some(Phase::Running | Phase::Degraded | Phase::Inactive)
     );
 
+    // Failed means the spec cannot run; a crashed worker is restarted (Degraded).
     let phase = if error.is_some() {
         Phase::Failed
     } else if rebalancing || (old.phase == Some(Phase::Rebalancing) && ready < desired) {
@@ -552,7 +567,7 @@ fn compute_status(
         } else {
             Phase::Inactive
         }
-    } else if was_running {
+    } else if was_running || crashed.is_some() {
         Phase::Degraded
     } else if pods.is_empty() {
         Phase::Pending
@@ -614,12 +629,16 @@ fn compute_status(
             );
         }
         Phase::Degraded => {
+            let (reason, msg) = match &crashed {
+                Some(m) => ("WorkerCrashed", m.as_str()),
+                None => ("WorkersLost", progress_msg.as_str()),
+            };
             set_conditions(
                 &mut st,
                 topo,
                 ("False", "WorkersNotReady", &progress_msg),
                 ("True", "Recovering", &progress_msg),
-                ("True", "WorkersLost", &progress_msg),
+                ("True", reason, msg),
             );
         }
         _ => {

@@ -81,6 +81,7 @@ pub fn state_name(s: WorkerState) -> &'static str {
         WorkerState::Running => "running",
         WorkerState::Draining => "draining",
         WorkerState::Error => "error",
+        WorkerState::Crashed => "crashed",
     }
 }
 pub fn parse_state(s: &str) -> WorkerState {
@@ -88,6 +89,7 @@ pub fn parse_state(s: &str) -> WorkerState {
         "running" => WorkerState::Running,
         "draining" => WorkerState::Draining,
         "error" => WorkerState::Error,
+        "crashed" => WorkerState::Crashed,
         _ => WorkerState::Starting,
     }
 }

@@ -169,13 +169,21 @@ pub async fn run(opts: SupervisorOptions) -> Result<(), SupervisorError> {
                     }
                     if failures >= 3 {
                         // Peers stop sending to a dead endpoint until the worker is back.
+                        // A worker that went away is restarted: it crashed, which is
+                        // not a spec that cannot run. Keep the reason it gave, if any.
+                        let said = registered
+                            .as_ref()
+                            .filter(|r| r.state == WorkerState::Crashed)
+                            .and_then(|r| r.error.clone());
                         let rec = WorkerRecord {
                             slot: opts.slot,
                             pod: opts.pod.clone(),
                             endpoint: String::new(),
                             applied_version: registered.as_ref().map_or(0, |r| r.applied_version),
-                            state: WorkerState::Error,
-                            error: Some("the worker does not answer health checks".into()),
+                            state: WorkerState::Crashed,
+                            error: Some(said.unwrap_or_else(|| {
+                                "the worker does not answer health checks".into()
+                            })),
                         };
                         publish(&store, lease, &mut registered, rec).await;
                     }

@@ -424,7 +424,7 @@ pub fn run(registry: Registry, opts: WorkerOptions) -> anyhow::Result<ExitCode> 
             // The executors stopped; exit non-zero so the pod (or the launcher)
             // restarts this worker, and say why for the supervisor to report.
             state.set_status(|s| {
-                s.state = Some(WorkerState::Error);
+                s.state = Some(WorkerState::Crashed);
                 s.error = Some(crash.to_string());
             });
             std::thread::sleep(Duration::from_millis(1500));
