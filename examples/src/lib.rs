@@ -9,7 +9,7 @@
 //! | `ExclamationBolt` | bolt | `word` | |
 //! | `RollingCount` | bolt | `obj`, `count` | `window_seconds` (default 9); needs `tickFrequencySeconds` |
 //! | `TopN` | bolt | `rankings` | `n` (default 10); needs `tickFrequencySeconds` |
-//! | `Flaky` | bolt | `value` (pass-through of field `value` when the input has one, else field 0) | `fail_ratio`, `drop_ratio`, `sleep_ms`, `panic_after` + `panic_marker` |
+//! | `Flaky` | bolt | `value` (pass-through of field `value` when the input has one, else field 0) | `fail_ratio`, `drop_ratio`, `sleep_ms`, `panic_after` + `panic_marker` (+ `panic_slot`) |
 //!
 //! The binary also has the engine's built-in `KafkaSpout` and `KafkaBolt`
 //! (see `squall_runtime::kafka` and docs/kafka.md).
@@ -363,6 +363,7 @@ pub struct Flaky {
     rand: Rand,
     /// Panic at this input tuple, once: only while `panic_marker` (a file) does
     /// not exist; it is created first, so a restarted worker does not panic again.
+    /// With `panic_slot`, only the tasks in that worker slot panic.
     panic_after: Option<(u64, std::path::PathBuf)>,
     seen: u64,
 }
@@ -390,6 +391,14 @@ impl Flaky {
                 ctx.config_str("panic_marker", "")?,
             ) {
                 (0, _) => None,
+                (_, _)
+                    if ctx
+                        .config
+                        .get("panic_slot")
+                        .is_some_and(|s| s.as_u64() != Some(u64::from(ctx.slot))) =>
+                {
+                    None
+                }
                 (n, marker) if !marker.is_empty() => Some((n, std::path::PathBuf::from(marker))),
                 (_, _) => {
                     return Err(ComponentError::new(format!(

@@ -358,3 +358,50 @@ fn rebalance_from_three_to_two_workers_stops_the_removed_slot() {
     let summary = launch.wait(Duration::from_secs(180));
     assert_all_acked(&summary, 60_000);
 }
+
+/// A bolt that panics in slot 2 (which runs no spout task): that worker exits
+/// non-zero naming the component and the panic, the launcher restarts it as the
+/// kubelet would, and every root is still acked exactly once.
+#[test]
+fn a_panicking_bolt_restarts_its_worker_and_loses_nothing() {
+    let _serial = serial();
+    let dir = Scratch::new("panic");
+    let etcd = Etcd::start(&dir.0);
+    let marker = dir.0.join("panicked");
+    let manifest = format!(
+        "apiVersion: squall.dev/v1alpha1
+kind: Topology
+metadata:
+  name: wcpanic
+spec:
+  image: squall-examples:test
+  workers: 3
+  messageTimeoutSeconds: 3
+  maxSpoutPending: 500
+  spouts:
+    - {{id: sentences, component: RandomSentenceSpout, parallelism: 2, config: {{rate: 1000, limit: 10000}}}}
+  bolts:
+    - {{id: split, component: SplitSentence, parallelism: 3}}
+    - {{id: flaky, component: Flaky, parallelism: 3, config: {{panic_after: 10000, panic_slot: 2, panic_marker: '{}'}}}}
+  streams:
+    - {{from: sentences, to: split, grouping: {{type: SHUFFLE}}}}
+    - {{from: split, to: flaky, grouping: {{type: SHUFFLE}}}}
+",
+        marker.display()
+    );
+    let launch = Launch::start(&etcd.url, &manifest, &dir.0, &[]);
+    eventually(
+        "the launcher to restart slot 2 after the panic",
+        Duration::from_secs(60),
+        || launch.stderr().contains("slot 2: worker exited"),
+    );
+    assert!(marker.exists(), "slot 2 exited without Flaky's panic");
+    let log = std::fs::read_to_string(dir.0.join("logs/worker-2.log")).unwrap();
+    assert!(
+        log.contains("component 'flaky'")
+            && log.contains("panicked: Flaky panics after 10000 tuples"),
+        "the worker's log should name the component and the panic:\n{log}"
+    );
+    let summary = launch.wait(Duration::from_secs(180));
+    assert_all_acked(&summary, 20_000);
+}
