@@ -7,9 +7,8 @@ mod common;
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Event;
 use kube::ResourceExt;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use squall_api::Topology;
 use squall_api::records::{Assignment, Control};
 
@@ -340,19 +339,9 @@ async fn bad_manifests_are_rejected_or_reported() {
         "{}",
         ready.message
     );
-    let events: Api<Event> = Api::namespaced(client.clone(), ns);
-    wait_for("InvalidTopology event", Duration::from_secs(30), || {
-        let e = events.clone();
-        async move {
-            let list = e.list(&ListParams::default()).await.ok()?;
-            list.items
-                .iter()
-                .any(|ev| ev.reason.as_deref() == Some("InvalidTopology"))
-                .then_some(())
-        }
-    })
-    .await
-    .unwrap();
+    wait_event(&client, ns, "InvalidTopology", 30, |_| true)
+        .await
+        .unwrap();
     assert!(
         pods(&client, ns, "bad").await.is_empty(),
         "an invalid topology gets no pods"

@@ -151,27 +151,9 @@ async fn word_count_runs_recovers_and_obeys_activation() {
         "a crash-looping worker must show Degraded, never Failed\n{}",
         op.log()
     );
-    let events: Api<Event> = Api::namespaced(cluster.client(), ns);
-    wait_for(
-        "a WorkerCrashed event for slot 2",
-        Duration::from_secs(30),
-        || {
-            let e = events.clone();
-            async move {
-                let list = e.list(&ListParams::default()).await.ok()?;
-                list.items
-                    .iter()
-                    .any(|ev| {
-                        ev.reason.as_deref() == Some("WorkerCrashed")
-                            && ev
-                                .message
-                                .as_deref()
-                                .is_some_and(|m| m.starts_with("slot 2:"))
-                    })
-                    .then_some(())
-            }
-        },
-    )
+    wait_event(&cluster.client(), ns, "WorkerCrashed", 30, |m| {
+        m.starts_with("slot 2:")
+    })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
     wait_status(&topos, "word-count", "Running again", 60, &op, |s| {
@@ -284,22 +266,8 @@ async fn an_unknown_component_ends_in_a_condition_and_an_event() {
         "{}",
         ready.message
     );
-    let events: Api<Event> = Api::namespaced(cluster.client(), ns);
-    wait_for("WorkerError event", Duration::from_secs(30), || {
-        let e = events.clone();
-        async move {
-            let list = e.list(&ListParams::default()).await.ok()?;
-            list.items
-                .iter()
-                .any(|ev| {
-                    ev.reason.as_deref() == Some("WorkerError")
-                        && ev
-                            .message
-                            .as_deref()
-                            .is_some_and(|m| m.contains("SplitSentance"))
-                })
-                .then_some(())
-        }
+    wait_event(&cluster.client(), ns, "WorkerError", 30, |m| {
+        m.contains("SplitSentance")
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));

@@ -200,3 +200,33 @@ pub async fn pods(client: &kube::Client, ns: &str, topology: &str) -> Vec<Pod> {
         .unwrap()
         .items
 }
+
+/// Wait up to `secs` for an Event in `ns` with `reason` whose message satisfies `says`.
+pub async fn wait_event(
+    client: &kube::Client,
+    ns: &str,
+    reason: &str,
+    secs: u64,
+    says: impl Fn(&str) -> bool,
+) -> squall_testenv::Result<()> {
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), ns);
+    let says = &says;
+    wait_for(
+        &format!("a {reason} event"),
+        std::time::Duration::from_secs(secs),
+        || {
+            let e = events.clone();
+            async move {
+                let list = e.list(&ListParams::default()).await.ok()?;
+                list.items
+                    .iter()
+                    .any(|ev| {
+                        ev.reason.as_deref() == Some(reason)
+                            && ev.message.as_deref().is_some_and(says)
+                    })
+                    .then_some(())
+            }
+        },
+    )
+    .await
+}
