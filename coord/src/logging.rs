@@ -48,13 +48,16 @@ pub fn init(format: LogFormat, default_filter: &str) {
     }
 }
 
-fn log_panic(info: &std::panic::PanicHookInfo<'_>) {
-    let payload = info.payload();
-    let message = payload
+/// The message of a panic's payload (`panic!` gives a `&str` or a `String`).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> Option<&str> {
+    payload
         .downcast_ref::<&str>()
         .copied()
         .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("(no message)");
+}
+
+fn log_panic(info: &std::panic::PanicHookInfo<'_>) {
+    let message = panic_message(info.payload()).unwrap_or("(no message)");
     let thread = std::thread::current();
     let thread = thread.name().unwrap_or("unnamed");
     let location = info

@@ -476,11 +476,11 @@ async fn apply(topo: &Topology, ctx: &Context) -> Result<Action, Error> {
         .await;
     }
     if let Some(w) = workers.values().find(|w| w.error.is_some()) {
-        let err = w.error.clone().unwrap_or_default();
+        // The same text as the Degraded condition's, so that it is said once.
         let (reason, shown) = if w.state == WorkerState::Crashed {
-            ("WorkerCrashed", format!("slot {}: {err}", w.slot))
+            ("WorkerCrashed", crash_note(w))
         } else {
-            ("WorkerError", err)
+            ("WorkerError", w.error.clone().unwrap_or_default())
         };
         if !has_condition_message(&old_status, &shown) {
             ctx.event(topo, EventType::Warning, reason, shown).await;
@@ -541,15 +541,10 @@ fn compute_status(
     let error = workers
         .values()
         .find_map(|w| (w.state == WorkerState::Error).then(|| w.error.clone().unwrap_or_default()));
-    let crashed = workers.values().find_map(|w| {
-        (w.state == WorkerState::Crashed).then(|| {
-            format!(
-                "slot {}: {}",
-                w.slot,
-                w.error.as_deref().unwrap_or("the worker crashed")
-            )
-        })
-    });
+    let crashed = workers
+        .values()
+        .find(|w| w.state == WorkerState::Crashed)
+        .map(crash_note);
     let was_running = matches!(
         old.phase,
         Some(Phase::Running | Phase::Degraded | Phase::Inactive)
@@ -654,6 +649,15 @@ fn compute_status(
     st.stats = Some(aggregate_stats(topo, stats, ctx));
     st.last_error = latest_error(topo, ctx).or_else(|| old.last_error.clone());
     st
+}
+
+/// What a crashed worker's condition and event say.
+fn crash_note(w: &WorkerRecord) -> String {
+    format!(
+        "slot {}: {}",
+        w.slot,
+        w.error.as_deref().unwrap_or("the worker crashed")
+    )
 }
 
 /// The latest error any component reported, from the ledger's totals (so that a

@@ -54,17 +54,6 @@ impl std::fmt::Display for Crash {
     }
 }
 
-impl Crash {
-    /// The message of a caught panic's payload.
-    pub fn message_of(payload: &(dyn std::any::Any + Send)) -> String {
-        payload
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "a panic without a message".to_string())
-    }
-}
-
 /// A spout task parked by a rebalance, to be carried into the next plan version
 /// when the task stays in this worker: the user's spout with its in-memory
 /// state, and the task's acking state without its open trees (they were failed

@@ -152,8 +152,8 @@ impl Worker {
         // activates them once the links to the peers are up.
         let control = WorkerControl::new(layout.spec.active && routes.remote.is_none());
         let mut spouts = Vec::new();
-        // (thread name, component, its tasks, the executor's loop)
-        type Runnable = (String, String, (TaskId, TaskId), Box<dyn FnOnce() + Send>);
+        // (component, its tasks, the executor's loop)
+        type Runnable = (String, (TaskId, TaskId), Box<dyn FnOnce() + Send>);
         let mut runnables: Vec<Runnable> = Vec::new();
         for (&ei, rx) in mine.iter().zip(receivers) {
             let ex = &plan.executors[ei];
@@ -173,7 +173,6 @@ impl Worker {
             );
             let slot = metrics.register(&comp.id, comp.kind);
             let core = ExecutorCore::new(emitter, rx, control.clone(), slot, ex.first_task);
-            let name = format!("{}-{}", comp.id, ex.first_task);
             let span = (ex.first_task, ex.tasks().last().unwrap_or(ex.first_task));
             let ctx = |task: TaskId| TopologyContext {
                 topology: layout.topology.clone(),
@@ -189,11 +188,11 @@ impl Worker {
                 task,
                 error,
             };
-            match comp.kind {
+            let run: Box<dyn FnOnce() + Send> = match comp.kind {
                 PlannedKind::Acker => {
                     let states = ex.tasks().map(|_| AckerState::new()).collect();
                     let exec = AckerExecutor { core, states };
-                    runnables.push((name, comp.id.clone(), span, Box::new(move || exec.run())));
+                    Box::new(move || exec.run())
                 }
                 PlannedKind::Spout => {
                     let implementation = &layout.implementations[ex.component];
@@ -231,7 +230,7 @@ impl Worker {
                         tasks,
                         progress,
                     };
-                    runnables.push((name, comp.id.clone(), span, Box::new(move || exec.run())));
+                    Box::new(move || exec.run())
                 }
                 PlannedKind::Bolt if layout.shells[ex.component].is_some() => {
                     let setup = ShellBoltSetup {
@@ -249,7 +248,7 @@ impl Worker {
                         layout.tick_ns[ex.component],
                     )
                     .map_err(|(t, e)| fail(t, e))?;
-                    runnables.push((name, comp.id.clone(), span, Box::new(move || exec.run())));
+                    Box::new(move || exec.run())
                 }
                 PlannedKind::Bolt => {
                     let implementation = &layout.implementations[ex.component];
@@ -270,13 +269,15 @@ impl Worker {
                         bolts,
                         tick_ns: layout.tick_ns[ex.component],
                     };
-                    runnables.push((name, comp.id.clone(), span, Box::new(move || exec.run())));
+                    Box::new(move || exec.run())
                 }
-            }
+            };
+            runnables.push((comp.id.clone(), span, run));
         }
 
         let mut threads = Vec::with_capacity(runnables.len());
-        for (name, component, tasks, run) in runnables {
+        for (component, tasks, run) in runnables {
+            let name = format!("{component}-{}", tasks.0);
             // A panic in a component ends the worker: it is caught here, recorded,
             // and every executor stops; whoever runs the worker exits non-zero.
             let ctl = control.clone();
@@ -285,7 +286,9 @@ impl Worker {
                     ctl.crash(Crash {
                         component,
                         tasks,
-                        message: Crash::message_of(p.as_ref()),
+                        message: squall_coord::logging::panic_message(p.as_ref())
+                            .unwrap_or("a panic without a message")
+                            .to_string(),
                     });
                 }
             };
