@@ -381,31 +381,25 @@ impl Flaky {
                 )))
             }
         };
+        let panic_after = ctx.config_u64("panic_after", 0)?;
+        let marker = ctx.config_str("panic_marker", "")?;
+        // Without `panic_slot`, every slot may panic.
+        let here = u64::from(ctx.slot);
+        let in_slot = ctx.config_u64("panic_slot", here)? == here;
         Ok(Flaky {
             fail_ratio: ratio("fail_ratio")?,
             drop_ratio: ratio("drop_ratio")?,
             sleep: std::time::Duration::from_millis(ctx.config_u64("sleep_ms", 0)?),
             rand: Rand::new(u64::from(ctx.task_id) * 31 + 5),
-            panic_after: match (
-                ctx.config_u64("panic_after", 0)?,
-                ctx.config_str("panic_marker", "")?,
-            ) {
+            panic_after: match (panic_after, marker.is_empty()) {
                 (0, _) => None,
-                (_, _)
-                    if ctx
-                        .config
-                        .get("panic_slot")
-                        .is_some_and(|s| s.as_u64() != Some(u64::from(ctx.slot))) =>
-                {
-                    None
-                }
-                (n, marker) if !marker.is_empty() => Some((n, std::path::PathBuf::from(marker))),
-                (_, _) => {
+                (_, true) => {
                     return Err(ComponentError::new(format!(
                         "{}: config 'panic_after' needs 'panic_marker', a file that says the panic happened",
                         ctx.component_id
                     )));
                 }
+                (n, false) => in_slot.then(|| (n, std::path::PathBuf::from(marker))),
             },
             seen: 0,
         })

@@ -326,7 +326,7 @@ fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<ExitCode> {
                 interrupt: Some(interrupt),
             };
             let summary = if args.processes {
-                // `--workers` is part of what must be valid.
+                // `--workers` overrides the manifest, and is part of what must be valid.
                 let mut spec = spec;
                 if let Some(w) = args.workers {
                     spec.workers = w.max(1);
@@ -338,7 +338,6 @@ fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<ExitCode> {
                     etcd: args.etcd.clone().unwrap_or_default(),
                     prefix: squall_api::records::DEFAULT_PREFIX.to_string(),
                     etcd_tls: args.etcd_tls.clone(),
-                    workers: args.workers,
                     duration: args.duration,
                     report_every: opts.report_every,
                     table_to_stderr: args.json,

@@ -35,8 +35,6 @@ pub struct LaunchOptions {
     pub etcd: String,
     pub prefix: String,
     pub etcd_tls: EtcdTlsFiles,
-    /// Override the manifest's `workers`.
-    pub workers: Option<u32>,
     pub duration: Option<Duration>,
     pub report_every: Option<Duration>,
     pub table_to_stderr: bool,
@@ -139,10 +137,7 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 /// Run `spec` as worker processes coordinated through etcd.
-pub fn run(name: &str, mut spec: TopologySpec, opts: &LaunchOptions) -> anyhow::Result<Summary> {
-    if let Some(w) = opts.workers {
-        spec.workers = w.max(1);
-    }
+pub fn run(name: &str, spec: TopologySpec, opts: &LaunchOptions) -> anyhow::Result<Summary> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
