@@ -33,7 +33,7 @@ impl Endpoints {
     }
 
     /// Status line, content type and body for a request path.
-    fn answer(&self, path: &str) -> (&'static str, &'static str, String) {
+    fn answer(&self, path: &str) -> Answer {
         match path {
             "/metrics" => {
                 let mut body = (self.metrics)();
@@ -67,21 +67,35 @@ fn coord_metrics() -> String {
 ///
 /// When `addr` cannot be bound.
 pub fn serve(addr: SocketAddr, endpoints: Endpoints) -> std::io::Result<SocketAddr> {
+    serve_with(addr, "squall-admin", move |path| endpoints.answer(path))
+}
+
+/// What a GET of a path answers: status line, content type and body.
+pub(crate) type Answer = (&'static str, &'static str, String);
+
+/// Serve GET requests on `addr` from a background thread named `name`: the
+/// one small HTTP server of every Squall binary (admin endpoints, web UI).
+/// Requests are answered one at a time; each is small and quick.
+pub(crate) fn serve_with(
+    addr: SocketAddr,
+    name: &str,
+    route: impl Fn(&str) -> Answer + Send + 'static,
+) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let local = listener.local_addr()?;
     std::thread::Builder::new()
-        .name("squall-admin".into())
+        .name(name.into())
         .spawn(move || {
             for stream in listener.incoming().flatten() {
-                if let Err(e) = answer(stream, &endpoints) {
-                    tracing::debug!(error = %e, "admin request failed");
+                if let Err(e) = answer(stream, &route) {
+                    tracing::debug!(error = %e, "http request failed");
                 }
             }
         })?;
     Ok(local)
 }
 
-fn answer(mut stream: TcpStream, endpoints: &Endpoints) -> std::io::Result<()> {
+fn answer(mut stream: TcpStream, route: &impl Fn(&str) -> Answer) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut request_line = String::new();
@@ -93,7 +107,7 @@ fn answer(mut stream: TcpStream, endpoints: &Endpoints) -> std::io::Result<()> {
     }
     let path = request_line.split_whitespace().nth(1).unwrap_or("/");
     let path = path.split('?').next().unwrap_or(path);
-    let (status, content_type, body) = endpoints.answer(path);
+    let (status, content_type, body) = route(path);
     write!(
         stream,
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

@@ -14,6 +14,7 @@
 //! - [`leader`]: leader election for the operator.
 //! - [`admin`]: the `/metrics`, `/healthz`, `/readyz` server every binary runs.
 //! - [`logging`]: one log setup, with a panic hook that logs through `tracing`.
+//! - [`ui`]: the web UI's page and the server of its JSON.
 
 pub mod admin;
 #[doc(hidden)]
@@ -24,6 +25,7 @@ pub mod leader;
 pub mod logging;
 mod memory;
 mod store;
+pub mod ui;
 
 pub use coordinator::{CoordError, Coordinator, LeaseId, WatchEvent};
 pub use etcd::{EtcdCoordinator, REQUEST_TIMEOUT};

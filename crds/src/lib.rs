@@ -14,6 +14,7 @@ pub mod plan;
 pub mod records;
 pub mod topology;
 pub mod validate;
+pub mod view;
 
 pub use catalog::{ComponentCatalog, ComponentDecl};
 pub use plan::{ACKER_ID, PhysicalPlan, PlannedComponent, PlannedExecutor, PlannedKind, TaskId};

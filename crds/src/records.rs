@@ -140,6 +140,13 @@ impl Default for Control {
     }
 }
 
+/// Unix time in milliseconds, as records carry it.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// What a worker's state is, as its supervisor sees it.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -152,6 +159,19 @@ pub enum WorkerState {
     /// The worker stopped (a component panicked, or it stopped answering its
     /// supervisor) and is restarted: the topology is `Degraded` until it is back.
     Crashed,
+}
+
+impl WorkerState {
+    /// The state's name, as records and the supervisor's channel spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerState::Starting => "starting",
+            WorkerState::Running => "running",
+            WorkerState::Draining => "draining",
+            WorkerState::Error => "error",
+            WorkerState::Crashed => "crashed",
+        }
+    }
 }
 
 /// A worker's registration, kept under its supervisor's lease (its heartbeat).
@@ -231,6 +251,10 @@ pub struct ComponentStats {
     /// The latest of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<ReportedError>,
+    /// Tuples executed (bolts), by the component that emitted them: the
+    /// traffic on each edge of the graph.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub inputs: BTreeMap<String, u64>,
 }
 
 /// An error a component reported, as status and Events show it.
@@ -285,6 +309,9 @@ impl ComponentStats {
         self.errors += other.errors;
         self.last_error = ReportedError::later(self.last_error.as_ref(), other.last_error.as_ref());
         self.capacity = self.capacity.max(other.capacity);
+        for (source, n) in &other.inputs {
+            *self.inputs.entry(source.clone()).or_default() += n;
+        }
         self.execute_latency_ms =
             LatencySummary::merge(self.execute_latency_ms, other.execute_latency_ms);
         self.process_latency_ms =
@@ -320,10 +347,14 @@ pub struct WorkerStats {
     /// Unix time in milliseconds when the snapshot was taken.
     pub timestamp_ms: u64,
     pub components: BTreeMap<String, ComponentStats>,
-    /// Complete latency of each spout component over the last 5–10 s (the
-    /// latencies in `components` cover the worker's whole life).
+    /// Each component's figures over the last `recent_window_ms` (5–10 s):
+    /// counts in that window (rates), its latencies and capacity. The
+    /// figures in `components` cover the worker's whole life.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub recent_complete_latency_ms: BTreeMap<String, LatencySummary>,
+    pub recent: BTreeMap<String, ComponentStats>,
+    /// The length of the window `recent` covers.
+    #[serde(default)]
+    pub recent_window_ms: u64,
     /// Tuple trees open at this worker's spout tasks.
     #[serde(default)]
     pub pending: u64,

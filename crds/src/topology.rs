@@ -68,6 +68,27 @@ pub const DEFAULT_STREAM: &str = "default";
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Busiest",
+        type_ = "string",
+        json_path = ".status.busiest.summary",
+        description = "the component with the highest capacity, and its capacity",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Errors",
+        type_ = "integer",
+        json_path = ".status.lastError.count",
+        description = "errors the last failing component reported",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Plan",
+        type_ = "integer",
+        json_path = ".status.planVersion",
+        description = "assignment version",
+        priority = 1
     )
 )]
 #[x_kube(
@@ -358,6 +379,15 @@ pub struct TopologyStatus {
     /// subprocess restarted, a bolt's `report_error`), over all workers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<ComponentErrorStatus>,
+    /// Per spout and bolt: recent rates, latencies, capacity, totals and the
+    /// last error (the first [`crate::view::MAX_STATUS_COMPONENTS`], in the
+    /// spec's order; the web UI shows them all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub components: Vec<crate::view::ComponentStatus>,
+    /// The component with the highest capacity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub busiest: Option<crate::view::Busiest>,
 }
 
 /// An error a component reported.

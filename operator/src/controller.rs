@@ -23,6 +23,7 @@ use squall_api::records::{
     Assignment, Control, TopologyRef, WorkerRecord, WorkerState, WorkerStats,
 };
 use squall_api::topology::{ComponentErrorStatus, TopologyStats, WorkerCounts};
+use squall_api::view::{self, TopologyView};
 use squall_api::{Phase, Topology, TopologySpec, TopologyStatus, validate};
 use squall_coord::{CoordError, Store};
 
@@ -80,6 +81,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// A ready pod without a heartbeat for this long is replaced.
     pub heartbeat_grace: Duration,
+    /// What the web UI shows.
+    pub views: Arc<crate::views::Views>,
     memory: Mutex<Memory>,
 }
 
@@ -91,6 +94,7 @@ impl Context {
         recorder: Recorder,
         metrics: Arc<Metrics>,
         heartbeat_grace: Duration,
+        views: Arc<crate::views::Views>,
     ) -> Arc<Self> {
         Arc::new(Context {
             client,
@@ -99,6 +103,7 @@ impl Context {
             recorder,
             metrics,
             heartbeat_grace,
+            views,
             memory: Mutex::default(),
         })
     }
@@ -112,6 +117,8 @@ impl Context {
         // series that keeps the first note; keying the action on the note keeps
         // "plan version 2" from being shown as a repeat of "plan version 1".
         let action: String = note.chars().take(128).collect();
+        self.views
+            .record_event(&key_of(topo), type_ == EventType::Warning, reason, &note);
         let ev = Event {
             type_,
             reason: reason.into(),
@@ -646,9 +653,74 @@ fn compute_status(
             );
         }
     }
-    st.stats = Some(aggregate_stats(topo, stats, ctx));
+    let (topology_stats, fresh) = aggregate_stats(topo, stats, ctx);
+    st.stats = Some(topology_stats);
     st.last_error = latest_error(topo, ctx).or_else(|| old.last_error.clone());
+    let components = component_figures(topo, stats, ctx);
+    // Status takes new figures only with a new rate sample (every 5 s or so),
+    // so that its own patches do not churn; the UI takes them every pass.
+    if fresh {
+        st.busiest = view::busiest(&components);
+        st.components = components
+            .iter()
+            .take(view::MAX_STATUS_COMPONENTS)
+            .cloned()
+            .collect();
+    }
+    let mut ui = TopologyView {
+        namespace: topo.namespace().unwrap_or_default(),
+        name: topo.name_any(),
+        phase: format!("{phase:?}"),
+        plan_version: Some(version),
+        workers_desired: desired,
+        workers_ready: ready,
+        busiest: view::busiest(&components),
+        edges: view::edges(spec, &recent_of(stats)),
+        workers: crate::views::worker_rows(
+            desired,
+            pods,
+            workers,
+            stats,
+            squall_api::records::unix_ms(),
+        ),
+        commands: view::kubectl_commands(
+            &topo.namespace().unwrap_or_default(),
+            &topo.name_any(),
+            desired,
+        ),
+        components,
+        ..Default::default()
+    };
+    view::topology_figures(&mut ui, st.stats.as_ref());
+    ctx.views.update(&key_of(topo), ui);
     st
+}
+
+/// Each worker's recent window.
+fn recent_of(stats: &BTreeMap<u32, WorkerStats>) -> Vec<view::Recent<'_>> {
+    stats
+        .values()
+        .map(|w| view::Recent {
+            components: &w.recent,
+            window_ms: w.recent_window_ms,
+        })
+        .collect()
+}
+
+/// Per-component figures now: recent rates from the workers, totals from the
+/// ledger (which `aggregate_stats` has just brought up to date).
+fn component_figures(
+    topo: &Topology,
+    stats: &BTreeMap<u32, WorkerStats>,
+    ctx: &Context,
+) -> Vec<view::ComponentStatus> {
+    let totals = ctx
+        .memory()
+        .ledgers
+        .get(&key_of(topo))
+        .map(StatsLedger::components)
+        .unwrap_or_default();
+    view::component_statuses(&topo.spec, &totals, &recent_of(stats))
 }
 
 /// What a crashed worker's condition and event say.
@@ -670,33 +742,26 @@ fn latest_error(topo: &Topology, ctx: &Context) -> Option<ComponentErrorStatus> 
         .into_iter()
         .filter_map(|(id, c)| c.last_error.map(|e| (id, c.errors, e)))
         .max_by_key(|(_, _, e)| e.time_ms)
-        .map(|(component, count, e)| ComponentErrorStatus {
-            component,
-            task: e.task,
-            message: e.message,
-            time: i64::try_from(e.time_ms)
-                .ok()
-                .and_then(|ms| Timestamp::from_millisecond(ms).ok())
-                .map(Time),
-            count,
-        })
+        .map(|(component, count, e)| view::error_status(&component, count, &e))
 }
 
-/// Sum the spouts' figures over workers; rates from the previous pass.
+/// Sum the spouts' figures over workers; rates from the previous pass. Also
+/// says whether this pass took a new rate sample.
 fn aggregate_stats(
     topo: &Topology,
     stats: &BTreeMap<u32, WorkerStats>,
     ctx: &Context,
-) -> TopologyStats {
+) -> (TopologyStats, bool) {
     let spouts: Vec<&str> = topo.spec.spouts.iter().map(|s| s.id.as_str()).collect();
     let key = key_of(topo);
     let mut mem = ctx.memory();
     // Percentiles do not add up; the worst worker's recent p99 bounds the whole.
     let p99 = stats
         .values()
-        .flat_map(|w| &w.recent_complete_latency_ms)
+        .flat_map(|w| &w.recent)
         .filter(|(id, _)| spouts.contains(&id.as_str()))
-        .fold(0f64, |m, (_, l)| m.max(l.p99));
+        .filter_map(|(_, c)| c.complete_latency_ms)
+        .fold(0f64, |m, l| m.max(l.p99));
     // A restarted worker counts from zero again: the ledger banks what its
     // previous process had counted, so totals never go backwards.
     let ledger = mem.ledgers.entry(key.clone()).or_default();
@@ -713,6 +778,7 @@ fn aggregate_stats(
     // so that passes triggered in quick succession (our own status patches are
     // watch events too) neither report 0 nor keep patching a jittering number.
     let at_ms = stats.values().map(|w| w.timestamp_ms).max().unwrap_or(0);
+    let mut fresh = true;
     let sample = match mem.rates.get(&key) {
         Some(r) if acked < r.acked || failed < r.failed => Rates {
             at_ms,
@@ -731,7 +797,10 @@ fn aggregate_stats(
                 failed_per_s: (failed - r.failed) as f64 / secs,
             }
         }
-        Some(r) => r.clone(),
+        Some(r) => {
+            fresh = false;
+            r.clone()
+        }
         None => Rates {
             at_ms,
             acked,
@@ -743,7 +812,7 @@ fn aggregate_stats(
     let (acked_per_second, failed_per_second) = (sample.acked_per_s, sample.failed_per_s);
     mem.rates.insert(key, sample);
     let round = |x: f64| (x * 10.0).round() / 10.0;
-    TopologyStats {
+    let figures = TopologyStats {
         acked_per_second: round(acked_per_second),
         failed_per_second: round(failed_per_second),
         complete_latency_p99_ms: round(p99 * 10.0) / 10.0,
@@ -755,7 +824,8 @@ fn aggregate_stats(
         acked_total: acked,
         failed_total: failed,
         emitted_total: emitted,
-    }
+    };
+    (figures, fresh)
 }
 
 /// The note of an `Assigned` event.
@@ -924,6 +994,7 @@ async fn cleanup(topo: &Topology, ctx: &Context) -> Result<Option<Duration>, Err
     mem.ledgers.remove(&key);
     mem.missing.retain(|(k, _), _| k != &key);
     drop(mem);
+    ctx.views.forget(&key);
     tracing::info!(topology = %key, "deleted");
     Ok(None)
 }

@@ -6,6 +6,7 @@
 mod controller;
 mod pods;
 mod telemetry;
+mod views;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -63,6 +64,10 @@ struct Args {
     /// Address for /metrics, /healthz and /readyz.
     #[arg(long, env = "SQUALL_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     http_addr: SocketAddr,
+    /// Address of the read-only web UI (the Storm UI's views: topologies,
+    /// graph, components, workers, events). Empty: no UI.
+    #[arg(long, env = "SQUALL_UI_ADDR")]
+    ui_addr: Option<SocketAddr>,
     /// Elect a leader through etcd, so several replicas are safe.
     #[arg(long, env = "SQUALL_LEADER_ELECT")]
     leader_elect: bool,
@@ -85,6 +90,14 @@ async fn main() -> anyhow::Result<()> {
     let bound = squall_coord::admin::serve(args.http_addr, telemetry::endpoints(metrics.clone()))
         .with_context(|| format!("cannot listen on {}", args.http_addr))?;
     tracing::info!(%bound, "serving /metrics, /healthz, /readyz");
+    // Served from the start: a standby replica answers too (with no topologies).
+    let views = Arc::new(views::Views::default());
+    if let Some(addr) = args.ui_addr {
+        let source = views.clone();
+        let bound = squall_coord::ui::serve(addr, move || source.snapshot())
+            .with_context(|| format!("cannot listen on {addr} for the web UI"))?;
+        tracing::info!(%bound, "serving the web UI");
+    }
 
     let client = kube::Client::try_default()
         .await
@@ -121,6 +134,7 @@ async fn main() -> anyhow::Result<()> {
         recorder,
         metrics,
         Duration::from_secs(args.heartbeat_grace_seconds),
+        views,
     );
 
     let sweeper = ctx.clone();

@@ -137,6 +137,10 @@ struct LocalArgs {
     /// Serve Prometheus metrics on this address (`/metrics`).
     #[arg(long)]
     metrics_addr: Option<SocketAddr>,
+    /// Serve the web UI (topology graph, components, workers) on this
+    /// address, e.g. `127.0.0.1:8081`; with `--processes` too.
+    #[arg(long)]
+    ui: Option<SocketAddr>,
     /// How often to print the live table, e.g. `5s`; `0s` turns it off.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     report_interval: Duration,
@@ -319,6 +323,7 @@ fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<ExitCode> {
                 report_every: (!args.report_interval.is_zero()).then_some(args.report_interval),
                 table_to_stderr: args.json,
                 metrics_addr: args.metrics_addr,
+                ui_addr: args.ui,
                 transfer: crate::transfer::TransferConfig {
                     batch_size: args.batch_size.max(1),
                     ..Default::default()
@@ -342,6 +347,7 @@ fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<ExitCode> {
                     report_every: opts.report_every,
                     table_to_stderr: args.json,
                     log_dir: args.log_dir.clone(),
+                    ui_addr: args.ui,
                     batch_size: args.batch_size.max(1),
                     interrupt: opts.interrupt.clone(),
                 };

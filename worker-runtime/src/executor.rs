@@ -455,6 +455,13 @@ impl BoltExecutor {
     #[inline]
     fn execute(&mut self, idx: usize, tuple: Tuple, start: u64) -> u64 {
         tuple.started_ns.set(start);
+        let layout = &self.core.emitter.layout;
+        if let Some(&source) = layout.task_component.get(tuple.source_task as usize) {
+            self.core
+                .emitter
+                .metrics
+                .record_input(source, &layout.component_ids);
+        }
         let task = self.core.first_task + idx as TaskId;
         let mut out = BoltCollector {
             em: &mut self.core.emitter,

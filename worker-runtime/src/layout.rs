@@ -52,6 +52,11 @@ pub struct Layout {
     pub tick_ns: Vec<Option<u64>>,
     /// By task id: its slot (`u32::MAX` for id 0, which no task has).
     pub task_slot: Vec<u32>,
+    /// By task id: its component's index (`u32::MAX` for id 0).
+    pub task_component: Vec<u32>,
+    /// By component index: the component's id, shared with every executor's
+    /// metrics (they count executed tuples by source component).
+    pub component_ids: Arc<[String]>,
 }
 
 /// Why a topology cannot be laid out.
@@ -122,11 +127,14 @@ impl Layout {
         }
 
         let mut task_slot = vec![u32::MAX; plan.task_count() as usize + 1];
+        let mut task_component = vec![u32::MAX; plan.task_count() as usize + 1];
         for e in &plan.executors {
             for t in e.tasks() {
                 task_slot[t as usize] = e.slot;
+                task_component[t as usize] = e.component as u32;
             }
         }
+        let component_ids: Arc<[String]> = plan.components.iter().map(|c| c.id.clone()).collect();
         let acker_tasks: Vec<TaskId> = plan.acker_tasks().collect();
         Ok(Layout {
             topology: topology.to_string(),
@@ -140,6 +148,8 @@ impl Layout {
             configs,
             tick_ns,
             task_slot,
+            task_component,
+            component_ids,
             spec,
             plan,
         })

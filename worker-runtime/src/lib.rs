@@ -21,6 +21,7 @@ pub mod net;
 pub mod shell;
 pub mod transfer;
 pub mod tuple;
+pub mod ui;
 pub mod worker;
 
 pub use collector::{BoltCollector, EmitError, SpoutCollector};

@@ -28,6 +28,8 @@ pub struct LocalOptions {
     pub table_to_stderr: bool,
     /// Serve Prometheus metrics here.
     pub metrics_addr: Option<SocketAddr>,
+    /// Serve the web UI here.
+    pub ui_addr: Option<SocketAddr>,
     pub transfer: TransferConfig,
     /// Set from outside (Ctrl-C) to stop the run early.
     pub interrupt: Option<Arc<AtomicBool>>,
@@ -40,6 +42,7 @@ impl Default for LocalOptions {
             report_every: Some(Duration::from_secs(5)),
             table_to_stderr: false,
             metrics_addr: None,
+            ui_addr: None,
             transfer: TransferConfig::default(),
             interrupt: None,
         }
@@ -85,6 +88,8 @@ pub enum LocalError {
     Start(#[from] StartError),
     #[error("cannot serve metrics: {0}")]
     Metrics(std::io::Error),
+    #[error("cannot serve the web UI: {0}")]
+    Ui(std::io::Error),
     #[error("{0}; the topology stopped")]
     Crashed(crate::executor::Crash),
 }
@@ -122,11 +127,42 @@ pub fn run(
         tracing::info!(%bound, "serving Prometheus metrics on /metrics");
     }
 
+    let ui = match opts.ui_addr {
+        Some(addr) => Some(crate::ui::LocalUi::serve(addr).map_err(LocalError::Ui)?.0),
+        None => None,
+    };
+    let window = crate::metrics::RecentWindow::default();
+    let mut last_ui = Instant::now() - Duration::from_secs(1);
     let started = Instant::now();
+    let show = |phase: &str| {
+        if let Some(ui) = &ui {
+            let (total, recent, window_ms) = window.sample(&hub);
+            let rows = slots
+                .iter()
+                .map(|&slot| squall_api::view::WorkerView {
+                    slot,
+                    node: Some("this process".into()),
+                    state: "running".into(),
+                    uptime_seconds: Some(started.elapsed().as_secs()),
+                    restarts: Some(0),
+                    ..Default::default()
+                })
+                .collect();
+            let recent = [squall_api::view::Recent {
+                components: &recent,
+                window_ms,
+            }];
+            ui.update(name, &layout.spec, phase, &total, &recent, rows);
+        }
+    };
     let mut last_report = Instant::now();
     let mut last = hub.collect();
     let stopped_by = loop {
         std::thread::sleep(Duration::from_millis(50));
+        if last_ui.elapsed() >= Duration::from_secs(1) {
+            last_ui = Instant::now();
+            show("Running");
+        }
         if opts
             .interrupt
             .as_ref()
@@ -157,6 +193,7 @@ pub fn run(
 
     // Deactivate, then let open trees complete or time out.
     worker.set_active(false);
+    show("Draining");
     let drain_deadline =
         Instant::now() + Duration::from_nanos(layout.timeout_ns) + Duration::from_secs(1);
     while worker.pending() > 0 && Instant::now() < drain_deadline {

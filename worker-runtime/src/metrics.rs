@@ -47,6 +47,11 @@ pub struct ExecMetrics {
     /// Errors reported, and the latest (see [`ExecMetrics::note_error`]).
     pub errors: u64,
     pub last_error: Option<squall_api::records::ReportedError>,
+    /// Tuples executed, by the index of the component that emitted them
+    /// (Storm UI's input stats; the UI's edge rates).
+    pub inputs: Vec<u64>,
+    /// Component ids by index, naming `inputs`.
+    pub input_names: Option<Arc<[String]>>,
 }
 
 impl Default for ExecMetrics {
@@ -66,6 +71,8 @@ impl Default for ExecMetrics {
             at_ns: now_ns(),
             errors: 0,
             last_error: None,
+            inputs: Vec::new(),
+            input_names: None,
         }
     }
 }
@@ -81,6 +88,33 @@ impl ExecMetrics {
         self.busy_ns += ns;
         record(&mut self.execute_ns, ns);
     }
+    /// A tuple from component `source` (an index into `names`) is executed.
+    #[inline]
+    pub fn record_input(&mut self, source: u32, names: &Arc<[String]>) {
+        let i = source as usize;
+        if i >= names.len() {
+            return;
+        }
+        if self.inputs.len() != names.len() {
+            self.inputs.resize(names.len(), 0);
+            self.input_names = Some(names.clone());
+        }
+        self.inputs[i] += 1;
+    }
+
+    /// Executed tuples by source component id.
+    pub fn inputs_by_name(&self) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        if let Some(names) = &self.input_names {
+            for (name, n) in names.iter().zip(&self.inputs) {
+                if *n > 0 {
+                    *out.entry(name.clone()).or_default() += n;
+                }
+            }
+        }
+        out
+    }
+
     #[inline]
     pub fn record_process(&mut self, ns: u64) {
         record(&mut self.process_ns, ns);
@@ -92,9 +126,7 @@ impl ExecMetrics {
 
     /// A component reported an error: counted, and kept as the latest for status.
     pub fn note_error(&mut self, task: squall_api::TaskId, message: &str) {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now_ms = squall_api::records::unix_ms();
         self.errors += 1;
         self.last_error = Some(squall_api::records::ReportedError::new(
             message, task, now_ms,
@@ -115,11 +147,50 @@ impl ExecMetrics {
         self.replayed += other.replayed;
         self.roots += other.roots;
         self.busy_ns += other.busy_ns;
+        self.merge_inputs(other);
         // Same bounds on both sides, so adding cannot fail.
         let _ = self.execute_ns.add(&other.execute_ns);
         let _ = self.process_ns.add(&other.process_ns);
         let _ = self.complete_ns.add(&other.complete_ns);
         self.at_ns = self.at_ns.max(other.at_ns);
+    }
+
+    /// Add `other`'s input counts: by index under the same names (one plan),
+    /// else by name.
+    fn merge_inputs(&mut self, other: &ExecMetrics) {
+        match (&self.input_names, &other.input_names) {
+            (_, None) => {}
+            (None, Some(_)) => {
+                self.inputs = other.inputs.clone();
+                self.input_names = other.input_names.clone();
+            }
+            (Some(a), Some(b)) if Arc::ptr_eq(a, b) || a == b => {
+                for (x, y) in self.inputs.iter_mut().zip(&other.inputs) {
+                    *x += y;
+                }
+            }
+            (Some(a), Some(_)) => {
+                let mut by_name = self.inputs_by_name();
+                for (name, n) in other.inputs_by_name() {
+                    *by_name.entry(name).or_default() += n;
+                }
+                let names: Arc<[String]> = a
+                    .iter()
+                    .chain(by_name.keys())
+                    .fold(Vec::<String>::new(), |mut v, n| {
+                        if !v.contains(n) {
+                            v.push(n.clone());
+                        }
+                        v
+                    })
+                    .into();
+                self.inputs = names
+                    .iter()
+                    .map(|n| by_name.get(n).copied().unwrap_or(0))
+                    .collect();
+                self.input_names = Some(names);
+            }
+        }
     }
 
     /// `self - earlier`: the activity in between.
@@ -134,6 +205,12 @@ impl ExecMetrics {
         d.roots -= earlier.roots.min(d.roots);
         d.errors -= earlier.errors.min(d.errors);
         d.busy_ns -= earlier.busy_ns.min(d.busy_ns);
+        let earlier_inputs = earlier.inputs_by_name();
+        if let Some(names) = &d.input_names {
+            for (name, n) in names.iter().zip(d.inputs.iter_mut()) {
+                *n -= earlier_inputs.get(name).copied().unwrap_or(0).min(*n);
+            }
+        }
         // Counts only grow, so subtracting an earlier copy of the same histogram succeeds.
         let _ = d.execute_ns.subtract(&earlier.execute_ns);
         let _ = d.process_ns.subtract(&earlier.process_ns);
@@ -171,6 +248,7 @@ impl ExecMetrics {
             roots: self.roots,
             errors: self.errors,
             last_error: self.last_error.clone(),
+            inputs: self.inputs_by_name(),
         }
     }
 }
@@ -333,4 +411,46 @@ fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+/// Published figures cover the whole life *and* a recent window of at least
+/// this long (and under twice it), so rates and p99 show how a topology does
+/// now: a rebalance's slow trees fade out instead of ruling p99 for good.
+pub const RECENT_WINDOW: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Samples a [`MetricsHub`] for its whole-life stats and a recent window's.
+#[derive(Default)]
+pub struct RecentWindow {
+    baseline: Mutex<Option<(Instant, BTreeMap<String, ComponentMetrics>)>>,
+}
+
+impl RecentWindow {
+    /// Whole-life stats per component, the recent window's, and that
+    /// window's length in milliseconds (0, with no figures, on the first call).
+    pub fn sample(
+        &self,
+        hub: &MetricsHub,
+    ) -> (
+        BTreeMap<String, ComponentStats>,
+        BTreeMap<String, ComponentStats>,
+        u64,
+    ) {
+        let now = hub.collect();
+        let mut baseline = self.baseline.lock().unwrap_or_else(|p| p.into_inner());
+        let (recent, window_ns) = match baseline.as_ref() {
+            Some((at, base)) => {
+                let window = at.elapsed().as_nanos() as u64;
+                (crate::local::stats_of(&now, Some((base, window))), window)
+            }
+            None => (BTreeMap::new(), 0),
+        };
+        let total = crate::local::stats_of(&now, None);
+        if baseline
+            .as_ref()
+            .is_none_or(|(at, _)| at.elapsed() >= RECENT_WINDOW)
+        {
+            *baseline = Some((Instant::now(), now));
+        }
+        (total, recent, window_ns / 1_000_000)
+    }
 }

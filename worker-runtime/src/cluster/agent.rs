@@ -6,13 +6,7 @@ use squall_api::records::{Assignment, Control, WorkerState, WorkerStats};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
-use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
-
-use squall_api::records::{ComponentStats, LatencySummary};
-
-use crate::local::stats_of;
-use crate::metrics::{ComponentMetrics, MetricsHub};
+use crate::metrics::{MetricsHub, RecentWindow};
 use crate::net::proto::worker_agent_server::WorkerAgent;
 use crate::net::proto::{HealthReply, HealthRequest, Notice, NoticeReply};
 
@@ -38,52 +32,12 @@ pub struct AgentService {
     pub status: Arc<Mutex<WorkerStatus>>,
     pub hub: MetricsHub,
     pub notices: mpsc::Sender<Notified>,
-    /// The metrics at the start of the current latency window.
-    pub baseline: Mutex<Option<(Instant, BTreeMap<String, ComponentMetrics>)>>,
+    /// The recent window of the stats it publishes.
+    pub recent: RecentWindow,
 }
 
-/// Latencies in published stats cover at least this much recent time.
-const LATENCY_WINDOW: Duration = Duration::from_secs(5);
+impl AgentService {}
 
-impl AgentService {
-    /// Whole-life stats per component, and each spout's complete latency over
-    /// the last 5–10 s, so a status shows how the topology does now (a
-    /// rebalance's slow trees fade out instead of ruling p99 for good).
-    fn stats(
-        &self,
-    ) -> (
-        BTreeMap<String, ComponentStats>,
-        BTreeMap<String, LatencySummary>,
-    ) {
-        let now = self.hub.collect();
-        let mut baseline = self.baseline.lock().unwrap_or_else(|p| p.into_inner());
-        let recent = match baseline.as_ref() {
-            Some((at, base)) => stats_of(&now, Some((base, at.elapsed().as_nanos() as u64)))
-                .into_iter()
-                .filter_map(|(id, s)| s.complete_latency_ms.map(|l| (id, l)))
-                .collect(),
-            None => BTreeMap::new(),
-        };
-        let total = stats_of(&now, None);
-        if baseline
-            .as_ref()
-            .is_none_or(|(at, _)| at.elapsed() >= LATENCY_WINDOW)
-        {
-            *baseline = Some((Instant::now(), now));
-        }
-        (total, recent)
-    }
-}
-
-pub fn state_name(s: WorkerState) -> &'static str {
-    match s {
-        WorkerState::Starting => "starting",
-        WorkerState::Running => "running",
-        WorkerState::Draining => "draining",
-        WorkerState::Error => "error",
-        WorkerState::Crashed => "crashed",
-    }
-}
 pub fn parse_state(s: &str) -> WorkerState {
     match s {
         "running" => WorkerState::Running,
@@ -108,21 +62,22 @@ impl WorkerAgent for AgentService {
                 s.spouts_done,
             )
         };
-        let (components, recent_complete_latency_ms) = self.stats();
+        let (components, recent, recent_window_ms) = self.recent.sample(&self.hub);
         let stats = WorkerStats {
             slot: self.slot,
             incarnation: super::incarnation(),
             applied_version: applied,
             timestamp_ms: super::unix_ms(),
             components,
-            recent_complete_latency_ms,
+            recent,
+            recent_window_ms,
             pending,
             spouts_done: done,
         };
         let stats_json =
             serde_json::to_string(&stats).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(HealthReply {
-            state: state_name(state).to_string(),
+            state: state.as_str().to_string(),
             applied_version: applied,
             endpoint,
             stats_json,

@@ -40,6 +40,8 @@ pub struct LaunchOptions {
     pub table_to_stderr: bool,
     /// Where process logs and pid files go (default: a fresh temporary directory).
     pub log_dir: Option<PathBuf>,
+    /// Serve the web UI here.
+    pub ui_addr: Option<std::net::SocketAddr>,
     pub batch_size: usize,
     pub interrupt: Option<Arc<AtomicBool>>,
 }
@@ -243,6 +245,14 @@ pub fn run(name: &str, spec: TopologySpec, opts: &LaunchOptions) -> anyhow::Resu
             .as_ref()
             .is_some_and(|f| f.load(Ordering::Relaxed))
     };
+    let ui = match opts.ui_addr {
+        Some(addr) => Some(
+            crate::ui::LocalUi::serve(addr)
+                .with_context(|| format!("cannot serve the web UI on {addr}"))?
+                .0,
+        ),
+        None => None,
+    };
     let stopped_by = loop {
         std::thread::sleep(Duration::from_millis(50));
         if interrupted() {
@@ -318,6 +328,9 @@ pub fn run(name: &str, spec: TopologySpec, opts: &LaunchOptions) -> anyhow::Resu
                 continue;
             };
             ledger.observe_all(&stats);
+            if let Some(ui) = &ui {
+                show(ui, name, &spec, &ledger, &stats, &pairs, workers);
+            }
             let stats = ledger.totals();
             let done = (0..workers).all(|s| {
                 stats.get(&s).is_some_and(|w| {
@@ -428,6 +441,51 @@ fn retire(retiring: &mut Vec<Retiring>, stats: &BTreeMap<u32, WorkerStats>, vers
             true
         }
     });
+}
+
+/// Refresh the web UI from the workers' stats records: rates from their
+/// recent windows, totals from the ledger, a row per worker process.
+fn show(
+    ui: &crate::ui::LocalUi,
+    name: &str,
+    spec: &TopologySpec,
+    ledger: &StatsLedger,
+    stats: &BTreeMap<u32, WorkerStats>,
+    pairs: &BTreeMap<u32, Pair>,
+    workers: u32,
+) {
+    let now_ms = crate::cluster::unix_ms();
+    let recent: Vec<squall_api::view::Recent<'_>> = stats
+        .values()
+        .map(|w| squall_api::view::Recent {
+            components: &w.recent,
+            window_ms: w.recent_window_ms,
+        })
+        .collect();
+    let rows = (0..workers)
+        .map(|slot| {
+            let w = stats.get(&slot);
+            squall_api::view::WorkerView {
+                slot,
+                pod: pairs
+                    .get(&slot)
+                    .map(|p| format!("worker pid {}", p.worker.child.id())),
+                node: Some("localhost".into()),
+                state: match w {
+                    Some(w) if now_ms.saturating_sub(w.timestamp_ms) < 5000 => "running",
+                    Some(_) => "silent",
+                    None => "starting",
+                }
+                .into(),
+                uptime_seconds: None,
+                restarts: pairs.get(&slot).map(|p| p.worker.restarts),
+                plan_version: w.map(|w| w.applied_version),
+                last_heartbeat_seconds_ago: w
+                    .map(|w| (now_ms.saturating_sub(w.timestamp_ms) as f64 / 100.0).round() / 10.0),
+            }
+        })
+        .collect();
+    ui.update(name, spec, "Running", &ledger.components(), &recent, rows);
 }
 
 /// Sum the stats of every worker per component.

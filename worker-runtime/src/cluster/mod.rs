@@ -29,9 +29,4 @@ pub fn incarnation() -> u64 {
     })
 }
 
-/// Unix time in milliseconds.
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub use squall_api::records::unix_ms;

@@ -363,7 +363,7 @@ pub fn run(registry: Registry, opts: WorkerOptions) -> anyhow::Result<ExitCode> 
         status: status.clone(),
         hub: hub.clone(),
         notices: ntx.clone(),
-        baseline: Mutex::new(None),
+        recent: crate::metrics::RecentWindow::default(),
     };
     rt.spawn(async move {
         let r = tonic::transport::Server::builder()
