@@ -9,7 +9,7 @@
 //! | `ExclamationBolt` | bolt | `word` | |
 //! | `RollingCount` | bolt | `obj`, `count` | `window_seconds` (default 9); needs `tickFrequencySeconds` |
 //! | `TopN` | bolt | `rankings` | `n` (default 10); needs `tickFrequencySeconds` |
-//! | `Flaky` | bolt | `value` (pass-through of field `value` when the input has one, else field 0) | `fail_ratio`, `drop_ratio`, `sleep_ms`, `panic_after` + `panic_marker` (+ `panic_slot`) |
+//! | `Flaky` | bolt | `value` (pass-through of field `value` when the input has one, else field 0) | `fail_ratio`, `drop_ratio`, `sleep_ms`, `panic_after` + `panic_marker` (+ `panic_slot`), `error_every` |
 //!
 //! The binary also has the engine's built-in `KafkaSpout` and `KafkaBolt`
 //! (see `squall_runtime::kafka` and docs/kafka.md).
@@ -365,6 +365,9 @@ pub struct Flaky {
     /// not exist; it is created first, so a restarted worker does not panic again.
     /// With `panic_slot`, only the tasks in that worker slot panic.
     panic_after: Option<(u64, std::path::PathBuf)>,
+    /// Report an error (Storm's `reportError`) at every this many input
+    /// tuples, and go on; 0: never.
+    error_every: u64,
     seen: u64,
 }
 
@@ -401,6 +404,7 @@ impl Flaky {
                 }
                 (n, false) => in_slot.then(|| (n, std::path::PathBuf::from(marker))),
             },
+            error_every: ctx.config_u64("error_every", 0)?,
             seen: 0,
         })
     }
@@ -421,6 +425,12 @@ impl Bolt for Flaky {
                 .is_ok()
         {
             panic!("Flaky panics after {n} tuples, as configured");
+        }
+        if self.error_every > 0 && self.seen % self.error_every == 0 {
+            out.report_error(&format!(
+                "Flaky reports an error at tuple {}, as configured",
+                self.seen
+            ));
         }
         let dice = self.rand.unit();
         if dice < self.fail_ratio {

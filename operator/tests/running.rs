@@ -274,6 +274,61 @@ async fn an_unknown_component_ends_in_a_condition_and_an_event() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bolt_error_shows_in_its_component_status_and_the_web_ui() {
+    let cluster = env("run-error").await;
+    let ns: &'static str = Box::leak(cluster.ns.clone().into_boxed_str());
+    install_crd(&cluster);
+    let op = Operator::start(&cluster, "/squall-error");
+    let manifest = "apiVersion: squall.dev/v1alpha1\nkind: Topology\nmetadata: {name: erring}\nspec:\n  image: squall-examples:0.1.0\n  workers: 1\n  spouts: [{id: s, component: RandomSentenceSpout, config: {rate: 50}}]\n  bolts: [{id: flaky, component: Flaky, config: {error_every: 20}}]\n  streams: [{from: s, to: flaky, grouping: {type: SHUFFLE}}]\n";
+    let out = kubectl_stdin(&cluster, &["apply", "-f", "-"], manifest);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let topos: Api<Topology> = Api::namespaced(cluster.client(), ns);
+    let st = wait_status(
+        &topos,
+        "erring",
+        "the bolt's error in .status.components",
+        90,
+        &op,
+        |s| {
+            s.components
+                .iter()
+                .any(|c| c.id == "flaky" && c.last_error.is_some())
+        },
+    )
+    .await;
+    let flaky = st.components.iter().find(|c| c.id == "flaky").unwrap();
+    let e = flaky.last_error.as_ref().unwrap();
+    assert!(
+        e.message.contains("Flaky reports an error at tuple"),
+        "{e:?}"
+    );
+    assert!(e.count >= 1 && e.time.is_some(), "{e:?}");
+    assert_eq!(e.component, "flaky");
+    // The spout reports none: the error is the bolt's, not the topology's.
+    let spout = st.components.iter().find(|c| c.id == "s").unwrap();
+    assert!(spout.last_error.is_none(), "{spout:?}");
+
+    // The web UI shows it in the component table.
+    let url = format!("http://{}/#/{ns}/erring", op.ui_addr());
+    let dom =
+        tokio::task::block_in_place(|| squall_testenv::browser::dump_dom(&url, 4000)).unwrap();
+    let rows = squall_testenv::browser::tags(&dom, "component-row");
+    assert_eq!(rows.len(), 2, "{dom}");
+    let cell = dom
+        .split("data-testid=\"last-error\"")
+        .skip(1)
+        .find(|cell| cell.contains("Flaky reports an error at tuple"));
+    assert!(
+        cell.is_some(),
+        "no last-error cell with the bolt's error in\n{dom}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_whose_heartbeat_lapses_is_replaced() {
     let cluster = env("run-heartbeat").await;
     let ns: &'static str = Box::leak(cluster.ns.clone().into_boxed_str());

@@ -46,6 +46,7 @@ pub async fn env(prefix: &str) -> Env {
 pub struct Operator {
     child: Child,
     log: PathBuf,
+    ui: String,
 }
 
 impl Operator {
@@ -65,11 +66,14 @@ impl Operator {
             std::process::id()
         ));
         let file = std::fs::File::create(&log).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        let (port, ui) = (free(), format!("127.0.0.1:{}", free()));
         let child = Command::new(env!("CARGO_BIN_EXE_squall-operator"))
             .env("KUBECONFIG", env.kubeconfig_path())
             .env("RUST_LOG", "info,squall_operator=debug")
@@ -87,12 +91,19 @@ impl Operator {
                 &format!("127.0.0.1:{port}"),
                 "--heartbeat-grace-seconds",
                 "5",
+                "--ui-addr",
+                &ui,
             ])
             .stdout(file.try_clone().unwrap())
             .stderr(file)
             .spawn()
             .unwrap();
-        Operator { child, log }
+        Operator { child, log, ui }
+    }
+
+    /// Where its web UI listens.
+    pub fn ui_addr(&self) -> &str {
+        &self.ui
     }
 
     pub fn log(&self) -> String {

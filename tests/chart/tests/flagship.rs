@@ -4,7 +4,9 @@
 //!    the bundled etcd as a StatefulSet with a PVC, reached by Service DNS;
 //! 2. `kubectl apply` word count (with a spout `limit`, so loss is countable)
 //!    into a namespace that enforces Pod Security's `restricted` profile;
-//! 3. `kubectl get topology` reaches Running 3/3 with acked rising;
+//! 3. `kubectl get topology` reaches Running 3/3 with acked rising; `kubectl
+//!    describe` and `-o wide` show per-component figures, and headless
+//!    Chromium renders the operator's web UI through `kubectl port-forward`;
 //! 4. `kubectl scale --replicas=4` rebalances to 4/4;
 //! 5. a killed worker container recovers and every root is acked exactly once;
 //! 6. `kubectl delete` leaves no pods and no etcd keys;
@@ -19,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use squall_chart_tests::{self as chart, RELEASE, test_cluster_values};
-use squall_testenv::{TestCluster, wait_until};
+use squall_testenv::{TestCluster, browser, wait_until};
 
 const NS: &str = "squall-system";
 const PREFIX: &str = "/squall-flagship";
@@ -77,6 +79,104 @@ async fn wait_topology(
             cluster.dump(NS)
         )
     })
+}
+
+/// Step 3's views: `.status.components` in `kubectl describe` and `get -o
+/// wide`, and the web UI's topology page rendered by Chromium through
+/// `kubectl port-forward` to the operator (a screenshot lands in
+/// `target/test-artifacts/`).
+async fn what_on_call_sees(cluster: &TestCluster, ns: &str) {
+    let t = wait_topology(cluster, ns, "per-component figures in status", 60, |t| {
+        let c = &t["status"]["components"];
+        c.as_array().is_some_and(|c| c.len() == 3)
+            && c[0]["ackedPerSecond"].as_f64().unwrap_or(0.0) > 0.0
+            && c[2]["executedPerSecond"].as_f64().unwrap_or(0.0) > 0.0
+    })
+    .await;
+    let ids: Vec<&str> = t["status"]["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["sentences", "split", "count"]);
+    let described = kubectl(
+        cluster,
+        &["describe", "topology", "word-count", "-n", ns],
+        None,
+    );
+    for want in [
+        "Components:",
+        "Executed Per Second:",
+        "Execute Latency P 99 Ms:",
+        "Capacity:",
+        "Busiest:",
+    ] {
+        assert!(
+            described.contains(want),
+            "describe lacks {want:?}:\n{described}"
+        );
+    }
+    let wide = kubectl(
+        cluster,
+        &["get", "topology", "word-count", "-n", ns, "-o", "wide"],
+        None,
+    );
+    assert!(wide.contains("BUSIEST") && wide.contains("PLAN"), "{wide}");
+    show(&format!("kubectl get topology -o wide:\n{wide}"));
+
+    let forward = cluster
+        .port_forward(NS, &format!("deployment/{RELEASE}-operator"), 8081)
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.dump(NS)));
+    let url = format!("http://127.0.0.1:{}/#/{ns}/word-count", forward.local_port);
+    // The page polls every 2 s; rates show once the workers' windows have
+    // traffic, so look again a few times before calling it wrong.
+    let mut dom = String::new();
+    for _ in 0..5 {
+        dom =
+            tokio::task::block_in_place(|| squall_testenv::browser::dump_dom(&url, 4000)).unwrap();
+        let rates = browser::tags(&dom, "edge")
+            .iter()
+            .filter_map(|e| browser::attr(e, "data-rate")?.parse::<f64>().ok())
+            .filter(|r| *r > 0.0)
+            .count();
+        if rates == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    assert!(dom.contains("data-state=\"ready\""), "{dom}");
+    let nodes: Vec<&str> = browser::tags(&dom, "node")
+        .iter()
+        .filter_map(|n| browser::attr(n, "data-component"))
+        .collect();
+    assert_eq!(nodes.len(), 3, "graph nodes {nodes:?} in\n{dom}");
+    for id in ["sentences", "split", "count"] {
+        assert!(nodes.contains(&id), "{id} missing from {nodes:?}");
+    }
+    let rates: Vec<f64> = browser::tags(&dom, "edge")
+        .iter()
+        .filter_map(|e| browser::attr(e, "data-rate")?.parse().ok())
+        .collect();
+    assert!(
+        rates.len() == 2 && rates.iter().all(|r| *r > 0.0),
+        "edge rates {rates:?} in\n{dom}"
+    );
+    let slots: Vec<&str> = browser::tags(&dom, "worker-row")
+        .iter()
+        .filter_map(|w| browser::attr(w, "data-slot"))
+        .collect();
+    assert_eq!(slots, ["0", "1", "2"], "worker rows in\n{dom}");
+    assert_eq!(browser::tags(&dom, "component-row").len(), 3);
+    let shot = chart::workspace_root().join("target/test-artifacts/ui-word-count.png");
+    tokio::task::block_in_place(|| {
+        squall_testenv::browser::screenshot(&url, &shot, 1280, 900, 4000)
+    })
+    .unwrap();
+    show(&format!(
+        "web UI through kubectl port-forward: 3 nodes, edge rates {rates:?}, workers {slots:?}; screenshot {}",
+        shot.display()
+    ));
 }
 
 /// `NAME  CONTAINER  ID` for every container of the pods in `ns`.
@@ -229,6 +329,7 @@ async fn helm_install_apply_scale_kill_delete_uninstall() {
         table.contains("Running") && table.contains("3/3"),
         "{table}"
     );
+    what_on_call_sees(&cluster, ns).await;
 
     // 4. kubectl scale: a rebalance to 4 workers.
     kubectl(

@@ -14,7 +14,7 @@ use nix::unistd::Pid;
 
 use crate::bins::binary;
 use crate::control_plane::config_from_kubeconfig;
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::etcd::Etcd;
 use crate::node::ClusterInfo;
 use crate::node::relay::Dialer;
@@ -104,6 +104,59 @@ impl TestCluster {
         let mut c = Command::new("kubectl");
         c.arg(format!("--kubeconfig={}", self.info.kubeconfig.display()));
         c
+    }
+
+    /// `kubectl port-forward -n <namespace> <target> :<port>`, as a user
+    /// reaches the operator's web UI: returns once it forwards, with the local
+    /// port; the forward ends when the handle drops.
+    ///
+    /// # Errors
+    /// kubectl cannot start, or exits before it says it forwards.
+    pub fn port_forward(&self, namespace: &str, target: &str, port: u16) -> Result<PortForward> {
+        use std::io::BufRead;
+        let child = self
+            .kubectl()
+            .args(["port-forward", "-n", namespace, target])
+            .arg(format!(":{port}"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .ctx(|| "kubectl port-forward".into())?;
+        let mut forward = PortForward {
+            child,
+            local_port: 0,
+        };
+        // "Forwarding from 127.0.0.1:41235 -> 8081"
+        let Some(out) = forward.child.stdout.take() else {
+            return Err(Error::Invalid("kubectl port-forward: no stdout".into()));
+        };
+        let mut lines = std::io::BufReader::new(out).lines();
+        let first = lines
+            .next()
+            .transpose()
+            .ctx(|| "kubectl port-forward".into())?;
+        let port = first
+            .as_deref()
+            .and_then(|l| l.strip_prefix("Forwarding from 127.0.0.1:"))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|p| p.parse().ok());
+        match port {
+            Some(p) => {
+                forward.local_port = p;
+                // Keep draining stdout ("Handling connection for ...") so kubectl never blocks.
+                std::thread::spawn(move || for _ in lines {});
+                Ok(forward)
+            }
+            None => {
+                let mut err = String::new();
+                if let Some(mut e) = forward.child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
+                Err(Error::Invalid(format!(
+                    "kubectl port-forward did not forward: {first:?} {err}"
+                )))
+            }
+        }
     }
 
     /// `helm` from the cache with KUBECONFIG set; its cache/config/data
@@ -313,4 +366,18 @@ fn rand_u16() -> u16 {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     (nanos ^ std::process::id().rotate_left(16)) as u16
+}
+
+/// A running `kubectl port-forward`; stopped on drop.
+pub struct PortForward {
+    child: std::process::Child,
+    /// The local port it listens on (127.0.0.1).
+    pub local_port: u16,
+}
+
+impl Drop for PortForward {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
