@@ -18,6 +18,12 @@ pub enum Error {
          whose libs/ holds the kafka_2.13 jars and their dependencies"
     )]
     KafkaMissing { path: PathBuf },
+    /// Chromium, for the browser tests, is missing.
+    #[error(
+        "chromium not found at {path}: run `make testenv` (or `bash tests/testenv/provision.sh`), \
+         or `apt-get install chromium` (Debian's package installs /usr/bin/chromium)"
+    )]
+    ChromiumMissing { path: PathBuf },
     /// An I/O operation failed.
     #[error("{context}: {source}")]
     Io {

@@ -13,6 +13,7 @@
 //! ```
 
 mod bins;
+pub mod browser;
 mod certs;
 mod cluster;
 mod control_plane;
