@@ -316,15 +316,17 @@ async fn a_bolt_error_shows_in_its_component_status_and_the_web_ui() {
     let url = format!("http://{}/#/{ns}/erring", op.ui_addr());
     let dom =
         tokio::task::block_in_place(|| squall_testenv::browser::dump_dom(&url, 4000)).unwrap();
-    let rows = squall_testenv::browser::tags(&dom, "component-row");
-    assert_eq!(rows.len(), 2, "{dom}");
-    let cell = dom
-        .split("data-testid=\"last-error\"")
-        .skip(1)
-        .find(|cell| cell.contains("Flaky reports an error at tuple"));
+    assert_eq!(squall_testenv::browser::body_state(&dom), "ready", "{dom}");
+    assert_eq!(
+        squall_testenv::browser::tagged(&dom, "component-row").len(),
+        2,
+        "{dom}"
+    );
+    let row = squall_testenv::browser::row(&dom, "component-row", "flaky").unwrap_or_default();
     assert!(
-        cell.is_some(),
-        "no last-error cell with the bolt's error in\n{dom}"
+        row.contains("data-testid=\"last-error\"")
+            && row.contains("Flaky reports an error at tuple"),
+        "the bolt's row lacks its error:\n{dom}"
     );
 }
 

@@ -27,9 +27,10 @@ STORM_VERSION="2.8.3"      # org.apache.storm:multilang-{python,javascript,ruby}
 PYSTORM_VERSION="3.1.4"    # pystorm on PyPI, with its dependencies
 KAFKA_VERSION="4.1.1"      # org.apache.kafka:kafka_2.13 (KRaft, single node, on java 17+)
 LOG4J_VERSION="2.24.3"     # log4j-slf4j-impl: the broker's log binding (Kafka's own log4j-core version)
-# Debian packages of the real node (see shared notes real-node.md).
+# Debian packages of the real node (see shared notes real-node.md), and
+# Chromium for the web UI's browser tests.
 NODE_PACKAGES=(containerd runc iptables conntrack socat busybox-static containernetworking-plugins
-               umoci skopeo buildah iproute2 util-linux)
+               umoci skopeo buildah iproute2 util-linux chromium)
 
 CACHE_ROOT="${SQUALL_TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/squall-testenv}"
 KEY="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_helm-${HELM_VERSION}_coredns-${COREDNS_VERSION}"
@@ -89,7 +90,7 @@ fetch_multilang() {
 # anyone else gets the list to install.
 have_packages() {
     local b
-    for b in containerd runc ctr iptables conntrack socat umoci skopeo buildah nsenter ip; do
+    for b in containerd runc ctr iptables conntrack socat umoci skopeo buildah nsenter ip chromium; do
         command -v "$b" >/dev/null 2>&1 || return 1
     done
     [[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local && -x /usr/lib/cni/portmap && -x /bin/busybox ]]

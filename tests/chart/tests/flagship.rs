@@ -135,9 +135,9 @@ async fn what_on_call_sees(cluster: &TestCluster, ns: &str) {
     for _ in 0..5 {
         dom =
             tokio::task::block_in_place(|| squall_testenv::browser::dump_dom(&url, 4000)).unwrap();
-        let rates = browser::tags(&dom, "edge")
+        let rates = browser::tagged(&dom, "edge")
             .iter()
-            .filter_map(|e| browser::attr(e, "data-rate")?.parse::<f64>().ok())
+            .filter_map(|e| e.get("data-rate")?.parse::<f64>().ok())
             .filter(|r| *r > 0.0)
             .count();
         if rates == 2 {
@@ -145,29 +145,29 @@ async fn what_on_call_sees(cluster: &TestCluster, ns: &str) {
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    assert!(dom.contains("data-state=\"ready\""), "{dom}");
-    let nodes: Vec<&str> = browser::tags(&dom, "node")
-        .iter()
-        .filter_map(|n| browser::attr(n, "data-component"))
+    assert_eq!(browser::body_state(&dom), "ready", "{dom}");
+    let nodes: Vec<String> = browser::tagged(&dom, "node")
+        .into_iter()
+        .filter_map(|mut n| n.remove("data-component"))
         .collect();
     assert_eq!(nodes.len(), 3, "graph nodes {nodes:?} in\n{dom}");
     for id in ["sentences", "split", "count"] {
-        assert!(nodes.contains(&id), "{id} missing from {nodes:?}");
+        assert!(nodes.iter().any(|n| n == id), "{id} missing from {nodes:?}");
     }
-    let rates: Vec<f64> = browser::tags(&dom, "edge")
+    let rates: Vec<f64> = browser::tagged(&dom, "edge")
         .iter()
-        .filter_map(|e| browser::attr(e, "data-rate")?.parse().ok())
+        .filter_map(|e| e.get("data-rate")?.parse().ok())
         .collect();
     assert!(
         rates.len() == 2 && rates.iter().all(|r| *r > 0.0),
         "edge rates {rates:?} in\n{dom}"
     );
-    let slots: Vec<&str> = browser::tags(&dom, "worker-row")
-        .iter()
-        .filter_map(|w| browser::attr(w, "data-slot"))
+    let slots: Vec<String> = browser::tagged(&dom, "worker-row")
+        .into_iter()
+        .filter_map(|mut w| w.remove("data-slot"))
         .collect();
     assert_eq!(slots, ["0", "1", "2"], "worker rows in\n{dom}");
-    assert_eq!(browser::tags(&dom, "component-row").len(), 3);
+    assert_eq!(browser::tagged(&dom, "component-row").len(), 3);
     let shot = chart::workspace_root().join("target/test-artifacts/ui-word-count.png");
     tokio::task::block_in_place(|| {
         squall_testenv::browser::screenshot(&url, &shot, 1280, 900, 4000)

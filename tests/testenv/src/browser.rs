@@ -8,6 +8,7 @@
 //! dump. Chromium is spawned like every other child here (own process group,
 //! dies with us) and killed, with its helpers, after [`TIMEOUT`].
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -115,6 +116,71 @@ fn run(exe: &Path, url: &str, budget_ms: u64, extra: &[String]) -> Result<Vec<u8
         }),
         Some(_) => std::fs::read(&stdout).ctx(|| format!("read {}", stdout.display())),
     }
+}
+
+/// The attributes of every start tag carrying `data-testid="<id>"`, in
+/// document order (the hooks the UI page puts on what tests look at).
+pub fn tagged(dom: &str, id: &str) -> Vec<BTreeMap<String, String>> {
+    start_tags(dom, id)
+        .into_iter()
+        .map(|(_, t)| attrs(t))
+        .collect()
+}
+
+/// Each start tag carrying `data-testid="<id>"`, with where it starts.
+fn start_tags<'a>(dom: &'a str, id: &str) -> Vec<(usize, &'a str)> {
+    let needle = format!("data-testid=\"{id}\"");
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(i) = dom[from..].find(&needle).map(|i| i + from) {
+        let (Some(start), Some(len)) = (dom[..i].rfind('<'), dom[i..].find('>')) else {
+            break;
+        };
+        out.push((start, &dom[start..i + len]));
+        from = i + len;
+    }
+    out
+}
+
+/// `name="value"` pairs of one start tag (Chromium always double-quotes them).
+pub fn attrs(tag: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut rest = tag;
+    while let Some(eq) = rest.find("=\"") {
+        let name = rest[..eq]
+            .rsplit(' ')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let Some(len) = rest[eq + 2..].find('"') else {
+            break;
+        };
+        out.insert(name, rest[eq + 2..eq + 2 + len].to_string());
+        rest = &rest[eq + 3 + len..];
+    }
+    out
+}
+
+/// The `data-state` of `<body>`: `ready` once the page rendered its data.
+pub fn body_state(dom: &str) -> String {
+    dom.find("<body")
+        .and_then(|i| Some(&dom[i..i + dom[i..].find('>')?]))
+        .and_then(|tag| attrs(tag).remove("data-state"))
+        .unwrap_or_default()
+}
+
+/// The markup of the first table row tagged `data-testid="<id>"` whose
+/// `data-component` is `component`, up to its `</tr>`.
+pub fn row<'a>(dom: &'a str, id: &str, component: &str) -> Option<&'a str> {
+    start_tags(dom, id).into_iter().find_map(|(start, tag)| {
+        (attrs(tag).get("data-component").map(String::as_str) == Some(component))
+            .then(|| {
+                dom[start..]
+                    .find("</tr>")
+                    .map(|end| &dom[start..start + end])
+            })
+            .flatten()
+    })
 }
 
 #[cfg(test)]

@@ -8,14 +8,13 @@
 
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 
 use serde_json::Value;
 use squall_testenv::TempDir;
-use squall_testenv::browser::{dump_dom, screenshot};
+use squall_testenv::browser::{body_state, dump_dom, row, screenshot, tagged};
 
 /// Virtual time for the page's first fetch and render (the poll repeats every 2 s).
 const BUDGET_MS: u64 = 3000;
@@ -67,59 +66,6 @@ fn respond(mut s: TcpStream, page: &str, api: &(u16, String)) -> std::io::Result
         "HTTP/1.1 {status} X\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
-}
-
-/// The attributes of every start tag carrying `data-testid="<id>"`, in document order.
-fn tagged(dom: &str, id: &str) -> Vec<BTreeMap<String, String>> {
-    let needle = format!("data-testid=\"{id}\"");
-    let mut out = Vec::new();
-    let mut rest = dom;
-    while let Some(i) = rest.find(&needle) {
-        let start = rest[..i].rfind('<').unwrap();
-        let end = i + rest[i..].find('>').unwrap();
-        out.push(attrs(&rest[start..end]));
-        rest = &rest[end..];
-    }
-    out
-}
-
-/// `name="value"` pairs of one start tag (Chromium always double-quotes them).
-fn attrs(tag: &str) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut rest = tag;
-    while let Some(eq) = rest.find("=\"") {
-        let name = rest[..eq].rsplit(' ').next().unwrap().to_string();
-        let close = eq + 2 + rest[eq + 2..].find('"').unwrap();
-        out.insert(name, rest[eq + 2..close].to_string());
-        rest = &rest[close + 1..];
-    }
-    out
-}
-
-fn body_state(dom: &str) -> String {
-    let i = dom.find("<body").expect("no <body> in the DOM");
-    let tag = &dom[i..i + dom[i..].find('>').unwrap()];
-    attrs(tag).get("data-state").cloned().unwrap_or_default()
-}
-
-/// The markup of the first element whose start tag carries `data-testid="<id>"`
-/// and `data-component="<component>"`, up to its closing `</tr>`.
-fn row<'a>(dom: &'a str, id: &str, component: &str) -> &'a str {
-    let needle = format!("data-testid=\"{id}\"");
-    let mut from = 0;
-    while let Some(i) = dom[from..].find(&needle).map(|i| i + from) {
-        let start = dom[..i].rfind('<').unwrap();
-        let tag_end = i + dom[i..].find('>').unwrap();
-        if attrs(&dom[start..tag_end])
-            .get("data-component")
-            .map(String::as_str)
-            == Some(component)
-        {
-            return &dom[start..tag_end + dom[tag_end..].find("</tr>").unwrap()];
-        }
-        from = tag_end;
-    }
-    panic!("no {id} row for {component}")
 }
 
 /// HTML-escaped, as Chromium serializes text nodes.
@@ -191,7 +137,7 @@ fn topology_page_renders_graph_tables_and_last_error() {
         message.contains('<'),
         "the fixture should exercise escaping"
     );
-    let split = row(&dom, "component-row", "split");
+    let split = row(&dom, "component-row", "split").expect("split row");
     assert!(split.contains("data-testid=\"last-error\""), "{split}");
     assert!(
         split.contains(&escaped(message)),
@@ -199,7 +145,7 @@ fn topology_page_renders_graph_tables_and_last_error() {
     );
     assert!(split.contains("task 4"), "{split}");
     assert!(!dom.contains("<dropped>"), "data was parsed as markup");
-    let count = row(&dom, "component-row", "count");
+    let count = row(&dom, "component-row", "count").expect("count row");
     assert!(!count.contains("sentence too long"), "{count}");
 
     assert_eq!(tagged(&dom, "events").len(), 1);
