@@ -160,7 +160,12 @@ mod tests {
         let (cum, count) = h.cumulative();
         assert_eq!(count, 7);
         assert!(cum.windows(2).all(|w| w[0] <= w[1]), "{cum:?}");
-        let at = |le: f64| cum[LATENCY_BUCKETS_SECONDS.iter().position(|&b| b == le).unwrap()];
+        let at = |le: f64| {
+            cum[LATENCY_BUCKETS_SECONDS
+                .iter()
+                .position(|&b| b == le)
+                .unwrap()]
+        };
         // 0 ms and the two 1 ms (exactly on the bound: `le` is inclusive).
         assert_eq!(at(0.001), 3);
         assert_eq!(at(0.005), 4);
@@ -173,8 +178,14 @@ mod tests {
         let mut out = String::new();
         h.render(&mut out, "x_seconds", "X.", "a=\"b\"");
         assert!(out.contains("# HELP x_seconds X.\n# TYPE x_seconds histogram\n"));
-        assert!(out.contains("x_seconds_bucket{a=\"b\",le=\"0.001\"} 3\n"), "{out}");
-        assert!(out.contains("x_seconds_bucket{a=\"b\",le=\"+Inf\"} 7\n"), "{out}");
+        assert!(
+            out.contains("x_seconds_bucket{a=\"b\",le=\"0.001\"} 3\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_seconds_bucket{a=\"b\",le=\"+Inf\"} 7\n"),
+            "{out}"
+        );
         assert!(out.contains("x_seconds_count{a=\"b\"} 7\n"), "{out}");
     }
 
