@@ -52,12 +52,16 @@ impl Endpoints {
 
 /// The metrics of this crate, in Prometheus text.
 fn coord_metrics() -> String {
-    format!(
-        "# HELP squall_coord_corrupt_records_total etcd records skipped because they did not decode.\n\
-         # TYPE squall_coord_corrupt_records_total counter\n\
-         squall_coord_corrupt_records_total {}\n",
-        crate::corrupt_records()
-    )
+    let name = "squall_coord_corrupt_records_total";
+    let mut out = String::new();
+    crate::prom::header(
+        &mut out,
+        name,
+        "etcd records skipped because they did not decode.",
+        crate::prom::Kind::Counter,
+    );
+    out.push_str(&format!("{name} {}\n", crate::corrupt_records()));
+    out
 }
 
 /// Serve `endpoints` on `addr` from a background thread, for the life of the

@@ -12,7 +12,8 @@
 //!   on top, with one policy for corrupt records (skipped with a warning and
 //!   counted in [`corrupt_records`]).
 //! - [`leader`]: leader election for the operator.
-//! - [`admin`]: the `/metrics`, `/healthz`, `/readyz` server every binary runs.
+//! - [`admin`]: the `/metrics`, `/healthz`, `/readyz` server every binary runs,
+//!   and [`prom`]: the Prometheus text it serves (headers, escaping, histograms).
 //! - [`logging`]: one log setup, with a panic hook that logs through `tracing`.
 //! - [`ui`]: the web UI's page and the server of its JSON.
 
@@ -24,6 +25,7 @@ mod etcd;
 pub mod leader;
 pub mod logging;
 mod memory;
+pub mod prom;
 mod store;
 pub mod ui;
 

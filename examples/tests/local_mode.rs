@@ -393,6 +393,17 @@ fn invalid_manifests_exit_nonzero_naming_the_field() {
     assert_eq!(out.status.code(), Some(1));
 }
 
+/// The values of the series of `family` whose labels start with `labels`.
+fn series<'a>(text: &'a str, family: &str, labels: &str) -> Vec<(&'a str, f64)> {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(family)?.strip_prefix('{')?;
+            let (ls, v) = rest.rsplit_once("} ")?;
+            ls.starts_with(labels).then(|| (ls, v.parse().unwrap()))
+        })
+        .collect()
+}
+
 #[test]
 fn metrics_endpoint_serves_prometheus_text() {
     let port = {
@@ -414,6 +425,7 @@ fn metrics_endpoint_serves_prometheus_text() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let spout = "topology=\"word-count\",component=\"sentences\",task=";
     let deadline = Instant::now() + Duration::from_secs(3);
     let mut body = String::new();
     while Instant::now() < deadline {
@@ -423,24 +435,90 @@ fn metrics_endpoint_serves_prometheus_text() {
                 .unwrap();
             body.clear();
             s.read_to_string(&mut body).unwrap();
-            if body.contains("squall_acked_total{topology=\"word-count\",component=\"sentences\"}")
-            {
+            if !series(&body, "squall_complete_latency_seconds_count", spout).is_empty() {
                 break;
             }
         }
     }
     let _ = child.wait();
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
-    let acked: f64 = body
-        .lines()
-        .find(|l| {
-            l.starts_with("squall_acked_total{topology=\"word-count\",component=\"sentences\"}")
-        })
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no spout acked counter in:\n{body}"));
-    assert!(acked > 0.0);
-    assert!(body.contains("squall_complete_latency_seconds{topology=\"word-count\",component=\"sentences\",quantile=\"0.99\"}"));
+    let text = body.split_once("\r\n\r\n").unwrap().1;
+    // Prometheus' own parser and linter accept it.
+    squall_testenv::promcheck(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+
+    // Per executor: the two spout executors run one task each, the count
+    // bolt's three executors two tasks each (Storm's `first-last`).
+    let acked = series(text, "squall_acked_total", spout);
+    assert_eq!(acked.len(), 2, "{text}");
+    assert!(acked.iter().map(|(_, v)| v).sum::<f64>() > 0.0, "{text}");
+    let count = series(
+        text,
+        "squall_executed_total",
+        "topology=\"word-count\",component=\"count\",task=",
+    );
+    assert_eq!(count.len(), 3, "{text}");
+    assert!(
+        count.iter().all(|(l, _)| {
+            let task = l.rsplit_once("task=\"").unwrap().1.trim_end_matches('"');
+            let (first, last) = task.split_once('-').unwrap();
+            last.parse::<u32>().unwrap() == first.parse::<u32>().unwrap() + 1
+        }),
+        "{count:?}"
+    );
+    // Complete latency is a histogram: cumulative buckets, +Inf = _count.
+    assert!(
+        text.contains("# TYPE squall_complete_latency_seconds histogram\n"),
+        "{text}"
+    );
+    for (labels, n) in series(text, "squall_complete_latency_seconds_count", spout) {
+        let buckets: Vec<f64> = series(text, "squall_complete_latency_seconds_bucket", labels)
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect();
+        assert_eq!(buckets.len(), 18, "{labels}: {text}");
+        assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
+        assert_eq!(buckets.last(), Some(&n));
+        assert!(n > 0.0);
+    }
+}
+
+/// A worker's `/metrics` (labelled `topology` and `slot`, as worker mode
+/// serves it) from real executor metrics passes Prometheus' parser and promlint.
+#[test]
+fn worker_metrics_text_passes_promcheck() {
+    use squall_api::PlannedKind;
+    use squall_runtime::metrics::MetricsHub;
+
+    let hub = MetricsHub::new();
+    let spout = hub.register("sentences", PlannedKind::Spout, 1..2);
+    let split = hub.register("split", PlannedKind::Bolt, 2..5);
+    let acker = hub.register("__acker", PlannedKind::Acker, 5..6);
+    {
+        let mut m = spout.lock().unwrap();
+        m.emitted = 100;
+        m.roots = 100;
+        m.acked = 97;
+        m.failed = 3;
+        for us in [150, 900, 4_000, 75_000, 3_000_000] {
+            m.record_complete(us * 1000);
+        }
+    }
+    {
+        let mut m = split.lock().unwrap();
+        for us in [20, 300, 12_000] {
+            m.record_execute(us * 1000);
+            m.record_process(us * 1000 + 5_000);
+        }
+    }
+    acker.lock().unwrap().record_execute(1_000);
+    let text = hub.render_prometheus(&[("topology", "streams/word-count"), ("slot", "2")]);
+    squall_testenv::promcheck(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert!(text.contains(
+        "squall_execute_latency_seconds_bucket{topology=\"streams/word-count\",slot=\"2\",component=\"split\",task=\"2-4\",le=\"0.0005\"} 2\n"
+    ), "{text}");
+    assert!(text.contains(
+        "squall_complete_latency_seconds_count{topology=\"streams/word-count\",slot=\"2\",component=\"sentences\",task=\"1\"} 5\n"
+    ), "{text}");
 }
 
 #[test]

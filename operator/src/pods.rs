@@ -394,6 +394,30 @@ mod tests {
         assert!(spec.volumes.is_none());
     }
 
+    /// The chart's PodMonitor (charts/squall/templates/podmonitor.yaml) selects
+    /// worker pods by these labels and scrapes the port named `metrics`.
+    #[test]
+    fn a_worker_pod_has_what_the_charts_pod_monitor_selects() {
+        let pod = worker_pod(&topo(), 0, &settings(None));
+        let labels = pod.metadata.labels.clone().unwrap();
+        for (k, v) in [
+            ("app.kubernetes.io/name", "squall-worker"),
+            ("app.kubernetes.io/component", "worker"),
+            ("app.kubernetes.io/managed-by", "squall-operator"),
+        ] {
+            assert_eq!(labels.get(k).map(String::as_str), Some(v), "{labels:?}");
+        }
+        let worker = &pod.spec.unwrap().containers[0];
+        let port = worker
+            .ports
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|p| p.name.as_deref() == Some("metrics"))
+            .unwrap();
+        assert_eq!(port.container_port, WORKER_HTTP_PORT);
+    }
+
     /// Scripts from a ConfigMap reach the worker container (not the supervisor), and
     /// multilang subprocesses get a writable /tmp for their pidDir.
     #[test]

@@ -6,7 +6,9 @@
 #   Debian packages of the real node (containerd, runc, CNI plugins, iptables,
 #   umoci/skopeo/buildah for images) when running as root; and an Apache Kafka
 #   broker (org.apache.kafka:kafka_2.13 and its runtime jars from Maven Central,
-#   resolved by mvn) for the Kafka components' tests.
+#   resolved by mvn) for the Kafka components' tests; and promcheck
+#   (tests/testenv/promcheck: Prometheus' text parser and promlint, what
+#   `promtool check metrics` does) for the /metrics tests.
 #
 # Usage:
 #   bash tests/testenv/provision.sh              build whatever is missing (idempotent)
@@ -41,11 +43,17 @@ BIN="${DIR}/bin"
 MULTILANG="${CACHE_ROOT}/multilang-storm-${STORM_VERSION}_pystorm-${PYSTORM_VERSION}"
 # Kafka has a cache entry of its own: bumping it does not rebuild Kubernetes.
 KAFKA_DIR="${CACHE_ROOT}/kafka-${KAFKA_VERSION}"
+# promcheck is built from the source in this repository (its go.mod pins
+# client_golang and common); the entry is keyed by that source's sha256 (kept
+# in PROMCHECK_DIR/source.sha256), so it is rebuilt exactly when the source changes.
+PROMCHECK_SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/promcheck"
+PROMCHECK_DIR="${CACHE_ROOT}/promcheck"
 
 if [[ "${1:-}" == "--print-env" ]]; then
     printf 'export SQUALL_TESTENV_BIN=%q\n' "$BIN"
     printf 'export SQUALL_MULTILANG=%q\n' "$MULTILANG"
     printf 'export SQUALL_TESTENV_KAFKA=%q\n' "$KAFKA_DIR"
+    printf 'export SQUALL_PROMCHECK=%q\n' "$PROMCHECK_DIR/promcheck"
     printf 'export PATH=%q:"$PATH"\n' "$BIN"
     exit 0
 elif [[ $# -gt 0 ]]; then
@@ -166,27 +174,67 @@ EOF
     log "step 'kafka' ok ($((SECONDS - t0))s): $KAFKA_DIR/libs"
 }
 
+# ---------------------------------------------------------------- go
+# Sets GO and GO_VERSION (the Go builds below need it).
+find_go() {
+    [[ -n "${GO_VERSION:-}" ]] && return 0
+    if [[ -z "${GO:-}" ]]; then
+        if command -v go >/dev/null 2>&1; then GO="$(command -v go)"
+        elif [[ -x /usr/local/go/bin/go ]]; then GO=/usr/local/go/bin/go
+        else
+            log "step 'find go' failed: no 'go' on PATH and no /usr/local/go/bin/go; install Go 1.24+"
+            exit 1
+        fi
+    fi
+    if ! GO_VERSION="$("$GO" version 2>&1)"; then
+        log "step 'find go' failed: '$GO version' did not run: ${GO_VERSION}"
+        exit 1
+    fi
+}
+
+# ---------------------------------------------------------------- promcheck
+promcheck_sum() {
+    (cd "$PROMCHECK_SRC" && cat go.mod go.sum main.go) | sha256sum | cut -d' ' -f1
+}
+
+have_promcheck() {
+    [[ -x "$PROMCHECK_DIR/promcheck" && "$(cat "$PROMCHECK_DIR/source.sha256" 2>/dev/null)" == "$(promcheck_sum)" ]]
+}
+
+provision_promcheck() {
+    have_promcheck && return 0
+    find_go
+    mkdir -p "$PROMCHECK_DIR"
+    exec 8>"$PROMCHECK_DIR/.lock"
+    command -v flock >/dev/null 2>&1 && flock 8
+    have_promcheck && return 0
+    local logf="$PROMCHECK_DIR/build.log" t0=$SECONDS sum
+    sum="$(promcheck_sum)"
+    log "step 'promcheck' (${PROMCHECK_SRC}) ..."
+    # -mod=readonly: go.mod and go.sum are checked in; the build writes nothing there.
+    if ! { (cd "$PROMCHECK_SRC" && GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="-buildvcs=false -mod=readonly" \
+                "$GO" build -trimpath -ldflags "-s -w" -o "$PROMCHECK_DIR/promcheck.tmp" .) &&
+           printf '# HELP ok_total A counter.\n# TYPE ok_total counter\nok_total 1\n' | "$PROMCHECK_DIR/promcheck.tmp" &&
+           ! printf '# TYPE bad counter\nbad 1\n' | "$PROMCHECK_DIR/promcheck.tmp"; } >"$logf" 2>&1; then
+        log "step 'promcheck' FAILED; last lines of $logf:"
+        tail -n 30 "$logf" | sed 's/^/    /' >&2
+        exit 1
+    fi
+    mv -f "$PROMCHECK_DIR/promcheck.tmp" "$PROMCHECK_DIR/promcheck"
+    echo "$sum" >"$PROMCHECK_DIR/source.sha256"
+    log "step 'promcheck' ok ($((SECONDS - t0))s): $PROMCHECK_DIR/promcheck"
+}
+
 mkdir -p "$CACHE_ROOT"
 provision_kafka
+provision_promcheck
 
 if have_all; then
     log "cache hit: $BIN"
     exit 0
 fi
 
-if [[ -z "${GO:-}" ]]; then
-    if command -v go >/dev/null 2>&1; then GO="$(command -v go)"
-    elif [[ -x /usr/local/go/bin/go ]]; then GO=/usr/local/go/bin/go
-    else
-        log "step 'find go' failed: no 'go' on PATH and no /usr/local/go/bin/go; install Go 1.24+"
-        exit 1
-    fi
-fi
-
-if ! GO_VERSION="$("$GO" version 2>&1)"; then
-    log "step 'find go' failed: '$GO version' did not run: ${GO_VERSION}"
-    exit 1
-fi
+find_go
 
 mkdir -p "$BIN" "$DIR/logs" "$DIR/src"
 

@@ -13,7 +13,7 @@ use squall_api::{PhysicalPlan, PlannedKind, TopologySpec};
 
 use crate::component::Registry;
 use crate::layout::{Layout, LayoutError};
-use crate::metrics::{ComponentMetrics, ExecMetrics, MetricsHub, render_prometheus};
+use crate::metrics::{ComponentMetrics, ExecMetrics, MetricsHub};
 use crate::transfer::TransferConfig;
 use crate::worker::{StartError, Worker};
 
@@ -120,8 +120,9 @@ pub fn run(
     if let Some(addr) = opts.metrics_addr {
         let hub = hub.clone();
         let topology = name.to_string();
+        // One process runs every slot: series carry the topology, not a slot.
         let endpoints = squall_coord::admin::Endpoints::always_ready(move || {
-            render_prometheus(&[("topology", &topology)], &stats_of(&hub.collect(), None))
+            hub.render_prometheus(&[("topology", &topology)])
         });
         let bound = squall_coord::admin::serve(addr, endpoints).map_err(LocalError::Metrics)?;
         tracing::info!(%bound, "serving Prometheus metrics on /metrics");

@@ -171,7 +171,7 @@ impl Worker {
                 outbox,
                 ei as u64 * 7919 + 1,
             );
-            let slot = metrics.register(&comp.id, comp.kind);
+            let slot = metrics.register(&comp.id, comp.kind, ex.tasks());
             let core = ExecutorCore::new(emitter, rx, control.clone(), slot, ex.first_task);
             let span = (ex.first_task, ex.tasks().last().unwrap_or(ex.first_task));
             let ctx = |task: TaskId| TopologyContext {

@@ -127,3 +127,17 @@ True (non-empty) when the operator runs with leader election.
 {{- define "squall.leaderElect" -}}
 {{- if or .Values.operator.leaderElection.enabled (gt (int .Values.operator.replicas) 1) }}true{{ end }}
 {{- end }}
+
+{{/*
+Whether to create a prometheus-operator object: enabled, and the cluster
+serves its kind (or `force`), so that a missing CRD never fails an install.
+Call with (list . "ServiceMonitor" .Values.metrics.serviceMonitor).
+*/}}
+{{- define "squall.monitor.create" -}}
+{{- $root := index . 0 -}}
+{{- $kind := index . 1 -}}
+{{- $values := index . 2 -}}
+{{- if and $values.enabled (or $values.force ($root.Capabilities.APIVersions.Has (printf "monitoring.coreos.com/v1/%s" $kind))) -}}
+true
+{{- end -}}
+{{- end }}

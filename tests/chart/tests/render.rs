@@ -15,6 +15,21 @@ fn render(namespace: &str, values: &[&str]) -> Manifest {
     Manifest::parse(&text).unwrap()
 }
 
+/// Every monitoring object on, created whether or not the cluster serves their API.
+const MONITORING_FORCED: &str = "\
+metrics:
+  serviceMonitor: {enabled: true, force: true}
+  podMonitor: {enabled: true, force: true, interval: 15s, labels: {release: prom}}
+grafana:
+  dashboard: {enabled: true}
+";
+
+/// What `--api-versions` tells helm the cluster serves: prometheus-operator's kinds.
+const MONITORING_API: [&str; 2] = [
+    "--api-versions=monitoring.coreos.com/v1/PodMonitor",
+    "--api-versions=monitoring.coreos.com/v1/ServiceMonitor",
+];
+
 const EXTERNAL: &str =
     "etcd:\n  external:\n    endpoints: [\"http://10.0.0.1:2379\", \"http://10.0.0.2:2379\"]\n";
 
@@ -33,12 +48,13 @@ fn env_field_ref<'a>(container: &'a Value, name: &str) -> Option<&'a str> {
 #[test]
 fn lint_is_clean_for_every_variant() {
     let tls = external_etcd_tls_values(&["https://etcd.example:2379"], "etcd-client");
-    let variants: [&[&str]; 5] = [
+    let variants: [&[&str]; 6] = [
         &[],
         &[EXTERNAL],
         &[&tls],
         &["operator:\n  replicas: 3\n  watchNamespace: topologies\n"],
         &["metrics:\n  serviceMonitor:\n    enabled: true\n"],
+        &[MONITORING_FORCED],
     ];
     for values in variants {
         let report = chart::lint(values).unwrap_or_else(|e| panic!("{values:?}: {e}"));
@@ -154,6 +170,8 @@ fn operator_pod_is_hardened_probed_and_knows_its_name() {
         d["spec"]["selector"]["matchLabels"]
     );
     assert_eq!(m.of_kind("ServiceMonitor").count(), 0);
+    assert_eq!(m.of_kind("PodMonitor").count(), 0);
+    assert_eq!(m.of_kind("ConfigMap").count(), 0);
 }
 
 #[test]
@@ -366,7 +384,8 @@ serviceAccount: {create: false, name: existing-sa}
 metrics:
   serviceMonitor: {enabled: true, interval: 15s}
 ";
-    let m = render("default", &[values]);
+    let text = chart::template(RELEASE, "default", &[values], &MONITORING_API).unwrap();
+    let m = Manifest::parse(&text).unwrap();
     let c = m.operator_container().unwrap();
     assert_eq!(c["image"], "registry.example/squall/squall-operator:1.2.3");
     assert_eq!(c["imagePullPolicy"], "Always");
@@ -396,6 +415,134 @@ metrics:
     let sm = m.get("ServiceMonitor", "squall-operator").unwrap();
     assert_eq!(sm["spec"]["endpoints"][0]["port"], "http-metrics");
     assert_eq!(sm["spec"]["endpoints"][0]["interval"], "15s");
+}
+
+/// The worker pods as operator/src/pods.rs labels them, and the worker
+/// container's port name for `/metrics`.
+const WORKER_POD_LABELS: [(&str, &str); 3] = [
+    ("app.kubernetes.io/name", "squall-worker"),
+    ("app.kubernetes.io/component", "worker"),
+    ("app.kubernetes.io/managed-by", "squall-operator"),
+];
+const WORKER_METRICS_PORT: &str = "metrics";
+
+#[test]
+fn pod_monitor_selects_worker_pods_when_enabled_and_served() {
+    let enabled = "metrics:\n  podMonitor: {enabled: true, scrapeTimeout: 10s}\n";
+    let text = chart::template(RELEASE, "default", &[enabled], &MONITORING_API).unwrap();
+    let m = Manifest::parse(&text).unwrap();
+    let pm = m.get("PodMonitor", "squall-workers").unwrap();
+    assert_eq!(pm["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(pm["metadata"]["namespace"], "default");
+    let selector = pm["spec"]["selector"]["matchLabels"].as_object().unwrap();
+    assert_eq!(selector.len(), WORKER_POD_LABELS.len(), "{selector:?}");
+    for (k, v) in WORKER_POD_LABELS {
+        assert_eq!(selector[k], v, "{selector:?}");
+    }
+    // Topologies live in any namespace.
+    assert_eq!(pm["spec"]["namespaceSelector"]["any"], true);
+    let ep = &pm["spec"]["podMetricsEndpoints"][0];
+    assert_eq!(ep["port"], WORKER_METRICS_PORT);
+    assert_eq!(ep["path"], "/metrics");
+    assert_eq!(ep["interval"], "30s");
+    assert_eq!(ep["scrapeTimeout"], "10s");
+    // The operator's ServiceMonitor stays off by default.
+    assert_eq!(m.of_kind("ServiceMonitor").count(), 0);
+
+    // One watched namespace: only there.
+    let text = chart::template(
+        RELEASE,
+        "default",
+        &[enabled, "operator:\n  watchNamespace: streams\n"],
+        &MONITORING_API,
+    )
+    .unwrap();
+    let m = Manifest::parse(&text).unwrap();
+    let pm = m.get("PodMonitor", "squall-workers").unwrap();
+    assert_eq!(
+        pm["spec"]["namespaceSelector"],
+        serde_json::json!({"matchNames": ["streams"]})
+    );
+
+    // Disabled: absent, even where the API is served.
+    let text = chart::template(RELEASE, "default", &[], &MONITORING_API).unwrap();
+    assert_eq!(
+        Manifest::parse(&text)
+            .unwrap()
+            .of_kind("PodMonitor")
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn monitors_need_their_api_or_force_so_a_missing_crd_never_breaks_install() {
+    let both = "metrics:\n  podMonitor: {enabled: true}\n  serviceMonitor: {enabled: true}\n";
+    // Enabled, but the cluster has no prometheus-operator CRDs: nothing to fail on.
+    let m = render("default", &[both]);
+    assert_eq!(m.of_kind("PodMonitor").count(), 0);
+    assert_eq!(m.of_kind("ServiceMonitor").count(), 0);
+    // Only the PodMonitor's kind served: only it.
+    let text = chart::template(RELEASE, "default", &[both], &MONITORING_API[..1]).unwrap();
+    let m = Manifest::parse(&text).unwrap();
+    assert_eq!(m.of_kind("PodMonitor").count(), 1);
+    assert_eq!(m.of_kind("ServiceMonitor").count(), 0);
+    // force: created without asking the cluster.
+    let m = render("default", &[MONITORING_FORCED]);
+    let pm = m.get("PodMonitor", "squall-workers").unwrap();
+    assert_eq!(pm["metadata"]["labels"]["release"], "prom");
+    assert_eq!(pm["spec"]["podMetricsEndpoints"][0]["interval"], "15s");
+    m.get("ServiceMonitor", "squall-operator").unwrap();
+}
+
+#[test]
+fn grafana_dashboard_configmap_holds_the_dashboard() {
+    assert_eq!(render("default", &[]).of_kind("ConfigMap").count(), 0);
+    let m = render(
+        "default",
+        &["grafana:\n  dashboard: {enabled: true, annotations: {grafana_folder: Streams}}\n"],
+    );
+    let cm = m.get("ConfigMap", "squall-dashboard").unwrap();
+    assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
+    assert_eq!(cm["metadata"]["annotations"]["grafana_folder"], "Streams");
+    assert_eq!(cm["metadata"]["namespace"], "default");
+    let shipped = std::fs::read_to_string(
+        chart::workspace_root().join("charts/squall/dashboards/squall.json"),
+    )
+    .unwrap();
+    let text = cm["data"]["squall.json"].as_str().unwrap();
+    assert_eq!(text.trim_end(), shipped.trim_end());
+    let dashboard: Value = serde_json::from_str(text).unwrap();
+    assert_eq!(dashboard["uid"], "squall");
+    let exprs: Vec<&str> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap())
+        .map(|t| t["expr"].as_str().unwrap())
+        .collect();
+    for wanted in [
+        "rate(squall_acked_total{",
+        "rate(squall_failed_total{",
+        "histogram_quantile(0.99, sum by (le, topology, component) (rate(squall_complete_latency_seconds_bucket{",
+        "histogram_quantile(0.99, sum by (le, topology, component) (rate(squall_execute_latency_seconds_bucket{",
+        "squall_capacity{",
+        "histogram_quantile(0.99, sum by (le) (rate(squall_operator_reconcile_duration_seconds_bucket[",
+    ] {
+        assert!(
+            exprs.iter().any(|e| e.contains(wanted)),
+            "no panel queries {wanted}: {exprs:#?}"
+        );
+    }
+    // Elsewhere than the release's namespace, e.g. Grafana's own.
+    let m = render(
+        "default",
+        &["grafana:\n  dashboard: {enabled: true, namespace: monitoring}\n"],
+    );
+    assert_eq!(
+        m.get("ConfigMap", "squall-dashboard").unwrap()["metadata"]["namespace"],
+        "monitoring"
+    );
 }
 
 #[test]

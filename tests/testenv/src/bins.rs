@@ -77,6 +77,22 @@ pub fn kafka_dir() -> PathBuf {
     cache_root().join(format!("kafka-{KAFKA_VERSION}"))
 }
 
+/// promcheck as provision.sh built it from `tests/testenv/promcheck`:
+/// `$SQUALL_PROMCHECK`, else `<cache root>/promcheck/promcheck`.
+pub fn promcheck_binary() -> Result<PathBuf> {
+    let path = std::env::var_os("SQUALL_PROMCHECK")
+        .filter(|p| !p.is_empty())
+        .map_or_else(
+            || cache_root().join("promcheck").join("promcheck"),
+            PathBuf::from,
+        );
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Error::PromcheckMissing { path })
+    }
+}
+
 /// The path of a provisioned binary (`etcd`, `kube-apiserver`,
 /// `kube-controller-manager`, `helm`); a clear error telling to run
 /// `make testenv` when it is missing.

@@ -24,6 +24,16 @@ pub enum Error {
          or `apt-get install chromium` (Debian's package installs /usr/bin/chromium)"
     )]
     ChromiumMissing { path: PathBuf },
+    /// The provisioned promcheck (tests/testenv/promcheck) is missing.
+    #[error(
+        "testenv promcheck not found at {path}: run `make testenv` \
+         (or `bash tests/testenv/provision.sh`) first, or point SQUALL_PROMCHECK at the binary \
+         built from tests/testenv/promcheck"
+    )]
+    PromcheckMissing { path: PathBuf },
+    /// Prometheus' parser or promlint rejected a metrics text.
+    #[error("promcheck rejected the metrics text: {0}")]
+    MetricsRejected(String),
     /// An I/O operation failed.
     #[error("{context}: {source}")]
     Io {

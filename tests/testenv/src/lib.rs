@@ -23,12 +23,13 @@ mod http;
 mod kafka;
 pub mod node;
 mod process;
+mod promcheck;
 mod tempdir;
 mod wait;
 
 pub use bins::{
     CACHE_KEY, COREDNS_VERSION, ETCD_VERSION, HELM_VERSION, K8S_VERSION, KAFKA_VERSION, bin_dir,
-    binary, kafka_dir, multilang_dir, spout_ledger,
+    binary, kafka_dir, multilang_dir, promcheck_binary, spout_ledger,
 };
 pub use cluster::{CLUSTER_ENV, TestCluster};
 pub use control_plane::ControlPlane;
@@ -37,6 +38,7 @@ pub use etcd::Etcd;
 pub use kafka::Kafka;
 pub use node::{ClusterInfo, RealCluster};
 pub use process::ManagedProcess;
+pub use promcheck::promcheck;
 pub use tempdir::TempDir;
 pub use wait::wait_until;
 

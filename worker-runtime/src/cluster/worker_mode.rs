@@ -281,9 +281,7 @@ fn admin_endpoints(
     let slot = slot.to_string();
     Endpoints {
         metrics: Arc::new(move || {
-            let stats = crate::local::stats_of(&hub.collect(), None);
-            let labels = [("topology", topology.as_str()), ("slot", slot.as_str())];
-            crate::metrics::render_prometheus(&labels, &stats)
+            hub.render_prometheus(&[("topology", topology.as_str()), ("slot", slot.as_str())])
         }),
         ready: Arc::new(
             move || match status.lock().unwrap_or_else(|p| p.into_inner()).state {
