@@ -426,7 +426,7 @@ impl Bolt for Flaky {
         {
             panic!("Flaky panics after {n} tuples, as configured");
         }
-        if self.error_every > 0 && self.seen % self.error_every == 0 {
+        if self.error_every > 0 && self.seen.is_multiple_of(self.error_every) {
             out.report_error(&format!(
                 "Flaky reports an error at tuple {}, as configured",
                 self.seen
