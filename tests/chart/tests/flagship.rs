@@ -262,8 +262,9 @@ async fn helm_install_apply_scale_kill_delete_uninstall() {
     );
     assert_eq!(pvc.trim(), "Bound", "the bundled etcd's volume");
     assert!(
-        notes.contains("kubectl get topology"),
-        "NOTES.txt tells what to run next:\n{notes}"
+        notes.contains("kubectl get topology")
+            && notes.contains(&format!("port-forward deployment/{RELEASE}-operator 8081")),
+        "NOTES.txt tells what to run next, and how to reach the web UI:\n{notes}"
     );
     let op: Value = serde_json::from_str(&kubectl(
         &cluster,

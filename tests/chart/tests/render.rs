@@ -175,6 +175,37 @@ fn operator_pod_is_hardened_probed_and_knows_its_name() {
 }
 
 #[test]
+fn the_web_ui_is_on_a_named_port_of_its_own_and_can_be_switched_off() {
+    let m = render("default", &[]);
+    assert_eq!(
+        m.operator_flag("--ui-addr").unwrap().as_deref(),
+        Some("0.0.0.0:8081")
+    );
+    let c = m.operator_container().unwrap();
+    let ports: Vec<(&str, i64)> = c["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap(),
+                p["containerPort"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(ports, [("http", 8080), ("ui", 8081)]);
+    let off = render("default", &["operator:\n  ui:\n    enabled: false\n"]);
+    assert_eq!(off.operator_flag("--ui-addr").unwrap(), None);
+    assert_eq!(
+        off.operator_container().unwrap()["ports"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
 fn more_than_one_replica_turns_leader_election_on() {
     let m = render("default", &["operator:\n  replicas: 2\n"]);
     let d = m.operator_deployment().unwrap();
