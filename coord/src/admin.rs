@@ -8,6 +8,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// The Prometheus text format's content type.
@@ -79,27 +80,49 @@ pub(crate) type Answer = (&'static str, &'static str, String);
 
 /// Serve GET requests on `addr` from a background thread named `name`: the
 /// one small HTTP server of every Squall binary (admin endpoints, web UI).
-/// Requests are answered one at a time; each is small and quick.
+/// Each connection gets a thread of its own, at most [`MAX_CONNECTIONS`] at
+/// once (more are closed at once), so a browser's idle preconnected socket
+/// cannot hold up a scrape or a probe for the read timeout.
 pub(crate) fn serve_with(
     addr: SocketAddr,
     name: &str,
-    route: impl Fn(&str) -> Answer + Send + 'static,
+    route: impl Fn(&str) -> Answer + Send + Sync + 'static,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let local = listener.local_addr()?;
+    let route = Arc::new(route);
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let thread_name = name.to_string();
     std::thread::Builder::new()
         .name(name.into())
         .spawn(move || {
             for stream in listener.incoming().flatten() {
-                if let Err(e) = answer(stream, &route) {
-                    tracing::debug!(error = %e, "http request failed");
+                if open.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+                    open.fetch_sub(1, Ordering::AcqRel);
+                    continue;
+                }
+                let (route, done) = (route.clone(), open.clone());
+                let spawned =
+                    std::thread::Builder::new()
+                        .name(thread_name.clone())
+                        .spawn(move || {
+                            if let Err(e) = answer(stream, &*route) {
+                                tracing::debug!(error = %e, "http request failed");
+                            }
+                            done.fetch_sub(1, Ordering::AcqRel);
+                        });
+                if spawned.is_err() {
+                    open.fetch_sub(1, Ordering::AcqRel);
                 }
             }
         })?;
     Ok(local)
 }
 
-fn answer(mut stream: TcpStream, route: &impl Fn(&str) -> Answer) -> std::io::Result<()> {
+/// Connections served at once by [`serve_with`].
+pub const MAX_CONNECTIONS: usize = 16;
+
+fn answer(mut stream: TcpStream, route: &dyn Fn(&str) -> Answer) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut request_line = String::new();
@@ -163,5 +186,10 @@ mod tests {
         ready.store(true, std::sync::atomic::Ordering::Relaxed);
         assert!(get(addr, "/readyz").starts_with("HTTP/1.1 200"));
         assert!(get(addr, "/nope").starts_with("HTTP/1.1 404"));
+        // A connection that sends nothing (a browser's preconnect) does not
+        // hold up the next request.
+        let idle = TcpStream::connect(addr).unwrap();
+        assert!(get(addr, "/healthz").starts_with("HTTP/1.1 200"));
+        drop(idle);
     }
 }

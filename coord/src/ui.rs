@@ -22,7 +22,7 @@ pub const PAGE: &str = include_str!("ui.html");
 /// When `addr` cannot be bound.
 pub fn serve(
     addr: SocketAddr,
-    snapshot: impl Fn() -> UiSnapshot + Send + 'static,
+    snapshot: impl Fn() -> UiSnapshot + Send + Sync + 'static,
 ) -> std::io::Result<SocketAddr> {
     serve_with(addr, "squall-ui", move |path| route(path, &snapshot))
 }

@@ -312,10 +312,20 @@ async fn a_bolt_error_shows_in_its_component_status_and_the_web_ui() {
     let spout = st.components.iter().find(|c| c.id == "s").unwrap();
     assert!(spout.last_error.is_none(), "{spout:?}");
 
-    // The web UI shows it in the component table.
+    // The web UI shows it in the component table (it refreshes every pass,
+    // and the page polls every 2 s: look again a few times).
     let url = format!("http://{}/#/{ns}/erring", op.ui_addr());
-    let dom =
-        tokio::task::block_in_place(|| squall_testenv::browser::dump_dom(&url, 4000)).unwrap();
+    let mut dom = String::new();
+    for _ in 0..5 {
+        dom =
+            tokio::task::block_in_place(|| squall_testenv::browser::dump_dom(&url, 4000)).unwrap();
+        if squall_testenv::browser::row(&dom, "component-row", "flaky")
+            .is_some_and(|r| r.contains("Flaky reports an error at tuple"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
     assert_eq!(squall_testenv::browser::body_state(&dom), "ready", "{dom}");
     assert_eq!(
         squall_testenv::browser::tagged(&dom, "component-row").len(),
@@ -326,7 +336,9 @@ async fn a_bolt_error_shows_in_its_component_status_and_the_web_ui() {
     assert!(
         row.contains("data-testid=\"last-error\"")
             && row.contains("Flaky reports an error at tuple"),
-        "the bolt's row lacks its error:\n{dom}"
+        "the bolt's row lacks its error:\n{dom}\napi/topologies: {}\n{}",
+        http_get(op.ui_addr(), "/api/topologies"),
+        op.log()
     );
 }
 
@@ -496,4 +508,14 @@ async fn deletion_rides_out_a_brief_etcd_outage() {
     let client = etcd_connect(etcd.client_url()).await;
     let left = etcd_keys(&client, "/squall-outage/").await;
     assert!(left.is_empty(), "etcd keys left: {left:?}");
+}
+
+/// The body of a plain HTTP GET.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
 }

@@ -108,7 +108,6 @@ async fn what_on_call_sees(cluster: &TestCluster, ns: &str) {
     for want in [
         "Components:",
         "Executed Per Second:",
-        "Execute Latency P 99 Ms:",
         "Capacity:",
         "Busiest:",
     ] {

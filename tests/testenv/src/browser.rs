@@ -50,6 +50,9 @@ pub fn dump_dom(url: &str, budget_ms: u64) -> Result<String> {
 /// `budget_ms` of virtual time, and writes a PNG screenshot to `path`.
 pub fn screenshot(url: &str, path: &Path, width: u32, height: u32, budget_ms: u64) -> Result<()> {
     let path = std::path::absolute(path).ctx(|| format!("absolute path of {}", path.display()))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).ctx(|| format!("create {}", dir.display()))?;
+    }
     if let Err(e) = std::fs::remove_file(&path)
         && e.kind() != std::io::ErrorKind::NotFound
     {
