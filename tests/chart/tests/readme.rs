@@ -32,6 +32,8 @@ enum Proof {
     OperatorOutside,
     OperatorOutsideApply,
     Processes,
+    LocalUi,
+    PortForwardUi,
 }
 
 const BLOCKS: &[(&str, Proof)] = &[
@@ -50,6 +52,14 @@ const BLOCKS: &[(&str, Proof)] = &[
     (
         "cargo run --release -p squall-examples -- local --processes",
         Proof::Processes,
+    ),
+    (
+        "cargo run --release -p squall-examples -- local examples/word-count/topology.yaml --duration 60s --ui",
+        Proof::LocalUi,
+    ),
+    (
+        "kubectl -n squall-system port-forward deployment/squall-operator 8081",
+        Proof::PortForwardUi,
     ),
 ];
 
@@ -210,6 +220,86 @@ async fn several_processes_without_kubernetes() {
     assert!(acked > 0 && failed == 0, "{out}");
 }
 
+/// What headless Chromium renders of word count's page at `url`, once it
+/// shows three components, traffic on both edges and `workers` worker rows;
+/// the last DOM if it never does (the caller's assertions say what lacks).
+async fn word_count_page(url: &str, workers: usize) -> String {
+    use squall_testenv::browser;
+    let mut dom = String::new();
+    for _ in 0..15 {
+        let u = url.to_string();
+        dom = tokio::task::spawn_blocking(move || browser::dump_dom(&u, 4000))
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| e.to_string());
+        let rates = browser::tagged(&dom, "edge")
+            .iter()
+            .filter_map(|e| e.get("data-rate")?.parse::<f64>().ok())
+            .filter(|r| *r > 0.0)
+            .count();
+        if browser::body_state(&dom) == "ready"
+            && browser::tagged(&dom, "node").len() == 3
+            && rates == 2
+            && browser::tagged(&dom, "worker-row").len() == workers
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    dom
+}
+
+/// The page as a user sees it: ready, three nodes, two edges with traffic.
+fn assert_word_count_page(dom: &str, workers: usize) {
+    use squall_testenv::browser;
+    assert_eq!(browser::body_state(dom), "ready", "{dom}");
+    let nodes: Vec<String> = browser::tagged(dom, "node")
+        .into_iter()
+        .filter_map(|mut n| n.remove("data-component"))
+        .collect();
+    assert_eq!(nodes.len(), 3, "{nodes:?}\n{dom}");
+    let rates: Vec<f64> = browser::tagged(dom, "edge")
+        .iter()
+        .filter_map(|e| e.get("data-rate")?.parse().ok())
+        .collect();
+    assert!(
+        rates.len() == 2 && rates.iter().all(|r| *r > 0.0),
+        "{rates:?}\n{dom}"
+    );
+    assert_eq!(browser::tagged(dom, "worker-row").len(), workers, "{dom}");
+    show(&format!("web UI: nodes {nodes:?}, edge rates {rates:?}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_web_ui_as_typed() {
+    let b = fill(&block(Proof::LocalUi), &[]);
+    let log = std::env::temp_dir().join(format!("readme-local-ui-{}.log", std::process::id()));
+    let file = std::fs::File::create(&log).unwrap();
+    let run = Background(
+        bash(&b)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap(),
+        log,
+    );
+    // The release build may take a while on a cold tree.
+    wait_until(
+        "the web UI of the local run",
+        Duration::from_secs(900),
+        || {
+            let up = run.log().contains("web UI: http://127.0.0.1:8082/");
+            async move { up.then_some(()) }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", run.log()));
+    let dom = word_count_page("http://127.0.0.1:8082/#/local/word-count", 3).await;
+    assert_word_count_page(&dom, 3);
+    drop(run);
+}
+
 fn kubectl(cluster: &TestCluster, args: &[&str]) -> String {
     let mut cmd = cluster.kubectl();
     cmd.args(args);
@@ -274,6 +364,31 @@ async fn the_kubernetes_section_as_typed() {
         "{out}"
     );
     wait_running(&cluster, "default", "").await;
+
+    // The web UI through kubectl port-forward, as typed.
+    let b = fill(&block(Proof::PortForwardUi), &[]);
+    let b = format!("export KUBECONFIG={kubeconfig}\n{b}");
+    let log = std::env::temp_dir().join(format!("readme-port-forward-{}.log", std::process::id()));
+    let file = std::fs::File::create(&log).unwrap();
+    let forward = Background(
+        bash(&b)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap(),
+        log,
+    );
+    wait_until("kubectl port-forward", Duration::from_secs(60), || {
+        let up = forward.log().contains("Forwarding from 127.0.0.1:8081");
+        async move { up.then_some(()) }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", forward.log()));
+    let dom = word_count_page("http://localhost:8081/#/default/word-count", 3).await;
+    assert_word_count_page(&dom, 3);
+    drop(forward);
+
     kubectl(
         &cluster,
         &[
