@@ -169,9 +169,12 @@ pub fn worker_pod(topo: &Topology, slot: u32, settings: &PodSettings) -> Pod {
         value_env("SQUALL_SLOT", slot.to_string()),
     ];
 
-    // The transport and HTTP bind the pod IP (expanded by the kubelet from
-    // the env). The supervisor channel stays inside the pod: loopback, which
-    // the containers of one pod share and nothing outside it reaches.
+    // The transport binds the pod IP (expanded by the kubelet from the env),
+    // which it advertises to peers. HTTP (probes, /metrics) binds every
+    // address of the pod's own network namespace, so that `kubectl
+    // port-forward` (which dials the pod's loopback) reaches it too. The
+    // supervisor channel stays inside the pod: loopback, which the containers
+    // of one pod share and nothing outside it reaches.
     let pod_ip = format!("$({POD_IP_ENV})");
     let invocation = WorkerInvocation {
         topology: TopologyRef {
@@ -186,7 +189,7 @@ pub fn worker_pod(topo: &Topology, slot: u32, settings: &PodSettings) -> Pod {
         worker: WorkerFlags {
             listen: format!("{pod_ip}:{TRANSPORT_PORT}"),
             advertise: Some(pod_ip.clone()),
-            http: Some(format!("{pod_ip}:{WORKER_HTTP_PORT}")),
+            http: Some(format!("0.0.0.0:{WORKER_HTTP_PORT}")),
             batch_size: None,
         },
         pod: Some(format!("$({POD_NAME_ENV})")),
@@ -379,7 +382,7 @@ mod tests {
             "{args}"
         );
         assert!(
-            args.contains("--listen $(POD_IP):6700") && args.contains("--http $(POD_IP):8080"),
+            args.contains("--listen $(POD_IP):6700") && args.contains("--http 0.0.0.0:8080"),
             "{args}"
         );
         let sup = &spec.containers[1];

@@ -340,6 +340,35 @@ async fn a_bolt_error_shows_in_its_component_status_and_the_web_ui() {
         http_get(op.ui_addr(), "/api/topologies"),
         op.log()
     );
+
+    // Prometheus' own parser and linter accept the operator's and a worker
+    // pod's /metrics (the worker's through kubectl port-forward).
+    let operator_metrics = body(&http_get(op.http_addr(), "/metrics"));
+    assert!(
+        operator_metrics.contains("squall_operator_reconcile_duration_seconds_bucket"),
+        "{operator_metrics}"
+    );
+    squall_testenv::promcheck(&operator_metrics).unwrap();
+    let forward = cluster
+        .port_forward(ns, "pod/erring-worker-0", 8080)
+        .unwrap();
+    let worker_metrics = body(&http_get(
+        &format!("127.0.0.1:{}", forward.local_port),
+        "/metrics",
+    ));
+    assert!(
+        worker_metrics.contains("squall_execute_latency_seconds_bucket{")
+            && worker_metrics.contains("component=\"flaky\""),
+        "{worker_metrics}"
+    );
+    squall_testenv::promcheck(&worker_metrics).unwrap();
+}
+
+/// The body of an HTTP response.
+fn body(response: &str) -> String {
+    response
+        .split_once("\r\n\r\n")
+        .map_or_else(String::new, |(_, b)| b.to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -47,6 +47,7 @@ pub struct Operator {
     child: Child,
     log: PathBuf,
     ui: String,
+    http: String,
 }
 
 impl Operator {
@@ -73,7 +74,10 @@ impl Operator {
                 .unwrap()
                 .port()
         };
-        let (port, ui) = (free(), format!("127.0.0.1:{}", free()));
+        let (http, ui) = (
+            format!("127.0.0.1:{}", free()),
+            format!("127.0.0.1:{}", free()),
+        );
         let child = Command::new(env!("CARGO_BIN_EXE_squall-operator"))
             .env("KUBECONFIG", env.kubeconfig_path())
             .env("RUST_LOG", "info,squall_operator=debug")
@@ -88,7 +92,7 @@ impl Operator {
             .args(["--namespace", &env.ns])
             .args([
                 "--http-addr",
-                &format!("127.0.0.1:{port}"),
+                &http,
                 "--heartbeat-grace-seconds",
                 "5",
                 "--ui-addr",
@@ -98,7 +102,17 @@ impl Operator {
             .stderr(file)
             .spawn()
             .unwrap();
-        Operator { child, log, ui }
+        Operator {
+            child,
+            log,
+            ui,
+            http,
+        }
+    }
+
+    /// Where its `/metrics`, `/healthz` and `/readyz` listen.
+    pub fn http_addr(&self) -> &str {
+        &self.http
     }
 
     /// Where its web UI listens.
