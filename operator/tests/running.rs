@@ -336,14 +336,14 @@ async fn a_bolt_error_shows_in_its_component_status_and_the_web_ui() {
     assert!(
         row.contains("data-testid=\"last-error\"")
             && row.contains("Flaky reports an error at tuple"),
-        "the bolt's row lacks its error:\n{dom}\napi/topologies: {}\n{}",
-        http_get(op.ui_addr(), "/api/topologies"),
+        "the bolt's row lacks its error:\n{dom}\napi/topologies: {:?}\n{}",
+        squall_testenv::http_get(op.ui_addr(), "/api/topologies").map(|r| r.1),
         op.log()
     );
 
     // Prometheus' own parser and linter accept the operator's and a worker
     // pod's /metrics (the worker's through kubectl port-forward).
-    let operator_metrics = body(&http_get(op.http_addr(), "/metrics"));
+    let (_, operator_metrics) = squall_testenv::http_get(op.http_addr(), "/metrics").unwrap();
     assert!(
         operator_metrics.contains("squall_operator_reconcile_duration_seconds_bucket"),
         "{operator_metrics}"
@@ -352,23 +352,14 @@ async fn a_bolt_error_shows_in_its_component_status_and_the_web_ui() {
     let forward = cluster
         .port_forward(ns, "pod/erring-worker-0", 8080)
         .unwrap();
-    let worker_metrics = body(&http_get(
-        &format!("127.0.0.1:{}", forward.local_port),
-        "/metrics",
-    ));
+    let (_, worker_metrics) =
+        squall_testenv::http_get(&format!("127.0.0.1:{}", forward.local_port), "/metrics").unwrap();
     assert!(
         worker_metrics.contains("squall_execute_latency_seconds_bucket{")
             && worker_metrics.contains("component=\"flaky\""),
         "{worker_metrics}"
     );
     squall_testenv::promcheck(&worker_metrics).unwrap();
-}
-
-/// The body of an HTTP response.
-fn body(response: &str) -> String {
-    response
-        .split_once("\r\n\r\n")
-        .map_or_else(String::new, |(_, b)| b.to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -537,14 +528,4 @@ async fn deletion_rides_out_a_brief_etcd_outage() {
     let client = etcd_connect(etcd.client_url()).await;
     let left = etcd_keys(&client, "/squall-outage/").await;
     assert!(left.is_empty(), "etcd keys left: {left:?}");
-}
-
-/// The body of a plain HTTP GET.
-fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
 }

@@ -69,7 +69,46 @@ fn word_count_over_three_processes_acks_every_root() {
     let _serial = serial();
     let dir = Scratch::new("wc3");
     let etcd = Etcd::start(&dir.0);
-    let launch = Launch::start(&etcd.url, &word_count("wc3", 3, 0, 20_000), &dir.0, &[]);
+    let ui = format!(
+        "127.0.0.1:{}",
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    );
+    let launch = Launch::start(
+        &etcd.url,
+        &word_count("wc3", 3, 2000, 20_000),
+        &dir.0,
+        &["--ui", &ui],
+    );
+    // `--ui` shows the three processes, on the plan, with traffic on both edges.
+    eventually(
+        "the web UI shows 3 workers and traffic",
+        Duration::from_secs(60),
+        || {
+            let Ok((200, body)) = squall_testenv::http_get(&ui, "/api/topologies") else {
+                return false;
+            };
+            let Ok(snap) = serde_json::from_str::<squall_api::view::UiSnapshot>(&body) else {
+                return false;
+            };
+            let t = &snap.topologies[0];
+            let ok = snap.mode == "local"
+                && t.workers.len() == 3
+                && t.workers
+                    .iter()
+                    .all(|w| w.state == "running" && w.plan_version == Some(1))
+                && t.edges.len() == 2
+                && t.edges.iter().all(|e| e.tuples_per_second > 0.0)
+                && t.components.iter().any(|c| c.acked_per_second > 0.0);
+            if !ok {
+                eprintln!("ui not there yet: {body}");
+            }
+            ok
+        },
+    );
     let s = launch.wait(Duration::from_secs(120));
     assert_all_acked(&s, 40_000);
     // The trees really crossed processes: every component ran.

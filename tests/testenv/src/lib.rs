@@ -20,6 +20,7 @@ mod control_plane;
 mod error;
 mod etcd;
 mod http;
+pub use http::get_blocking as http_get;
 mod kafka;
 pub mod node;
 mod process;
