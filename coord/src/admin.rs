@@ -119,12 +119,18 @@ pub(crate) fn serve_with(
     Ok(local)
 }
 
+/// Bytes of a request (line and headers) that [`serve_with`] reads.
+pub const MAX_REQUEST: u64 = 16 * 1024;
+
 /// Connections served at once by [`serve_with`].
 pub const MAX_CONNECTIONS: usize = 16;
 
 fn answer(mut stream: TcpStream, route: &dyn Fn(&str) -> Answer) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
+    // A request is a GET of a short path: whatever a client sends past
+    // MAX_REQUEST bytes is not read, so a line without an end cannot grow
+    // memory.
+    let mut reader = BufReader::new(std::io::Read::take(stream.try_clone()?, MAX_REQUEST));
     let mut request_line = String::new();
     reader.read_line(&mut request_line)?;
     // Drain the headers; the body of a GET is empty.
@@ -186,6 +192,23 @@ mod tests {
         ready.store(true, std::sync::atomic::Ordering::Relaxed);
         assert!(get(addr, "/readyz").starts_with("HTTP/1.1 200"));
         assert!(get(addr, "/nope").starts_with("HTTP/1.1 404"));
+        // Garbage, an endless line and an oversized request are answered or
+        // dropped, and the server goes on serving.
+        for junk in [
+            b"\x00\xff\xfe garbage\r\n\r\n".to_vec(),
+            vec![b'a'; 200_000],
+            b"GET /metrics".repeat(10_000),
+            b"\r\n\r\n".to_vec(),
+        ] {
+            let mut s = TcpStream::connect(addr).unwrap();
+            let _ = s.write_all(&junk);
+            let _ = s.shutdown(std::net::Shutdown::Write);
+            let mut out = Vec::new();
+            let _ = s.read_to_end(&mut out);
+            let text = String::from_utf8_lossy(&out);
+            assert!(out.is_empty() || text.starts_with("HTTP/1.1 "), "{text}");
+        }
+        assert!(get(addr, "/healthz").starts_with("HTTP/1.1 200"));
         // A connection that sends nothing (a browser's preconnect) does not
         // hold up the next request.
         let idle = TcpStream::connect(addr).unwrap();
