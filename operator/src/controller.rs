@@ -289,6 +289,18 @@ async fn apply(topo: &Topology, ctx: &Context) -> Result<Action, Error> {
             ctx.event(topo, EventType::Warning, "InvalidTopology", msg)
                 .await;
         }
+        // The UI lists it too, Failed, with the event that says why.
+        ctx.views.update(
+            &key,
+            TopologyView {
+                namespace: ns.clone(),
+                name: name.clone(),
+                phase: format!("{:?}", Phase::Failed),
+                workers_desired: spec.workers,
+                commands: view::kubectl_commands(&ns, &name, spec.workers),
+                ..Default::default()
+            },
+        );
         patch_status(ctx, topo, st).await?;
         return Ok(Action::await_change());
     }

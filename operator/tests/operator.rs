@@ -258,7 +258,7 @@ async fn bad_manifests_are_rejected_or_reported() {
     let ns: &'static str = Box::leak(cluster.ns.clone().into_boxed_str());
     install_crd(&cluster);
     let client = cluster.client();
-    let _op = Operator::start(&cluster, "/squall-bad");
+    let op = Operator::start(&cluster, "/squall-bad");
 
     let head = "apiVersion: squall.dev/v1alpha1\nkind: Topology\nmetadata: {name: bad}\nspec:\n  image: squall-examples:0.1.0\n";
     let cases = [
@@ -345,5 +345,17 @@ async fn bad_manifests_are_rejected_or_reported() {
     assert!(
         pods(&client, ns, "bad").await.is_empty(),
         "an invalid topology gets no pods"
+    );
+    // The web UI lists it, Failed, with the event that says why.
+    let (code, body) = squall_testenv::http_get(op.ui_addr(), "/api/topologies").unwrap();
+    let snap: squall_api::view::UiSnapshot = serde_json::from_str(&body).unwrap();
+    let bad = snap.topologies.iter().find(|t| t.name == "bad");
+    assert!(
+        code == 200
+            && bad.is_some_and(|t| t.phase == "Failed"
+                && t.events.iter().any(|e| e.reason == "InvalidTopology"
+                    && e.type_ == "Warning"
+                    && e.message.contains("spec.streams[1]"))),
+        "{body}"
     );
 }
