@@ -209,13 +209,22 @@ pub async fn etcd_get<T: serde::de::DeserializeOwned>(etcd: &Etcd, key: &str) ->
     serde_json::from_slice(&etcd.get(key).await.ok()??).ok()
 }
 
+/// The keys under `prefix`. A transport error (a connection the client held
+/// was closed under it) is tried again on a fresh connection, twice, before
+/// it fails the test: the client reconnects on the next call.
 pub async fn etcd_keys(etcd: &Etcd, prefix: &str) -> Vec<String> {
-    etcd.list(prefix)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(k, _)| k)
-        .collect()
+    let mut tries = 0;
+    loop {
+        match etcd.list(prefix).await {
+            Ok(kvs) => return kvs.into_iter().map(|(k, _)| k).collect(),
+            Err(e) if tries < 2 => {
+                tries += 1;
+                eprintln!("etcd list {prefix} failed ({e}); trying again");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("etcd list {prefix}: {e}"),
+        }
+    }
 }
 
 pub async fn pods(client: &kube::Client, ns: &str, topology: &str) -> Vec<Pod> {
