@@ -273,17 +273,7 @@ fn assert_word_count_page(dom: &str, workers: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_local_web_ui_as_typed() {
     let b = fill(&block(Proof::LocalUi), &[]);
-    let log = std::env::temp_dir().join(format!("readme-local-ui-{}.log", std::process::id()));
-    let file = std::fs::File::create(&log).unwrap();
-    let run = Background(
-        bash(&b)
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .unwrap(),
-        log,
-    );
+    let run = Background::start(&b, "readme-local-ui");
     // The release build may take a while on a cold tree.
     wait_until(
         "the web UI of the local run",
@@ -336,6 +326,20 @@ async fn wait_running(cluster: &TestCluster, ns: &str, extra: &str) {
 struct Background(Child, std::path::PathBuf);
 
 impl Background {
+    /// Run `block` in the background (it stays in the foreground for a user),
+    /// its output in a temporary log named after `name`.
+    fn start(block: &str, name: &str) -> Background {
+        let log = std::env::temp_dir().join(format!("{name}-{}.log", std::process::id()));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = bash(block)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Background(child, log)
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(&self.1).unwrap_or_default()
     }
@@ -368,17 +372,7 @@ async fn the_kubernetes_section_as_typed() {
     // The web UI through kubectl port-forward, as typed.
     let b = fill(&block(Proof::PortForwardUi), &[]);
     let b = format!("export KUBECONFIG={kubeconfig}\n{b}");
-    let log = std::env::temp_dir().join(format!("readme-port-forward-{}.log", std::process::id()));
-    let file = std::fs::File::create(&log).unwrap();
-    let forward = Background(
-        bash(&b)
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .unwrap(),
-        log,
-    );
+    let forward = Background::start(&b, "readme-port-forward");
     wait_until("kubectl port-forward", Duration::from_secs(60), || {
         let up = forward.log().contains("Forwarding from 127.0.0.1:8081");
         async move { up.then_some(()) }
@@ -415,17 +409,7 @@ async fn the_kubernetes_section_as_typed() {
             ("<etcd url from pods>", cluster.etcd_url_from_pods()),
         ],
     );
-    let log = std::env::temp_dir().join(format!("readme-operator-{}.log", std::process::id()));
-    let file = std::fs::File::create(&log).unwrap();
-    let operator = Background(
-        bash(&a)
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .unwrap(),
-        log,
-    );
+    let operator = Background::start(&a, "readme-operator");
     let b = fill(&block(Proof::OperatorOutsideApply), &[]);
     let b = format!("export KUBECONFIG={kubeconfig}\n{b}");
     wait_until("the dev namespace", Duration::from_secs(120), || {

@@ -25,17 +25,7 @@ pub(crate) async fn get(
         s.write_all(req.as_bytes()).await?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await?;
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let code = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse::<u16>().ok())
-            .ok_or_else(|| std::io::Error::other("malformed HTTP response"))?;
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        Ok((code, body))
+        response(&buf)
     };
     tokio::time::timeout(timeout, fut)
         .await
@@ -57,7 +47,12 @@ pub fn get_blocking(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     )?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
+    response(&buf)
+}
+
+/// (status code, body) of a whole HTTP response.
+fn response(buf: &[u8]) -> std::io::Result<(u16, String)> {
+    let text = String::from_utf8_lossy(buf);
     let code = text
         .split_whitespace()
         .nth(1)
