@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::records::{ComponentStats, LatencySummary, ReportedError};
+use crate::records::{ComponentStats, LatencySummary, ReportedError, WorkerStats};
 use crate::topology::{
     ComponentErrorStatus, ComponentKind, GroupingType, TopologySpec, TopologyStats,
 };
@@ -157,6 +157,19 @@ impl UiSnapshot {
 pub struct Recent<'a> {
     pub components: &'a BTreeMap<String, ComponentStats>,
     pub window_ms: u64,
+}
+
+impl Recent<'_> {
+    /// Each worker's recent window, from its stats record.
+    pub fn of_workers(stats: &BTreeMap<u32, WorkerStats>) -> Vec<Recent<'_>> {
+        stats
+            .values()
+            .map(|w| Recent {
+                components: &w.recent,
+                window_ms: w.recent_window_ms,
+            })
+            .collect()
+    }
 }
 
 /// Per-component figures: rates summed over the workers' recent windows,

@@ -668,7 +668,8 @@ fn compute_status(
     let (topology_stats, fresh) = aggregate_stats(topo, stats, ctx);
     st.stats = Some(topology_stats);
     st.last_error = latest_error(topo, ctx).or_else(|| old.last_error.clone());
-    let components = component_figures(topo, stats, ctx);
+    let recent = view::Recent::of_workers(stats);
+    let components = component_figures(topo, &recent, ctx);
     // Status takes new figures only with a new rate sample (every 5 s or so),
     // so that its own patches do not churn; the UI takes them every pass.
     if fresh {
@@ -679,15 +680,15 @@ fn compute_status(
             .cloned()
             .collect();
     }
+    let namespace = topo.namespace().unwrap_or_default();
     let mut ui = TopologyView {
-        namespace: topo.namespace().unwrap_or_default(),
         name: topo.name_any(),
         phase: format!("{phase:?}"),
         plan_version: Some(version),
         workers_desired: desired,
         workers_ready: ready,
         busiest: view::busiest(&components),
-        edges: view::edges(spec, &recent_of(stats)),
+        edges: view::edges(spec, &recent),
         workers: crate::views::worker_rows(
             desired,
             pods,
@@ -695,11 +696,8 @@ fn compute_status(
             stats,
             squall_api::records::unix_ms(),
         ),
-        commands: view::kubectl_commands(
-            &topo.namespace().unwrap_or_default(),
-            &topo.name_any(),
-            desired,
-        ),
+        commands: view::kubectl_commands(&namespace, &topo.name_any(), desired),
+        namespace,
         components,
         ..Default::default()
     };
@@ -708,22 +706,11 @@ fn compute_status(
     st
 }
 
-/// Each worker's recent window.
-fn recent_of(stats: &BTreeMap<u32, WorkerStats>) -> Vec<view::Recent<'_>> {
-    stats
-        .values()
-        .map(|w| view::Recent {
-            components: &w.recent,
-            window_ms: w.recent_window_ms,
-        })
-        .collect()
-}
-
 /// Per-component figures now: recent rates from the workers, totals from the
 /// ledger (which `aggregate_stats` has just brought up to date).
 fn component_figures(
     topo: &Topology,
-    stats: &BTreeMap<u32, WorkerStats>,
+    recent: &[view::Recent<'_>],
     ctx: &Context,
 ) -> Vec<view::ComponentStatus> {
     let totals = ctx
@@ -732,7 +719,7 @@ fn component_figures(
         .get(&key_of(topo))
         .map(StatsLedger::components)
         .unwrap_or_default();
-    view::component_statuses(&topo.spec, &totals, &recent_of(stats))
+    view::component_statuses(&topo.spec, &totals, recent)
 }
 
 /// What a crashed worker's condition and event say.

@@ -455,13 +455,7 @@ fn show(
     workers: u32,
 ) {
     let now_ms = crate::cluster::unix_ms();
-    let recent: Vec<squall_api::view::Recent<'_>> = stats
-        .values()
-        .map(|w| squall_api::view::Recent {
-            components: &w.recent,
-            window_ms: w.recent_window_ms,
-        })
-        .collect();
+    let recent = squall_api::view::Recent::of_workers(stats);
     let rows = (0..workers)
         .map(|slot| {
             let w = stats.get(&slot);
