@@ -32,6 +32,10 @@ pub enum CoordError {
         path: String,
         source: std::io::Error,
     },
+    /// A fenced write (see [`crate::Fence`]) found that this process no longer
+    /// holds the leadership it was fenced with: another replica may be acting.
+    #[error("etcd: {op} {key} refused: this replica no longer leads")]
+    Fenced { op: &'static str, key: String },
     #[error("lease {0} has expired")]
     LeaseExpired(LeaseId),
     #[error("record at {key} is not valid: {source}")]

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use etcd_client::{
-    Certificate, Client, ConnectOptions, DeleteOptions, EventType, GetOptions, Identity,
-    PutOptions, TlsOptions, WatchOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions,
+    Identity, PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
 };
 use squall_api::invocation::EtcdTlsFiles;
 use tokio::sync::mpsc;
@@ -21,6 +21,18 @@ const WATCH_RETRY_MAX: Duration = Duration::from_secs(2);
 /// etcd through a shared, cheaply cloned client that reconnects by itself.
 pub struct EtcdCoordinator {
     client: Client,
+    fence: Option<Fence>,
+}
+
+/// Proof of leadership that etcd itself checks: the election's key and the
+/// revision at which this process created it. A write fenced with it is a
+/// transaction that applies only while that key still exists with that
+/// revision, so a deposed leader (paused, partitioned, or slow to notice that
+/// its lease ended) cannot overwrite what its successor wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub(crate) key: Vec<u8>,
+    pub(crate) revision: i64,
 }
 
 impl EtcdCoordinator {
@@ -33,7 +45,44 @@ impl EtcdCoordinator {
     pub async fn connect(endpoints: &[String], tls: &EtcdTlsFiles) -> Result<Self, CoordError> {
         Ok(EtcdCoordinator {
             client: connect_client(endpoints, tls, Some(REQUEST_TIMEOUT)).await?,
+            fence: None,
         })
+    }
+
+    /// The same connection, with every write (put, delete) fenced: refused with
+    /// [`CoordError::Fenced`] once `fence`'s leadership has ended. Reads,
+    /// watches and leases are not fenced.
+    #[must_use]
+    pub fn fenced(self, fence: Fence) -> Self {
+        EtcdCoordinator {
+            fence: Some(fence),
+            ..self
+        }
+    }
+
+    /// Apply `op` on `key`: directly, or, when fenced, in a transaction
+    /// conditioned on the fence.
+    async fn write(&self, op: &'static str, key: &str, txn_op: TxnOp) -> Result<(), CoordError> {
+        let mut c = self.client.clone();
+        let Some(fence) = &self.fence else {
+            bounded(op, key, c.txn(Txn::new().and_then([txn_op]))).await?;
+            return Ok(());
+        };
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                fence.key.clone(),
+                CompareOp::Equal,
+                fence.revision,
+            )])
+            .and_then([txn_op]);
+        if bounded(op, key, c.txn(txn)).await?.succeeded() {
+            Ok(())
+        } else {
+            Err(CoordError::Fenced {
+                op,
+                key: key.to_string(),
+            })
+        }
     }
 }
 
@@ -134,27 +183,18 @@ impl Coordinator for EtcdCoordinator {
         value: Vec<u8>,
         lease: Option<LeaseId>,
     ) -> Result<(), CoordError> {
-        let mut c = self.client.clone();
         let opts = lease.map(|l| PutOptions::new().with_lease(l));
-        bounded("put", key, c.put(key, value, opts)).await?;
-        Ok(())
+        self.write("put", key, TxnOp::put(key, value, opts)).await
     }
 
     async fn delete(&self, key: &str) -> Result<(), CoordError> {
-        let mut c = self.client.clone();
-        bounded("delete", key, c.delete(key, None)).await?;
-        Ok(())
+        self.write("delete", key, TxnOp::delete(key, None)).await
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<(), CoordError> {
-        let mut c = self.client.clone();
-        bounded(
-            "delete",
-            prefix,
-            c.delete(prefix, Some(DeleteOptions::new().with_prefix())),
-        )
-        .await?;
-        Ok(())
+        let opts = DeleteOptions::new().with_prefix();
+        self.write("delete", prefix, TxnOp::delete(prefix, Some(opts)))
+            .await
     }
 
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, CoordError> {

@@ -8,16 +8,24 @@ use squall_api::invocation::EtcdTlsFiles;
 use tokio::sync::oneshot;
 
 use crate::etcd::{bounded, connect_client};
-use crate::{CoordError, LeaseId};
+use crate::{CoordError, Fence, LeaseId};
 
 /// This process leads until [`Leadership::lost`] returns or it resigns.
 pub struct Leadership {
     lost: oneshot::Receiver<()>,
     client: Client,
     lease: LeaseId,
+    fence: Fence,
 }
 
 impl Leadership {
+    /// The fence of this leadership, for [`crate::EtcdCoordinator::fenced`]:
+    /// writes made with it fail once this leadership has ended, even if this
+    /// process has not noticed yet.
+    pub fn fence(&self) -> Fence {
+        self.fence.clone()
+    }
+
     /// Step down at once (revoke the lease), so that a standby takes over
     /// without waiting for the lease to expire.
     ///
@@ -93,14 +101,26 @@ pub async fn campaign(
         }
     });
     tracing::info!(%key, %me, "campaigning for leadership");
-    client
+    let won = client
         .campaign(key, me, lease)
         .await
         .map_err(etcd("campaign"))?;
+    let fence = won
+        .leader()
+        .map(|l| Fence {
+            key: l.key().to_vec(),
+            revision: l.rev(),
+        })
+        .ok_or_else(|| {
+            etcd("campaign")(etcd_client::Error::InvalidArgs(
+                "etcd answered the campaign without a leader key".into(),
+            ))
+        })?;
     tracing::info!(%me, "elected leader");
     Ok(Leadership {
         lost,
         client,
         lease,
+        fence,
     })
 }

@@ -11,7 +11,8 @@
 //! - [`Store`] and [`TopologyStore`]: the typed records of `squall_api::records`
 //!   on top, with one policy for corrupt records (skipped with a warning and
 //!   counted in [`corrupt_records`]).
-//! - [`leader`]: leader election for the operator.
+//! - [`leader`]: leader election for the operator, and the [`Fence`] that
+//!   makes a deposed leader's writes fail in etcd itself.
 //! - [`admin`]: the `/metrics`, `/healthz`, `/readyz` server every binary runs,
 //!   and [`prom`]: the Prometheus text it serves (headers, escaping, histograms).
 //! - [`logging`]: one log setup, with a panic hook that logs through `tracing`.
@@ -30,7 +31,7 @@ mod store;
 pub mod ui;
 
 pub use coordinator::{CoordError, Coordinator, LeaseId, WatchEvent};
-pub use etcd::{EtcdCoordinator, REQUEST_TIMEOUT};
+pub use etcd::{EtcdCoordinator, Fence, REQUEST_TIMEOUT};
 pub use memory::MemoryCoordinator;
 pub use squall_api::invocation::EtcdTlsFiles;
 pub use store::{Store, TopologyStore, corrupt_records};

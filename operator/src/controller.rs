@@ -169,6 +169,11 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
 }
 
 fn error_policy(_topo: Arc<Topology>, err: &Error, _ctx: Arc<Context>) -> Action {
+    if let Error::Store(CoordError::Fenced { .. }) = err {
+        // Another replica leads now; acting on would fight it.
+        tracing::error!(error = %err, "deposed: exiting so this replica restarts as a standby");
+        std::process::exit(2);
+    }
     tracing::warn!(error = %err, "will retry");
     Action::requeue(Duration::from_secs(3))
 }

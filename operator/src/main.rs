@@ -102,13 +102,13 @@ async fn main() -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("cannot build a Kubernetes client (in-cluster config or KUBECONFIG)")?;
-    let etcd = EtcdCoordinator::connect(&args.etcd, &args.etcd_tls).await?;
-    let store = Store::new(Arc::new(etcd), &args.etcd_prefix);
+    let mut etcd = EtcdCoordinator::connect(&args.etcd, &args.etcd_tls).await?;
     metrics.ready.store(true, Ordering::Relaxed);
 
     if args.leader_elect {
-        lead(&args, &metrics).await?;
+        etcd = etcd.fenced(lead(&args, &metrics).await?);
     }
+    let store = Store::new(Arc::new(etcd), &args.etcd_prefix);
     metrics.leader.store(true, Ordering::Relaxed);
 
     let reporter = Reporter {
@@ -156,8 +156,10 @@ async fn main() -> anyhow::Result<()> {
 
 /// Block until this replica leads, then watch the leadership in the
 /// background and exit the process if it is lost (Kubernetes restarts it as a
-/// standby): another replica may already be acting.
-async fn lead(args: &Args, metrics: &Metrics) -> anyhow::Result<()> {
+/// standby): another replica may already be acting. Returns the fence for the
+/// store's writes, which etcd refuses once the leadership has ended, even
+/// before this process notices.
+async fn lead(args: &Args, metrics: &Metrics) -> anyhow::Result<squall_coord::Fence> {
     let key = squall_api::records::leader_key(&args.etcd_prefix);
     let me = std::env::var("POD_NAME").unwrap_or_else(|_| format!("pid-{}", std::process::id()));
     metrics.leader.store(false, Ordering::Relaxed);
@@ -165,10 +167,11 @@ async fn lead(args: &Args, metrics: &Metrics) -> anyhow::Result<()> {
     let leadership = squall_coord::leader::campaign(&args.etcd, &args.etcd_tls, &key, &me, ttl)
         .await
         .context("leader election")?;
+    let fence = leadership.fence();
     tokio::spawn(async move {
         leadership.lost().await;
         tracing::error!("lost the leader lease; exiting so a standby can take over");
         std::process::exit(2);
     });
-    Ok(())
+    Ok(fence)
 }
