@@ -1,4 +1,5 @@
-//! CA, serving, client certificates and the service-account key, with rcgen.
+//! CA, serving, client certificates and the service-account key, with rcgen:
+//! for the control plane, and for an etcd that serves TLS.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -9,6 +10,7 @@ use rcgen::{
 };
 
 use crate::error::{IoContext, Result};
+use crate::etcd::EtcdTlsMaterial;
 
 /// Paths of the generated PKI files.
 #[derive(Debug, Clone)]
@@ -35,6 +37,48 @@ fn write(path: &Path, data: &str) -> Result<()> {
     std::fs::write(path, data).ctx(|| format!("write {}", path.display()))
 }
 
+/// A self-signed CA named `cn`: its certificate and key (PEM), and the issuer
+/// that signs with it.
+fn ca(cn: &str) -> Result<(String, String, Issuer<'static, KeyPair>)> {
+    let key = KeyPair::generate()?;
+    let mut p = CertificateParams::new(Vec::<String>::new())?;
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let cert = p.self_signed(&key)?;
+    let (cert_pem, key_pem) = (cert.pem(), key.serialize_pem());
+    Ok((cert_pem, key_pem, Issuer::new(p, key)))
+}
+
+/// A serving certificate for `names` and `ips`, signed by `issuer`, with the
+/// extended key usages `eku`.
+fn serving_cert(
+    issuer: &Issuer<'_, KeyPair>,
+    cn: &str,
+    names: &[&str],
+    ips: &[Ipv4Addr],
+    eku: &[ExtendedKeyUsagePurpose],
+) -> Result<(rcgen::Certificate, KeyPair)> {
+    let key = KeyPair::generate()?;
+    let mut p = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
+    for ip in ips {
+        p.subject_alt_names
+            .push(SanType::IpAddress(IpAddr::V4(*ip)));
+    }
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    p.extended_key_usages = eku.to_vec();
+    let cert = p.signed_by(&key, issuer)?;
+    Ok((cert, key))
+}
+
 /// A client certificate for user `cn` in group `org`, signed by `issuer`.
 fn client_cert(
     issuer: &Issuer<'_, KeyPair>,
@@ -58,48 +102,24 @@ fn client_cert(
 /// serving certificate (the node IP, where the API server listens inside the
 /// node's network namespace).
 pub(crate) fn generate(dir: &Path, extra_ips: &[Ipv4Addr]) -> Result<Pki> {
-    // CA
-    let ca_key = KeyPair::generate()?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "squall-testenv-ca");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca_params.self_signed(&ca_key)?;
-    let ca_pem = ca_cert.pem();
-    let ca_key_pem = ca_key.serialize_pem();
-    let issuer = Issuer::new(ca_params, ca_key);
+    let (ca_pem, ca_key_pem, issuer) = ca("squall-testenv-ca")?;
 
     // kube-apiserver serving cert
-    let serving_key = KeyPair::generate()?;
-    let mut sp = CertificateParams::new(vec![
-        "localhost".to_string(),
-        "kubernetes".to_string(),
-        "kubernetes.default".to_string(),
-        "kubernetes.default.svc".to_string(),
-        "kubernetes.default.svc.cluster.local".to_string(),
-    ])?;
-    sp.subject_alt_names
-        .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
-    sp.subject_alt_names
-        .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))));
-    for ip in extra_ips {
-        sp.subject_alt_names
-            .push(SanType::IpAddress(IpAddr::V4(*ip)));
-    }
-    sp.distinguished_name
-        .push(DnType::CommonName, "kube-apiserver");
-    sp.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    sp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let serving = sp.signed_by(&serving_key, &issuer)?;
+    let mut ips = vec![Ipv4Addr::LOCALHOST, Ipv4Addr::new(10, 0, 0, 1)];
+    ips.extend_from_slice(extra_ips);
+    let (serving, serving_key) = serving_cert(
+        &issuer,
+        "kube-apiserver",
+        &[
+            "localhost",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+        ],
+        &ips,
+        &[ExtendedKeyUsagePurpose::ServerAuth],
+    )?;
 
     // admin client identity (system:masters)
     let (admin, admin_key) = client_cert(&issuer, "squall-testenv-admin", "system:masters")?;
@@ -135,5 +155,62 @@ pub(crate) fn generate(dir: &Path, extra_ips: &[Ipv4Addr]) -> Result<Pki> {
     write(&pki.admin_key, &pki.admin_key_pem)?;
     write(&pki.sa_key, &sa_key.serialize_pem())?;
     write(&pki.sa_pub, &sa_key.public_key_pem())?;
+    Ok(pki)
+}
+
+/// The files of an etcd that serves TLS on loopback and requires client
+/// certificates: its own serving pair, and what clients get.
+#[derive(Debug, Clone)]
+pub(crate) struct EtcdPki {
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client: EtcdTlsMaterial,
+}
+
+/// Generates an etcd PKI into `dir`: one CA that signs etcd's serving
+/// certificate (for `localhost` and 127.0.0.1) and a client identity, and a
+/// second, unrelated CA that signs another client identity etcd must refuse.
+pub(crate) fn generate_etcd(dir: &Path) -> Result<EtcdPki> {
+    let (ca_pem, _, issuer) = ca("squall-testenv-etcd-ca")?;
+    // Client auth as well: etcd's gRPC gateway dials etcd itself with the
+    // serving pair, and etcd checks that against --trusted-ca-file too.
+    let (server, server_key) = serving_cert(
+        &issuer,
+        "etcd",
+        &["localhost"],
+        &[Ipv4Addr::LOCALHOST],
+        &[
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+    )?;
+    let (client, client_key) = client_cert(&issuer, "squall-testenv-etcd-client", "squall")?;
+    let (_, _, foreign_issuer) = ca("squall-testenv-foreign-ca")?;
+    let (foreign, foreign_key) =
+        client_cert(&foreign_issuer, "squall-testenv-foreign-client", "squall")?;
+
+    let pki = EtcdPki {
+        server_cert: dir.join("etcd-server.crt"),
+        server_key: dir.join("etcd-server.key"),
+        client: EtcdTlsMaterial {
+            ca_file: dir.join("etcd-ca.crt"),
+            cert_file: dir.join("etcd-client.crt"),
+            key_file: dir.join("etcd-client.key"),
+            foreign_cert_file: dir.join("foreign-client.crt"),
+            foreign_key_file: dir.join("foreign-client.key"),
+        },
+    };
+    let c = &pki.client;
+    for (path, pem) in [
+        (&pki.server_cert, server.pem()),
+        (&pki.server_key, server_key.serialize_pem()),
+        (&c.ca_file, ca_pem),
+        (&c.cert_file, client.pem()),
+        (&c.key_file, client_key.serialize_pem()),
+        (&c.foreign_cert_file, foreign.pem()),
+        (&c.foreign_key_file, foreign_key.serialize_pem()),
+    ] {
+        write(path, &pem)?;
+    }
     Ok(pki)
 }

@@ -1,13 +1,15 @@
-//! A real etcd on free loopback ports with a temporary data dir.
+//! A real etcd on free loopback ports with a temporary data dir, serving
+//! plain HTTP or TLS with client-certificate auth.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
 use crate::bins::binary;
+use crate::certs;
 use crate::error::{Error, Result};
 use crate::node::NodeNet;
 use crate::node::relay::Relay;
@@ -31,6 +33,25 @@ fn etcd_args(cmd: &mut Command, dir: &Path, client_url: &str, peer_url: &str) {
         .current_dir(dir);
 }
 
+/// The client side of an etcd started by [`Etcd::start_tls`]: PEM files in
+/// the etcd's temporary directory, removed with it when the [`Etcd`] drops.
+#[derive(Debug, Clone)]
+pub struct EtcdTlsMaterial {
+    /// The CA that signed etcd's serving certificate (for `localhost` and
+    /// 127.0.0.1) and the only CA etcd trusts for client certificates.
+    pub ca_file: PathBuf,
+    /// A client certificate signed by [`EtcdTlsMaterial::ca_file`]: etcd
+    /// accepts it.
+    pub cert_file: PathBuf,
+    /// The key of [`EtcdTlsMaterial::cert_file`].
+    pub key_file: PathBuf,
+    /// A client certificate signed by another CA, which etcd does not trust:
+    /// etcd must refuse it.
+    pub foreign_cert_file: PathBuf,
+    /// The key of [`EtcdTlsMaterial::foreign_cert_file`].
+    pub foreign_key_file: PathBuf,
+}
+
 /// A running etcd; stopped and its data removed on drop.
 #[derive(Debug)]
 pub struct Etcd {
@@ -40,6 +61,9 @@ pub struct Etcd {
     process: ManagedProcess,
     client_url: String,
     client_addr: SocketAddr,
+    // Where /health answers in plain HTTP: the client address, or for a TLS
+    // etcd its metrics listener (the client port wants a client certificate).
+    health_addr: SocketAddr,
     inner_url: String,
     dir: TempDir,
     _net: Option<Arc<NodeNet>>,
@@ -48,12 +72,46 @@ pub struct Etcd {
 impl Etcd {
     /// Starts etcd (from the provisioned cache) on free loopback ports and
     /// waits until `/health` reports healthy.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BinaryMissing`] when etcd is not provisioned; otherwise when
+    /// it fails to become healthy within 30 s three times, each on fresh ports.
     pub async fn start() -> Result<Etcd> {
+        Ok(Self::start_retrying(false).await?.0)
+    }
+
+    /// As [`Etcd::start`], but serving TLS on its `https://` client URL and
+    /// requiring a client certificate signed by its own CA
+    /// (`--client-cert-auth`, `--trusted-ca-file`). The returned material
+    /// holds that CA, a client identity it signed, and a foreign identity
+    /// etcd refuses.
+    ///
+    /// # Errors
+    ///
+    /// As [`Etcd::start`], and when the certificates cannot be generated.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), squall_testenv::Error> {
+    /// let (etcd, tls) = squall_testenv::Etcd::start_tls().await?;
+    /// assert!(etcd.client_url().starts_with("https://"));
+    /// println!("{}", tls.ca_file.display());
+    /// # Ok(()) }
+    /// ```
+    pub async fn start_tls() -> Result<(Etcd, EtcdTlsMaterial)> {
+        let (etcd, tls) = Self::start_retrying(true).await?;
+        let tls = tls.ok_or_else(|| Error::Invalid("etcd started without TLS".into()))?;
+        Ok((etcd, tls))
+    }
+
+    async fn start_retrying(tls: bool) -> Result<(Etcd, Option<EtcdTlsMaterial>)> {
         let mut last = None;
         // Ports are picked free but could be taken by someone else before
         // etcd binds them: try a few times.
         for _ in 0..3 {
-            match Self::start_once().await {
+            match Self::start_once(tls).await {
                 Ok(e) => return Ok(e),
                 Err(e @ Error::BinaryMissing { .. }) => return Err(e),
                 Err(e) => last = Some(e),
@@ -62,28 +120,45 @@ impl Etcd {
         Err(last.unwrap_or_else(|| Error::Invalid("etcd did not start".into())))
     }
 
-    async fn start_once() -> Result<Etcd> {
+    async fn start_once(tls: bool) -> Result<(Etcd, Option<EtcdTlsMaterial>)> {
         let bin = binary("etcd")?;
         let dir = TempDir::new("etcd")?;
         let client_port = free_port()?;
         let peer_port = free_port()?;
-        let client_url = format!("http://127.0.0.1:{client_port}");
+        let scheme = if tls { "https" } else { "http" };
+        let client_url = format!("{scheme}://127.0.0.1:{client_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let client_addr = SocketAddr::from(([127, 0, 0, 1], client_port));
         let mut cmd = Command::new(bin);
         etcd_args(&mut cmd, dir.path(), &client_url, &peer_url);
+        let (health_addr, material) = if tls {
+            let pki = certs::generate_etcd(dir.path())?;
+            let metrics_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+            cmd.arg(format!("--cert-file={}", pki.server_cert.display()))
+                .arg(format!("--key-file={}", pki.server_key.display()))
+                .arg(format!(
+                    "--trusted-ca-file={}",
+                    pki.client.ca_file.display()
+                ))
+                .arg("--client-cert-auth=true")
+                .arg(format!("--listen-metrics-urls=http://{metrics_addr}"));
+            (metrics_addr, Some(pki.client))
+        } else {
+            (client_addr, None)
+        };
         let process = ManagedProcess::start("etcd", cmd, &dir.path().join("etcd.log"))?;
-        let client_addr = SocketAddr::from(([127, 0, 0, 1], client_port));
         let mut etcd = Etcd {
             _relay: None,
             process,
             inner_url: client_url.clone(),
             client_url,
             client_addr,
+            health_addr,
             dir,
             _net: None,
         };
         etcd.wait_healthy().await?;
-        Ok(etcd)
+        Ok((etcd, material))
     }
 
     /// Starts etcd inside the node's network namespace, listening on
@@ -108,6 +183,7 @@ impl Etcd {
             process,
             client_url: format!("http://{client_addr}"),
             client_addr,
+            health_addr: client_addr,
             inner_url,
             dir,
             _net: Some(net.clone()),
@@ -128,7 +204,7 @@ impl Etcd {
         loop {
             self.process.check_alive()?;
             let detail = match crate::http::get(
-                self.client_addr,
+                self.health_addr,
                 "127.0.0.1",
                 "/health",
                 &[],
@@ -151,7 +227,8 @@ impl Etcd {
         }
     }
 
-    /// The client URL, e.g. `http://127.0.0.1:41234`.
+    /// The client URL, e.g. `http://127.0.0.1:41234`, or `https://…` for
+    /// [`Etcd::start_tls`].
     pub fn client_url(&self) -> &str {
         &self.client_url
     }

@@ -7,6 +7,8 @@
 //! # async fn demo() -> Result<(), squall_testenv::Error> {
 //! let etcd = squall_testenv::Etcd::start().await?;            // bare etcd
 //! println!("{}", etcd.client_url());
+//! let (etcd, tls) = squall_testenv::Etcd::start_tls().await?; // TLS, client certs required
+//! println!("{} {}", etcd.client_url(), tls.ca_file.display());
 //! let cluster = squall_testenv::TestCluster::shared().await?; // the run's real cluster
 //! let ns = cluster.namespace("my-test").await?;               // a namespace of its own
 //! # let _ = ns; Ok(()) }
@@ -35,7 +37,7 @@ pub use bins::{
 pub use cluster::{CLUSTER_ENV, TestCluster};
 pub use control_plane::ControlPlane;
 pub use error::{Error, Result};
-pub use etcd::Etcd;
+pub use etcd::{Etcd, EtcdTlsMaterial};
 pub use kafka::Kafka;
 pub use node::{ClusterInfo, RealCluster};
 pub use process::ManagedProcess;
