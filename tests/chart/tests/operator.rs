@@ -1,7 +1,9 @@
 //! The operator installed by the chart runs as pods from its image on the
 //! shared real node: two replicas become Ready under the chart's
 //! ServiceAccount, one is elected leader, each serves /metrics on its pod IP,
-//! and the leader acts on a Topology through the chart's RBAC. The chart's
+//! and the leader acts on a Topology through the chart's RBAC. When the leader
+//! is SIGKILLed, the standby leads within the lease's time-to-live, acts, and
+//! duplicates no worker pod. The chart's
 //! bundled etcd runs as a StatefulSet with a PVC, reached by Service DNS.
 
 #![allow(clippy::unwrap_used)] // tests may unwrap
@@ -32,6 +34,42 @@ fn http_get(cluster: &TestCluster, addr: &str, path: &str) -> Option<String> {
     // A reset after the answer still leaves the answer read.
     let _ = s.read_to_end(&mut out);
     Some(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// The Topology `word-count`'s worker pods that are not being deleted, as
+/// (slot, name, uid), in slot order (the operator names them by slot).
+fn worker_pods(cluster: &TestCluster, ns: &str) -> Vec<(u32, String, String)> {
+    let pods = kubectl_json(
+        cluster,
+        &[
+            "get",
+            "pods",
+            "-n",
+            ns,
+            "-l",
+            "squall.dev/topology=word-count",
+        ],
+    );
+    let mut out: Vec<(u32, String, String)> = pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .map(|p| {
+            let m = &p["metadata"];
+            (
+                m["labels"]["squall.dev/slot"]
+                    .as_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap(),
+                m["name"].as_str().unwrap().to_string(),
+                m["uid"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 fn ready(pod: &Value) -> bool {
@@ -100,16 +138,24 @@ async fn operator_from_the_chart_runs_with_its_service_account() {
         .iter()
         .map(|p| p["status"]["podIP"].as_str().unwrap().to_string())
         .collect();
-    wait_until("exactly one replica leads", Duration::from_secs(30), || {
-        let leaders = ips
-            .iter()
-            .filter(|ip| {
-                http_get(&cluster, &format!("{ip}:8080"), "/metrics")
+    let names: Vec<String> = pods
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    let the_leader = || {
+        let leaders: Vec<usize> = (0..ips.len())
+            .filter(|&i| {
+                http_get(&cluster, &format!("{}:8080", ips[i]), "/metrics")
                     .is_some_and(|m| m.contains("squall_operator_leader 1"))
             })
-            .count();
-        async move { (leaders == 1).then_some(()) }
-    })
+            .collect();
+        async move { (leaders.len() == 1).then(|| leaders[0]) }
+    };
+    let first_leader = wait_until(
+        "exactly one replica leads",
+        Duration::from_secs(30),
+        the_leader,
+    )
     .await
     .unwrap();
 
@@ -139,6 +185,83 @@ async fn operator_from_the_chart_runs_with_its_service_account() {
         logs.contains("operator running") && !logs.contains("forbidden"),
         "the operator was denied something, or its logs are missing:\n{logs}"
     );
+
+    // Failover. SIGKILL the leader's process (no resign, so its lease must
+    // expire): the standby leads within the lease's time-to-live, and acts, and
+    // no worker pod is duplicated.
+    let workers = || worker_pods(&cluster, &topo_ns);
+    let before = wait_until("3 worker pods", Duration::from_secs(60), || {
+        let pods = workers();
+        async move { (pods.len() == 3).then_some(pods) }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", cluster.dump(&ns)));
+    let killed = std::time::Instant::now();
+    cluster
+        .kill_container(&ns, &names[first_leader], "operator")
+        .unwrap();
+    // The chart leaves the operator's lease at its default, 10 s.
+    let next = wait_until(
+        "the standby takes over",
+        Duration::from_secs(10 + 10),
+        || {
+            let leader = the_leader();
+            async move { leader.await.filter(|&i| i != first_leader) }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", cluster.dump(&ns)));
+    eprintln!(
+        "failover: {} led, was SIGKILLed, and {} led {:.1} s later",
+        names[first_leader],
+        names[next],
+        killed.elapsed().as_secs_f64()
+    );
+    // The new leader acts: a deleted worker pod is replaced, once.
+    let (gone_slot, gone_pod, _) = before[0].clone();
+    let mut cmd = cluster.kubectl();
+    cmd.args(["delete", "pod", "-n", &topo_ns, &gone_pod, "--wait=false"]);
+    chart::run(cmd, None).unwrap();
+    let after = wait_until(
+        "the new leader replaces the deleted worker pod",
+        Duration::from_secs(60),
+        || {
+            let pods = workers();
+            let replaced = pods
+                .iter()
+                .any(|(slot, name, _)| *slot == gone_slot && *name != gone_pod)
+                || pods.iter().any(|(slot, _, uid)| {
+                    *slot == gone_slot && !before.iter().any(|b| &b.2 == uid)
+                });
+            async move { replaced.then_some(pods) }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", cluster.dump(&ns)));
+    // Give a duplicate the time to appear: several reconcile passes.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let settled = workers();
+    let slots: Vec<u32> = settled.iter().map(|p| p.0).collect();
+    assert_eq!(
+        slots,
+        [0, 1, 2],
+        "one pod per slot: {settled:?} (just after: {after:?})"
+    );
+    for kept in &before[1..] {
+        assert!(
+            settled.contains(kept),
+            "{kept:?} was left alone: {settled:?}"
+        );
+    }
+    // The killed replica comes back (the kubelet restarts it) as the standby.
+    let again = wait_until(
+        "one leader again, after the restart",
+        Duration::from_secs(60),
+        the_leader,
+    )
+    .await
+    .unwrap();
+    assert_eq!(again, next, "the new leader keeps leading");
 
     // Deleting it: the operator removes its finalizer, pods go.
     let mut cmd = cluster.kubectl();
