@@ -402,7 +402,9 @@ impl BoltExecutor {
                 Ok(batch) => {
                     self.process(batch);
                     // Keep going while input is waiting; send partial batches once it runs dry.
-                    while let Ok(batch) = self.core.rx.try_recv() {
+                    while !self.core.stopping()
+                        && let Ok(batch) = self.core.rx.try_recv()
+                    {
                         self.process(batch);
                     }
                     self.idle();
@@ -426,6 +428,11 @@ impl BoltExecutor {
         let mut t = now_ns();
         let first = self.core.first_task;
         for env in batch {
+            // A stop does not wait for a full queue to drain (a slow bolt's
+            // can take hours): what is left is dropped, and its trees replay.
+            if self.core.stopping() {
+                return;
+            }
             if let Msg::Tuple(tuple) = env.msg {
                 let idx = env.task.wrapping_sub(first) as usize;
                 if idx < self.bolts.len() {

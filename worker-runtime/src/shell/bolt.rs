@@ -294,7 +294,9 @@ impl ShellBoltExecutor {
             match self.rx.recv_timeout(wait) {
                 Ok(batch) => {
                     self.process(batch);
-                    while let Ok(batch) = self.rx.try_recv() {
+                    while !self.control.shutdown.load(Ordering::Relaxed)
+                        && let Ok(batch) = self.rx.try_recv()
+                    {
                         self.process(batch);
                     }
                 }
@@ -340,6 +342,11 @@ impl ShellBoltExecutor {
     fn process(&mut self, batch: Batch) {
         let first = self.first_task;
         for env in batch {
+            // A stop does not wait for the queue to drain through a slow
+            // subprocess: what is left is dropped, and its trees replay.
+            if self.control.shutdown.load(Ordering::Relaxed) {
+                return;
+            }
             let Msg::Tuple(tuple) = env.msg else { continue };
             let idx = env.task.wrapping_sub(first) as usize;
             if idx < self.tasks.len() {
