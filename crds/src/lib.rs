@@ -12,6 +12,7 @@ pub mod invocation;
 pub mod ledger;
 pub mod plan;
 pub mod records;
+pub mod sizing;
 pub mod topology;
 pub mod validate;
 pub mod view;

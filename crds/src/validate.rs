@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use crate::catalog::ComponentCatalog;
+use crate::sizing;
 use crate::topology::{ComponentKind, ComponentSpec, GroupingType, TopologySpec};
 
 /// Component ids that the runtime reserves for its own tasks.
@@ -200,6 +201,41 @@ pub fn validate(
                 limits::MAX_EXECUTORS_PER_WORKER
             ),
         );
+    }
+
+    // Memory: a worker's queues, when full, must fit its container's limit.
+    let limit = spec
+        .worker
+        .as_ref()
+        .and_then(|w| w.resources.as_ref())
+        .and_then(|r| r.limits.as_ref())
+        .and_then(|l| l.get("memory"));
+    if let Some(limit) = limit {
+        let field = "spec.worker.resources.limits.memory";
+        match sizing::quantity_bytes(&limit.0) {
+            None => err(
+                field.into(),
+                format!("'{}' is not a quantity of bytes", limit.0),
+            ),
+            Some(bytes) => {
+                let spout_tasks: u64 = spec.spouts.iter().map(|c| u64::from(c.task_count())).sum();
+                let open_trees = (spout_tasks * u64::from(spec.max_spout_pending))
+                    .div_ceil(u64::from(spec.workers.max(1)));
+                let need = sizing::worker_memory(per_worker, open_trees);
+                if need > bytes {
+                    err(
+                        field.into(),
+                        format!(
+                            "{} is less than the {} MiB a worker may need: {per_worker} executors with full queues ({} MiB each), {open_trees} open tuple trees, and {} MiB for the runtime; raise the limit, add workers, or lower parallelism",
+                            limit.0,
+                            sizing::mib(need),
+                            sizing::mib(sizing::EXECUTOR_BYTES),
+                            sizing::mib(sizing::WORKER_BASE_BYTES),
+                        ),
+                    );
+                }
+            }
+        }
     }
 
     // Streams: known endpoints, declared stream and fields, well-formed groupings.

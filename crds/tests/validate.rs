@@ -292,3 +292,43 @@ fn plans_over_the_limits_are_refused() {
     ok.workers = 2;
     validate(&ok, Some(&catalog())).expect("two workers hold 1100 executors");
 }
+
+#[test]
+fn a_plan_that_cannot_fit_the_workers_memory_limit_is_refused() {
+    use squall_api::topology::WorkerTemplate;
+    fn with_memory(s: &mut TopologySpec, limit: &str) {
+        let yaml = format!("resources: {{limits: {{memory: '{limit}'}}}}");
+        s.worker = Some(serde_yaml::from_str::<WorkerTemplate>(&yaml).unwrap());
+    }
+    const FIELD: &str = "spec.worker.resources.limits.memory";
+    // Word count's 8 executors over 2 workers fit in 256 MiB.
+    let mut ok = spec();
+    with_memory(&mut ok, "256Mi");
+    validate(&ok, Some(&catalog())).expect("fits");
+    // 400 executors on one worker do not: each full queue is 8,192 tuples.
+    expect_error(
+        |s| {
+            s.workers = 1;
+            s.bolts[0].parallelism = 400;
+            with_memory(s, "256Mi");
+        },
+        FIELD,
+        "256Mi is less than the",
+    );
+    // The same plan over more workers fits.
+    let mut spread = spec();
+    spread.workers = 8;
+    spread.bolts[0].parallelism = 400;
+    with_memory(&mut spread, "256Mi");
+    validate(&spread, Some(&catalog())).expect("fits over 8 workers");
+    // Open trees count too: a huge maxSpoutPending on a small limit.
+    expect_error(
+        |s| {
+            s.max_spout_pending = 20_000_000;
+            with_memory(s, "1Gi");
+        },
+        FIELD,
+        "open tuple trees",
+    );
+    expect_error(|s| with_memory(s, "lots"), FIELD, "not a quantity");
+}

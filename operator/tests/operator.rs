@@ -287,6 +287,15 @@ async fn bad_manifests_are_rejected_or_reported() {
             "  spouts: [{id: s, component: Alpha}]\n  bolts: [{id: b, component: Beta}]\n  streams: [{from: s, to: b, grouping: {type: ROUND_ROBIN}}]\n",
         ),
         ("spec.spouts", "  spouts: []\n"),
+        // Plans over the limits: the schema's maxima, before any memory is committed.
+        (
+            "spec.workers: Invalid value: 100000",
+            "  workers: 100000\n  spouts: [{id: s, component: Alpha}]\n",
+        ),
+        (
+            "spec.spouts[0].tasks: Invalid value: 1000000",
+            "  spouts: [{id: s, component: Alpha, tasks: 1000000}]\n",
+        ),
         (
             "spec.workers",
             "  workers: 0\n  spouts: [{id: s, component: Alpha}]\n",
@@ -346,6 +355,43 @@ async fn bad_manifests_are_rejected_or_reported() {
         pods(&client, ns, "bad").await.is_empty(),
         "an invalid topology gets no pods"
     );
+    // Plans over what only the whole spec shows: tasks in all, and memory
+    // that one worker's queues need against its container's limit.
+    let big = "apiVersion: squall.dev/v1alpha1\nkind: Topology\nmetadata: {name: too-big}\nspec:\n  image: squall-examples:0.1.0\n  workers: 1\n  worker: {resources: {limits: {memory: 256Mi}}}\n  spouts: [{id: s, component: RandomSentenceSpout}]\n  bolts:\n    - {id: a, component: SplitSentence, parallelism: 400, tasks: 40000}\n    - {id: b, component: SplitSentence, tasks: 40000}\n  streams:\n    - {from: s, to: a, grouping: {type: SHUFFLE}}\n    - {from: s, to: b, grouping: {type: SHUFFLE}}\n";
+    let out = kubectl_stdin(&cluster, &["apply", "-f", "-"], big);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st = wait_for("too-big is Failed", Duration::from_secs(30), || {
+        let t = topos.clone();
+        async move {
+            t.get("too-big")
+                .await
+                .ok()?
+                .status
+                .filter(|s| s.phase == Some(squall_api::Phase::Failed))
+        }
+    })
+    .await
+    .unwrap();
+    let ready = st.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    for says in [
+        "InvalidTopology",
+        "tasks in all",
+        "spec.worker.resources.limits.memory: 256Mi is less than the",
+    ] {
+        assert!(
+            ready.reason == says || ready.message.contains(says),
+            "{says}: {ready:?}"
+        );
+    }
+    assert!(
+        pods(&client, ns, "too-big").await.is_empty(),
+        "no pods for a plan that cannot fit"
+    );
+
     // The web UI lists it, Failed, with the event that says why.
     let (code, body) = squall_testenv::http_get(op.ui_addr(), "/api/topologies").unwrap();
     let snap: squall_api::view::UiSnapshot = serde_json::from_str(&body).unwrap();

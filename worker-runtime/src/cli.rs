@@ -79,7 +79,7 @@ struct WorkerArgs {
     #[arg(long, env = POD_IP_ENV)]
     advertise: Option<String>,
     /// Tuples per batch between executors and on the wire.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = squall_api::sizing::BATCH_SIZE)]
     batch_size: usize,
     /// Serve `/metrics`, `/healthz` and `/readyz` here (the pod's probes).
     #[arg(long)]
@@ -145,7 +145,7 @@ struct LocalArgs {
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     report_interval: Duration,
     /// Tuples per batch between executors.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = squall_api::sizing::BATCH_SIZE)]
     batch_size: usize,
     /// Run each worker slot as its own process (worker + supervisor pairs), coordinated through etcd.
     #[arg(long, requires = "etcd")]

@@ -67,8 +67,8 @@ pub struct TransferConfig {
 impl Default for TransferConfig {
     fn default() -> Self {
         TransferConfig {
-            batch_size: 256,
-            queue_batches: 32,
+            batch_size: squall_api::sizing::BATCH_SIZE,
+            queue_batches: squall_api::sizing::QUEUE_BATCHES,
             linger_ns: 1_000_000,
         }
     }
