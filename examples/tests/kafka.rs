@@ -192,6 +192,7 @@ fn a_broker_that_is_down_is_retried_not_a_crash() {
         ..quiet(Arc::default())
     };
     let s = local::run(&squall_examples::registry(), &name, spec, &opts).unwrap();
+    s.check_totals().unwrap();
     assert_eq!(s.stopped_by, "duration", "it ran its course: {s:?}");
     assert!(s.components.contains_key("events"), "{s:?}");
     assert_eq!(s.emitted, 0, "{s:?}");

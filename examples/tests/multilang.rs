@@ -66,8 +66,9 @@ impl Scratch {
         assert!(out.status.success(), "local mode failed: {log}");
         let text = String::from_utf8_lossy(&out.stdout);
         let last = text.lines().last().unwrap_or_default();
-        let summary = serde_json::from_str(last)
+        let summary: Summary = serde_json::from_str(last)
             .unwrap_or_else(|e| panic!("no JSON summary ({e}): {text}\n{log}"));
+        summary.check_totals().unwrap();
         (summary, log)
     }
 

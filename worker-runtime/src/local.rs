@@ -79,6 +79,27 @@ pub struct Summary {
     pub components: BTreeMap<String, ComponentStats>,
 }
 
+impl Summary {
+    /// The run's totals account for every root: each emit (replays included)
+    /// ended acked, failed, or still open. A run of one process must always
+    /// pass this; an error names the gap.
+    ///
+    /// # Errors
+    ///
+    /// When `emitted` is not `acked + failed + open_at_end`.
+    pub fn check_totals(&self) -> Result<(), String> {
+        let settled = self.acked + self.failed + self.open_at_end as u64;
+        if settled == self.emitted {
+            Ok(())
+        } else {
+            Err(format!(
+                "the totals of {} do not add up: emitted={} but acked={} + failed={} + open={} = {settled}",
+                self.topology, self.emitted, self.acked, self.failed, self.open_at_end
+            ))
+        }
+    }
+}
+
 /// Why a local run could not happen.
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
@@ -209,11 +230,19 @@ pub fn run(
         std::thread::sleep(Duration::from_millis(20));
     }
     let elapsed = started.elapsed();
-    let open_at_end = worker.pending();
-    worker.shutdown();
+    // Counted once every executor has stopped, so that an ack racing the
+    // shutdown cannot be counted both as acked and as open.
+    let open_at_end = worker.shutdown();
 
     let fin = hub.collect();
-    Ok(summarize(name, &fin, elapsed, stopped_by, open_at_end))
+    let summary = summarize(name, &fin, elapsed, stopped_by, open_at_end);
+    // Checked at the end of every run; in a debug build (every test in the
+    // suite) a gap is a panic, so that no test can pass over it.
+    if let Err(e) = summary.check_totals() {
+        tracing::error!("{e}");
+        debug_assert!(false, "{e}");
+    }
+    Ok(summary)
 }
 
 /// Per-component stats over a window (`since = None`: since the start).

@@ -346,7 +346,7 @@ impl Worker {
     pub fn shutdown_keeping_spouts(self) -> Vec<ParkedSpout> {
         self.control.keep_spouts.store(true, Ordering::Relaxed);
         let control = self.control.clone();
-        self.shutdown();
+        let _open = self.shutdown();
         std::mem::take(
             &mut *control
                 .parked_spouts
@@ -356,12 +356,17 @@ impl Worker {
     }
 
     /// Stop every executor and wait for the threads (components are closed/cleaned up).
-    pub fn shutdown(self) {
+    /// Returns the tuple trees still open then: exact, since nothing acks any more.
+    pub fn shutdown(self) -> usize {
         self.control.shutdown.store(true, Ordering::Relaxed);
         for h in self.threads {
             if h.join().is_err() {
                 tracing::error!("an executor thread panicked");
             }
         }
+        self.spouts
+            .iter()
+            .map(|p| p.pending.load(Ordering::Relaxed))
+            .sum()
     }
 }

@@ -160,7 +160,13 @@ fn summary(out: &str) -> (u64, u64) {
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("no {name} in {line}"))
     };
-    (field("acked="), field("failed="))
+    let (acked, failed) = (field("acked="), field("failed="));
+    assert_eq!(
+        field("emitted="),
+        acked + failed + field("open="),
+        "every root is acked, failed or open: {line}"
+    );
+    (acked, failed)
 }
 
 #[test]
