@@ -529,3 +529,108 @@ async fn deletion_rides_out_a_brief_etcd_outage() {
     let left = etcd_keys(&client, "/squall-outage/").await;
     assert!(left.is_empty(), "etcd keys left: {left:?}");
 }
+
+/// A rebalance survives its operator and its etcd restarting in the middle:
+/// the operator is killed after it deactivated the spouts and before it
+/// reassigned, and a new one finishes the move; then etcd restarts during the
+/// next rebalance, and the same operator finishes that one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_completes_across_operator_and_etcd_restarts() {
+    let cluster = env("run-midreb").await;
+    let ns: &'static str = Box::leak(cluster.ns.clone().into_boxed_str());
+    install_crd(&cluster);
+    let mut etcd = cluster.etcd_in_node().await.unwrap();
+    let prefix = "/squall-midreb";
+    let start_op = |etcd: &squall_testenv::Etcd| {
+        Operator::start_with_etcd(&cluster, etcd.client_url(), etcd.inner_url(), prefix)
+    };
+    let mut op = start_op(&etcd);
+    let topos: Api<Topology> = Api::namespaced(cluster.client(), ns);
+    let keys = squall_api::records::TopologyKeys::new(prefix, ns, "slow");
+    let version = |url: String| {
+        let k = keys.assignment();
+        async move {
+            let c = etcd_connect(&url).await;
+            etcd_get::<squall_api::records::Assignment>(&c, &k)
+                .await
+                .map(|a| (a.version, a.plan.workers))
+        }
+    };
+    // A bolt at 40 tuples/s behind 200 open trees: a drain takes about 5 s,
+    // the window in which the restarts happen.
+    let manifest = "apiVersion: squall.dev/v1alpha1\nkind: Topology\nmetadata: {name: slow}\nspec:\n  image: squall-examples:0.1.0\n  workers: 2\n  messageTimeoutSeconds: 10\n  maxSpoutPending: 200\n  spouts: [{id: s, component: RandomSentenceSpout, config: {rate: 200}}]\n  bolts: [{id: slow, component: Flaky, parallelism: 2, config: {sleep_ms: 50}}]\n  streams: [{from: s, to: slow, grouping: {type: SHUFFLE}}]\n";
+    let out = kubectl_stdin(&cluster, &["apply", "-f", "-"], manifest);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_status(&topos, "slow", "Running 2/2 with acked > 0", 90, &op, |s| {
+        s.phase == Some(Phase::Running)
+            && s.workers.ready == 2
+            && s.stats.as_ref().is_some_and(|x| x.acked_total > 0)
+    })
+    .await;
+
+    let acked = |s: &TopologyStatus| s.stats.as_ref().map_or(0, |x| x.acked_total);
+    let mut phases = Vec::new();
+    for (workers, restart) in [(3u32, "operator"), (2, "etcd")] {
+        let out = kubectl(
+            &cluster,
+            &["scale", "topology/slow", &format!("--replicas={workers}")],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let to = format!("to {workers} workers");
+        wait_event(&cluster.client(), ns, "Rebalancing", 30, |m| {
+            m.ends_with(&to)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
+        // Deactivated, not yet reassigned: the middle of the rebalance.
+        let (before, _) = version(etcd.client_url().to_string()).await.unwrap();
+        let acked_before = get(&topos, "slow").await.map_or(0, |s| acked(&s));
+        if restart == "operator" {
+            drop(op);
+            op = start_op(&etcd);
+        } else {
+            etcd.restart().await.unwrap();
+        }
+        let moved = wait_for(
+            &format!("the rebalance to {workers} workers completes after the {restart} restarted"),
+            Duration::from_secs(90),
+            || {
+                let v = version(etcd.client_url().to_string());
+                async move { v.await.filter(|&(_, w)| w == workers) }
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
+        assert_eq!(moved.0, before + 1, "one new plan version: {moved:?}");
+        let st = wait_status(
+            &topos,
+            "slow",
+            &format!("Running {workers}/{workers}, acking again"),
+            120,
+            &op,
+            |s| {
+                s.phase == Some(Phase::Running)
+                    && s.workers.ready == workers
+                    && acked(s) > acked_before
+            },
+        )
+        .await;
+        assert_eq!(
+            pods(&cluster.client(), ns, "slow").await.len(),
+            workers as usize,
+            "one pod per slot"
+        );
+        phases.push((restart, before, moved.0, acked(&st)));
+    }
+    eprintln!(
+        "rebalances across restarts (what restarted, version before, after, acked): {phases:?}"
+    );
+}

@@ -65,6 +65,10 @@ pub struct Etcd {
     // etcd its metrics listener (the client port wants a client certificate).
     health_addr: SocketAddr,
     inner_url: String,
+    // How it was started, for [`Etcd::restart`].
+    bin: PathBuf,
+    peer_url: String,
+    extra_args: Vec<String>,
     dir: TempDir,
     _net: Option<Arc<NodeNet>>,
 }
@@ -129,23 +133,23 @@ impl Etcd {
         let client_url = format!("{scheme}://127.0.0.1:{client_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
         let client_addr = SocketAddr::from(([127, 0, 0, 1], client_port));
-        let mut cmd = Command::new(bin);
+        let mut cmd = Command::new(&bin);
         etcd_args(&mut cmd, dir.path(), &client_url, &peer_url);
-        let (health_addr, material) = if tls {
+        let (health_addr, material, extra_args) = if tls {
             let pki = certs::generate_etcd(dir.path())?;
             let metrics_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-            cmd.arg(format!("--cert-file={}", pki.server_cert.display()))
-                .arg(format!("--key-file={}", pki.server_key.display()))
-                .arg(format!(
-                    "--trusted-ca-file={}",
-                    pki.client.ca_file.display()
-                ))
-                .arg("--client-cert-auth=true")
-                .arg(format!("--listen-metrics-urls=http://{metrics_addr}"));
-            (metrics_addr, Some(pki.client))
+            let extra = vec![
+                format!("--cert-file={}", pki.server_cert.display()),
+                format!("--key-file={}", pki.server_key.display()),
+                format!("--trusted-ca-file={}", pki.client.ca_file.display()),
+                "--client-cert-auth=true".to_string(),
+                format!("--listen-metrics-urls=http://{metrics_addr}"),
+            ];
+            (metrics_addr, Some(pki.client), extra)
         } else {
-            (client_addr, None)
+            (client_addr, None, Vec::new())
         };
+        cmd.args(&extra_args);
         let process = ManagedProcess::start("etcd", cmd, &dir.path().join("etcd.log"))?;
         let mut etcd = Etcd {
             _relay: None,
@@ -154,6 +158,9 @@ impl Etcd {
             client_url,
             client_addr,
             health_addr,
+            bin,
+            peer_url,
+            extra_args,
             dir,
             _net: None,
         };
@@ -170,7 +177,7 @@ impl Etcd {
         let dir = TempDir::new("etcd")?;
         let inner_url = format!("http://{ip}:{port}");
         let peer_url = format!("http://127.0.0.1:{}", port + 1);
-        let mut cmd = net.ns.command(bin);
+        let mut cmd = net.ns.command(&bin);
         etcd_args(&mut cmd, dir.path(), &inner_url, &peer_url);
         let process = ManagedProcess::start("etcd", cmd, &dir.path().join("etcd.log"))?;
         let target: SocketAddr = format!("{ip}:{port}")
@@ -185,11 +192,34 @@ impl Etcd {
             client_addr,
             health_addr: client_addr,
             inner_url,
+            bin,
+            peer_url,
+            extra_args: Vec::new(),
             dir,
             _net: Some(net.clone()),
         };
         etcd.wait_healthy().await?;
         Ok(etcd)
+    }
+
+    /// Stops etcd (SIGTERM) and starts it again on the same addresses and
+    /// data, as an operator's restart of etcd would, then waits until it is
+    /// healthy. Clients see connections drop and must reconnect.
+    ///
+    /// # Errors
+    ///
+    /// When it does not come back healthy within 30 s.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.process.stop();
+        let mut cmd = match &self._net {
+            Some(net) => net.ns.command(&self.bin),
+            None => Command::new(&self.bin),
+        };
+        etcd_args(&mut cmd, self.dir.path(), &self.inner_url, &self.peer_url);
+        cmd.args(&self.extra_args);
+        self.process =
+            ManagedProcess::start("etcd", cmd, &self.dir.path().join("etcd-restarted.log"))?;
+        self.wait_healthy().await
     }
 
     /// The client URL as seen from inside the node's network namespace (from
