@@ -259,14 +259,16 @@ fn key_of(topo: &Topology) -> String {
 }
 
 /// The spec as the assignment compares it: `active` is control,
-/// `killWaitSeconds` only matters to the operator and `image` to the pods,
-/// so none of them needs a new plan.
+/// `killWaitSeconds` only matters to the operator, and `image` and `worker`
+/// to the pods, so none of them needs a new plan.
 fn placement(spec: &TopologySpec) -> TopologySpec {
     let mut s = spec.clone();
     s.active = true;
     s.kill_wait_seconds = 0;
-    // The image only decides what pods run; changing it rolls them, not the plan.
+    // The image and the worker settings only decide what pods run; changing
+    // them rolls the pods, not the plan.
     s.image.clear();
+    s.worker = None;
     s
 }
 
@@ -423,8 +425,8 @@ async fn apply(topo: &Topology, ctx: &Context) -> Result<Action, Error> {
             ctx.memory().missing.remove(&hb_key);
             false
         };
-        // Pods that must be replaced: ended, on an old image (the topology's or
-        // the supervisor's), or hung.
+        // Pods that must be replaced: ended, on an old template (image, worker
+        // settings, supervisor image), or hung.
         let replace = if pods::is_finished(&pod) {
             Some((
                 EventType::Warning,
@@ -432,12 +434,14 @@ async fn apply(topo: &Topology, ctx: &Context) -> Result<Action, Error> {
                 format!("pod {pod_name} (slot {slot}) ended; replacing it"),
             ))
         } else if !rebalancing
-            && pods::images_differ(&pod, &spec.image, &ctx.settings.supervisor_image)
+            && pods::template_changed(&pod, &pods::worker_pod(topo, slot, &ctx.settings))
         {
             Some((
                 EventType::Normal,
                 "Upgrading",
-                format!("pod {pod_name} (slot {slot}) runs an old image; replacing it"),
+                format!(
+                    "pod {pod_name} (slot {slot}) runs an old template (image, worker settings or supervisor); replacing it"
+                ),
             ))
         } else if hung {
             let grace = ctx.heartbeat_grace;

@@ -21,6 +21,10 @@ use squall_api::records::TopologyRef;
 pub const TOPOLOGY_LABEL: &str = "squall.dev/topology";
 /// Label holding the slot number.
 pub const SLOT_LABEL: &str = "squall.dev/slot";
+/// Annotation with a hash of the pod's spec as the operator built it: a pod
+/// whose hash differs from what the operator would build now (image, worker
+/// settings, supervisor image, flags) is rolled.
+pub const TEMPLATE_ANNOTATION: &str = "squall.dev/pod-template";
 /// The worker's tuple transport port (Storm's first `supervisor.slots.ports`).
 pub const TRANSPORT_PORT: i32 = invocation::TRANSPORT_PORT as i32;
 /// The worker's health and metrics port.
@@ -242,29 +246,71 @@ pub fn worker_pod(topo: &Topology, slot: u32, settings: &PodSettings) -> Pod {
         ..Default::default()
     };
 
+    let spec = PodSpec {
+        containers: vec![worker, supervisor],
+        restart_policy: Some("Always".into()),
+        termination_grace_period_seconds: Some(i64::from(spec.kill_wait_seconds.min(60)) + 5),
+        node_selector: (!template.node_selector.is_empty()).then(|| template.node_selector.clone()),
+        tolerations: (!template.tolerations.is_empty()).then(|| template.tolerations.clone()),
+        service_account_name: template.service_account_name.clone(),
+        // Workers never call the API server: no token in the pod.
+        automount_service_account_token: Some(false),
+        security_context: Some(pod_security()),
+        volumes: (!pod_volumes.is_empty()).then_some(pod_volumes),
+        ..Default::default()
+    };
     Pod {
         metadata: ObjectMeta {
             name: Some(pod_name(&name, slot)),
             namespace: Some(namespace),
             labels: Some(labels(&name, slot)),
+            annotations: Some(BTreeMap::from([(
+                TEMPLATE_ANNOTATION.to_string(),
+                template_hash(&spec),
+            )])),
             owner_references: topo.controller_owner_ref(&()).map(|r| vec![r]),
             ..Default::default()
         },
-        spec: Some(PodSpec {
-            containers: vec![worker, supervisor],
-            restart_policy: Some("Always".into()),
-            termination_grace_period_seconds: Some(i64::from(spec.kill_wait_seconds.min(60)) + 5),
-            node_selector: (!template.node_selector.is_empty())
-                .then(|| template.node_selector.clone()),
-            tolerations: (!template.tolerations.is_empty()).then(|| template.tolerations.clone()),
-            service_account_name: template.service_account_name.clone(),
-            // Workers never call the API server: no token in the pod.
-            automount_service_account_token: Some(false),
-            security_context: Some(pod_security()),
-            volumes: (!pod_volumes.is_empty()).then_some(pod_volumes),
-            ..Default::default()
-        }),
+        spec: Some(spec),
         status: None,
+    }
+}
+
+/// FNV-1a over the spec's JSON, in hex: stable across builds and releases of
+/// the operator (unlike std's hasher), so an upgraded operator rolls only
+/// pods whose spec it really changes.
+fn template_hash(spec: &PodSpec) -> String {
+    // The grace period follows `killWaitSeconds`, which is no reason to roll.
+    let spec = PodSpec {
+        termination_grace_period_seconds: None,
+        ..spec.clone()
+    };
+    let json = serde_json::to_vec(&spec).unwrap_or_default();
+    let hash = json.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{hash:016x}")
+}
+
+/// Whether `pod` must be replaced by `wanted` (what the operator builds now
+/// for its slot): their template hashes differ. A pod from an operator that
+/// wrote no hash is compared by its images only, so an upgrade of the
+/// operator does not roll every pod.
+pub fn template_changed(pod: &Pod, wanted: &Pod) -> bool {
+    let hash = |p: &Pod| p.annotations().get(TEMPLATE_ANNOTATION).cloned();
+    match hash(pod) {
+        Some(h) => Some(h) != hash(wanted),
+        None => {
+            let image = |p: &Pod, name: &str| {
+                p.spec
+                    .as_ref()
+                    .and_then(|s| s.containers.iter().find(|c| c.name == name))
+                    .and_then(|c| c.image.clone())
+            };
+            ["worker", "supervisor"]
+                .iter()
+                .any(|c| image(pod, c) != image(wanted, c))
+        }
     }
 }
 
@@ -308,19 +354,6 @@ fn container_security() -> SecurityContext {
 /// The slot a worker pod serves, from its label.
 pub fn slot_of(pod: &Pod) -> Option<u32> {
     pod.labels().get(SLOT_LABEL)?.parse().ok()
-}
-
-/// Whether the pod's containers run other images than the topology's and the
-/// supervisor's (a pod without those containers counts as different).
-pub fn images_differ(pod: &Pod, worker_image: &str, supervisor_image: &str) -> bool {
-    let image = |name: &str| {
-        pod.spec
-            .as_ref()
-            .and_then(|s| s.containers.iter().find(|c| c.name == name))
-            .and_then(|c| c.image.clone())
-    };
-    image("worker").as_deref() != Some(worker_image)
-        || image("supervisor").as_deref() != Some(supervisor_image)
 }
 
 /// Whether the pod is running with every container ready.
@@ -481,11 +514,56 @@ mod tests {
     }
 
     #[test]
-    fn a_pod_with_another_image_is_stale() {
+    fn a_pod_rolls_when_its_template_changes_and_only_then() {
         let pod = worker_pod(&topo(), 0, &settings(None));
-        assert!(!images_differ(&pod, "img:1", "sup:1"));
-        assert!(images_differ(&pod, "img:2", "sup:1"));
-        assert!(images_differ(&pod, "img:1", "sup:2"));
+        assert!(!template_changed(
+            &pod,
+            &worker_pod(&topo(), 0, &settings(None))
+        ));
+        let with = |edit: fn(&mut Topology)| {
+            let mut t = topo();
+            edit(&mut t);
+            worker_pod(&t, 0, &settings(None))
+        };
+        // The image, any worker setting, and the supervisor image roll it.
+        assert!(template_changed(
+            &pod,
+            &with(|t| t.spec.image = "img:2".into())
+        ));
+        assert!(template_changed(
+            &pod,
+            &with(|t| {
+                t.spec.worker.as_mut().unwrap().env.push(EnvVar {
+                    name: "FOO".into(),
+                    value: Some("bar".into()),
+                    ..Default::default()
+                })
+            })
+        ));
+        let mut sup2 = settings(None);
+        sup2.supervisor_image = "sup:2".into();
+        assert!(template_changed(&pod, &worker_pod(&topo(), 0, &sup2)));
+        // What only the plan sees does not.
+        assert!(!template_changed(
+            &pod,
+            &with(|t| t.spec.max_spout_pending = 7)
+        ));
+        assert!(!template_changed(&pod, &with(|t| t.spec.workers = 5)));
+        assert!(!template_changed(
+            &pod,
+            &with(|t| t.spec.kill_wait_seconds = 9)
+        ));
+        // A pod an older operator made (no hash) is judged by its images.
+        let mut old = pod.clone();
+        old.metadata.annotations = None;
+        assert!(!template_changed(
+            &old,
+            &with(|t| t.spec.max_spout_pending = 7)
+        ));
+        assert!(template_changed(
+            &old,
+            &with(|t| t.spec.image = "img:2".into())
+        ));
     }
 
     #[test]

@@ -197,6 +197,38 @@ async fn lifecycle_assign_pods_scale_deactivate_restart_delete() {
     .await
     .unwrap();
 
+    // A worker setting rolls the pods too, and is no reason for a new plan.
+    let before: Vec<String> = pods(&client, ns, "word-count")
+        .await
+        .iter()
+        .filter_map(|p| p.metadata.uid.clone())
+        .collect();
+    let patch = serde_json::json!({"spec": {"worker": {"env": [{"name": "SQUALL_TEST_SETTING", "value": "1"}]}}});
+    topos
+        .patch("word-count", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    wait_for("pods with the new setting", Duration::from_secs(90), || {
+        let (c, before) = (client.clone(), before.clone());
+        async move {
+            let ps = pods(&c, ns, "word-count").await;
+            let fresh = ps.iter().all(|p| {
+                p.metadata.deletion_timestamp.is_none()
+                    && !before.contains(p.metadata.uid.as_ref().unwrap())
+                    && p.spec.as_ref().unwrap().containers[0]
+                        .env
+                        .iter()
+                        .flatten()
+                        .any(|e| e.name == "SQUALL_TEST_SETTING")
+            });
+            (ps.len() == 4 && fresh).then_some(())
+        }
+    })
+    .await
+    .unwrap();
+    let a_set: Assignment = etcd_get(&etcd, &keys.assignment()).await.unwrap();
+    assert_eq!(a_set.version, 2, "a worker setting is not a rebalance");
+
     // A restarted operator adopts what exists: no duplicate pods, same plan version.
     drop(op);
     op = Operator::start(&cluster, prefix);
