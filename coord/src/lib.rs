@@ -17,6 +17,7 @@
 //!   and [`prom`]: the Prometheus text it serves (headers, escaping, histograms).
 //! - [`logging`]: one log setup, with a panic hook that logs through `tracing`.
 //! - [`ui`]: the web UI's page and the server of its JSON.
+//! - [`tls`]: the certificates of the tuple transport's mutual TLS.
 
 pub mod admin;
 #[doc(hidden)]
@@ -28,6 +29,7 @@ pub mod logging;
 mod memory;
 pub mod prom;
 mod store;
+pub mod tls;
 pub mod ui;
 
 pub use coordinator::{CoordError, Coordinator, LeaseId, WatchEvent};

@@ -107,6 +107,9 @@ pub struct WorkerFlags {
     pub http: Option<String>,
     /// Tuples per batch; `None`: the runtime's default.
     pub batch_size: Option<usize>,
+    /// The directory of the transport's mutual-TLS files (`ca.crt`, `tls.crt`,
+    /// `tls.key`); `None`: plaintext.
+    pub tls_dir: Option<String>,
 }
 
 impl WorkerInvocation {
@@ -138,7 +141,11 @@ impl WorkerInvocation {
         out.extend(self.common());
         let w = &self.worker;
         out.extend(["--listen".to_string(), w.listen.clone()]);
-        for (flag, value) in [("--advertise", &w.advertise), ("--http", &w.http)] {
+        for (flag, value) in [
+            ("--advertise", &w.advertise),
+            ("--http", &w.http),
+            ("--tls-dir", &w.tls_dir),
+        ] {
             if let Some(v) = value {
                 out.extend([flag.to_string(), v.clone()]);
             }
@@ -181,6 +188,7 @@ mod tests {
                 advertise: None,
                 http: None,
                 batch_size: None,
+                tls_dir: None,
             },
             pod: None,
         };
@@ -189,6 +197,9 @@ mod tests {
             "worker --topology ns/wc --slot 2 --etcd http://e:2379 --prefix /p \
              --agent-addr 127.0.0.1:7071 --listen 0.0.0.0:6700"
         );
+        let mut tls = inv.clone();
+        tls.worker.tls_dir = Some("/etc/t".into());
+        assert!(tls.worker_args().join(" ").ends_with("--tls-dir /etc/t"));
         assert_eq!(
             inv.supervisor_args().join(" "),
             "--topology ns/wc --slot 2 --etcd http://e:2379 --prefix /p --agent-addr 127.0.0.1:7071"

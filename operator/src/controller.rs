@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -45,6 +45,8 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("topology has no namespace")]
     NoNamespace,
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// What the reconciler remembers between passes (rebuilt from scratch after a restart).
@@ -60,6 +62,8 @@ struct Memory {
     rates: HashMap<String, Rates>,
     /// Counters per topology, carried across worker restarts.
     ledgers: HashMap<String, StatsLedger>,
+    /// Topologies whose transport TLS Secret is known to exist.
+    transport_tls: std::collections::HashSet<String>,
 }
 
 /// Acked and failed totals at a worker timestamp, and the rates they gave.
@@ -258,6 +262,53 @@ fn key_of(topo: &Topology) -> String {
     )
 }
 
+/// Create the topology's transport TLS Secret (a CA of its own and the
+/// workers' identity, see `squall_coord::tls`) unless it exists, once per
+/// topology and operator process. It is owned
+/// by the Topology, so it goes with it.
+async fn ensure_transport_tls(
+    ctx: &Context,
+    topo: &Topology,
+    ns: &str,
+    name: &str,
+) -> Result<(), Error> {
+    // Create only (a conflict means it exists): the operator needs no right to
+    // read Secrets.
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let secret_name = pods::transport_tls_secret(name);
+    let pki = squall_coord::tls::TopologyPki::generate(&format!("{ns}/{name}"))
+        .map_err(|e| Error::Tls(e.to_string()))?;
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(secret_name.clone()),
+            namespace: Some(ns.to_string()),
+            labels: Some(BTreeMap::from([(
+                pods::TOPOLOGY_LABEL.to_string(),
+                name.to_string(),
+            )])),
+            owner_references: topo.controller_owner_ref(&()).map(|r| vec![r]),
+            ..Default::default()
+        },
+        type_: Some("kubernetes.io/tls".into()),
+        string_data: Some(
+            pki.files()
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ),
+        ..Default::default()
+    };
+    match secrets.create(&PostParams::default(), &secret).await {
+        Ok(_) => {
+            tracing::info!(topology = %format!("{ns}/{name}"), secret = %secret_name, "created the transport TLS secret");
+            Ok(())
+        }
+        // Another pass (or a previous leader) made it first.
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The spec as the assignment compares it: `active` is control,
 /// `killWaitSeconds` only matters to the operator, and `image` and `worker`
 /// to the pods, so none of them needs a new plan.
@@ -390,6 +441,12 @@ async fn apply(topo: &Topology, ctx: &Context) -> Result<Action, Error> {
         };
         ctx.event(topo, EventType::Normal, reason, what.to_string())
             .await;
+    }
+
+    // The workers' mutual-TLS certificates, before any pod that mounts them.
+    if !ctx.memory().transport_tls.contains(&key) {
+        ensure_transport_tls(ctx, topo, &ns, &name).await?;
+        ctx.memory().transport_tls.insert(key.clone());
     }
 
     // Pods: one per slot, deterministic names, replaced when lost.
@@ -1000,6 +1057,7 @@ async fn cleanup(topo: &Topology, ctx: &Context) -> Result<Option<Duration>, Err
     mem.rebalancing.remove(&key);
     mem.rates.remove(&key);
     mem.ledgers.remove(&key);
+    mem.transport_tls.remove(&key);
     mem.missing.retain(|(k, _), _| k != &key);
     drop(mem);
     ctx.views.forget(&key);

@@ -110,6 +110,15 @@ fn http_probe(port: i32, path: &str, period: i32, failures: i32) -> Probe {
     }
 }
 
+/// Where the worker container mounts its topology's transport TLS Secret.
+pub const TRANSPORT_TLS_DIR: &str = "/etc/squall/transport-tls";
+
+/// The Secret with a topology's transport TLS files (`ca.crt`, `tls.crt`,
+/// `tls.key`), which the operator creates before its first pod.
+pub fn transport_tls_secret(topology: &str) -> String {
+    format!("{topology}-transport-tls")
+}
+
 /// The worker's writable `/tmp` when it runs multilang subprocesses.
 const SHELL_TMP_VOLUME: &str = "squall-tmp";
 
@@ -152,6 +161,21 @@ pub fn worker_pod(topo: &Topology, slot: u32, settings: &PodSettings) -> Pod {
     let shells = spec.components().any(|(_, c)| c.shell.is_some());
     let mut pod_volumes = volumes.unwrap_or_default();
     let mut worker_mounts = mounts.clone().unwrap_or_default();
+    // Mutual TLS between workers: the worker container alone reads it.
+    pod_volumes.push(Volume {
+        name: "transport-tls".into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(transport_tls_secret(&name)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    worker_mounts.push(VolumeMount {
+        name: "transport-tls".into(),
+        mount_path: TRANSPORT_TLS_DIR.into(),
+        read_only: Some(true),
+        ..Default::default()
+    });
     if shells {
         pod_volumes.push(Volume {
             name: SHELL_TMP_VOLUME.into(),
@@ -195,6 +219,7 @@ pub fn worker_pod(topo: &Topology, slot: u32, settings: &PodSettings) -> Pod {
             advertise: Some(pod_ip.clone()),
             http: Some(format!("0.0.0.0:{WORKER_HTTP_PORT}")),
             batch_size: None,
+            tls_dir: Some(TRANSPORT_TLS_DIR.into()),
         },
         pod: Some(format!("$({POD_NAME_ENV})")),
     };
@@ -427,7 +452,21 @@ mod tests {
                 .join(" ")
                 .contains("--agent-addr 127.0.0.1:7071")
         );
-        assert!(spec.volumes.is_none());
+        // The one volume: the transport's mutual TLS, for the worker alone,
+        // which the worker's flags name.
+        let volumes = spec.volumes.as_ref().unwrap();
+        assert_eq!(volumes.len(), 1, "{volumes:?}");
+        assert_eq!(
+            volumes[0].secret.as_ref().unwrap().secret_name.as_deref(),
+            Some("wc-transport-tls")
+        );
+        let worker_mounts = spec.containers[0].volume_mounts.as_ref().unwrap();
+        assert_eq!(worker_mounts[0].mount_path, TRANSPORT_TLS_DIR);
+        assert!(
+            args.contains(&format!("--tls-dir {TRANSPORT_TLS_DIR}")),
+            "{args}"
+        );
+        assert!(sup.volume_mounts.is_none());
     }
 
     /// The chart's PodMonitor (charts/squall/templates/podmonitor.yaml) selects
@@ -483,7 +522,7 @@ mod tests {
             .iter()
             .map(|v| v.name.clone())
             .collect();
-        assert_eq!(names, ["squall-tmp", "scripts"]);
+        assert_eq!(names, ["transport-tls", "squall-tmp", "scripts"]);
         let mounts: Vec<_> = spec.containers[0]
             .volume_mounts
             .clone()
@@ -491,7 +530,7 @@ mod tests {
             .into_iter()
             .map(|m| m.mount_path)
             .collect();
-        assert_eq!(mounts, ["/tmp", "/opt/topology"]);
+        assert_eq!(mounts, [TRANSPORT_TLS_DIR, "/tmp", "/opt/topology"]);
         assert!(spec.containers[1].volume_mounts.is_none());
     }
 

@@ -81,6 +81,24 @@ async fn word_count_runs_recovers_and_obeys_activation() {
     assert_eq!(st.workers.summary, "3/3");
     let ready = st.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
     assert_eq!(ready.status, "True");
+    // Those acks crossed workers over mutual TLS, with the topology's own CA.
+    let out = cluster
+        .kubectl()
+        .args(["-n", ns, "get", "secret", "word-count-transport-tls", "-o"])
+        .arg("jsonpath={.data}")
+        .output()
+        .unwrap();
+    let data = String::from_utf8_lossy(&out.stdout);
+    for key in ["ca.crt", "tls.crt", "tls.key"] {
+        assert!(data.contains(key), "{key} in the transport Secret: {data}");
+    }
+    let out = cluster
+        .kubectl()
+        .args(["-n", ns, "logs", "word-count-worker-0", "-c", "worker"])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(log.contains("tuple transport: mutual TLS"), "{log}");
 
     // Kill the worker process of slot 2 (it holds no spout task), and again
     // once the kubelet restarted it: a crash-looping worker, which the kubelet

@@ -84,6 +84,11 @@ struct WorkerArgs {
     /// Serve `/metrics`, `/healthz` and `/readyz` here (the pod's probes).
     #[arg(long)]
     http: Option<SocketAddr>,
+    /// Mutual TLS on the tuple transport, with `ca.crt`, `tls.crt` and
+    /// `tls.key` from this directory: peers must hold a certificate from the
+    /// same CA (one per topology). Without it, the transport is plaintext.
+    #[arg(long, env = "SQUALL_TLS_DIR")]
+    tls_dir: Option<std::path::PathBuf>,
 }
 
 /// The supervisor's flags, shared by the `supervisor` subcommand and the
@@ -385,6 +390,7 @@ fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<ExitCode> {
                 net: crate::net::NetConfig::default(),
                 rebalance_drain: Duration::from_secs(5),
                 http: a.http,
+                tls_dir: a.tls_dir,
             };
             crate::cluster::worker_mode::run(registry, opts)
         }
@@ -484,6 +490,7 @@ mod tests {
                 advertise: Some("10.1.2.3".into()),
                 http: Some("10.1.2.3:8080".into()),
                 batch_size: Some(256),
+                tls_dir: Some("/etc/squall/transport-tls".into()),
             },
             pod: Some("word-count-worker-3".into()),
         };
@@ -496,6 +503,7 @@ mod tests {
                 advertise: None,
                 http: None,
                 batch_size: Some(64),
+                tls_dir: None,
             },
             pod: None,
             ..pod.clone()
@@ -510,6 +518,7 @@ mod tests {
                 advertise: w.advertise.clone(),
                 http: w.http.map(|h| h.to_string()),
                 batch_size: Some(w.batch_size),
+                tls_dir: w.tls_dir.as_ref().map(|d| d.display().to_string()),
             };
             // The worker takes no `--pod`.
             let expected = WorkerInvocation {

@@ -152,8 +152,10 @@ fn kill_9_of_a_worker_loses_nothing() {
     );
 }
 
-/// Garbage on a worker's tuple port, and a well-formed stream with a malformed
-/// batch: each closes that connection only; the worker lives on and the run completes.
+/// Garbage on a worker's tuple port; a plaintext gRPC client, and one with a
+/// certificate from another topology's CA, both refused by the mutual TLS; and
+/// a client with the run's own certificate whose batch is malformed: each
+/// closes that connection only; the worker lives on and the run completes.
 #[test]
 fn garbage_on_the_tuple_port_closes_the_stream_not_the_worker() {
     let _serial = serial();
@@ -180,11 +182,72 @@ fn garbage_on_the_tuple_port_closes_the_stream_not_the_worker() {
     let _ = sock.write_all(&[0xde; 4096]);
     drop(sock);
 
-    // A real gRPC stream whose batch does not decode.
+    // One attempt to open a stream with `tls` (None: plaintext): the error,
+    // if the worker refused it.
+    let hello = || Frame {
+        kind: Some(frame::Kind::Hello(Hello {
+            topology: "default/wcgarbage".into(),
+            from_slot: 0,
+            to_slot: 1,
+            plan_version: 1,
+        })),
+    };
+    let try_open = |tls: Option<tonic::transport::ClientTlsConfig>| {
+        rt.block_on(async {
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let mut ep =
+                tonic::transport::Endpoint::from_shared(format!("{scheme}://{endpoint}")).unwrap();
+            if let Some(tls) = tls {
+                ep = ep.tls_config(tls).unwrap();
+            }
+            let channel = match ep.connect().await {
+                Ok(c) => c,
+                Err(e) => return Err(format!("connect: {e:?}")),
+            };
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            tx.send(hello()).await.unwrap();
+            let opened = tokio::time::timeout(
+                Duration::from_secs(10),
+                TransferClient::new(channel).open(tokio_stream::wrappers::ReceiverStream::new(rx)),
+            )
+            .await
+            .expect("an answer within 10 s");
+            match opened {
+                Ok(_) => Ok(()),
+                Err(status) => Err(format!("open: {status:?}")),
+            }
+        })
+    };
+    let run_tls = dir.0.join("logs/transport-tls");
+    let foreign = dir.0.join("foreign-tls");
+    squall_coord::tls::TopologyPki::generate("default/another")
+        .unwrap()
+        .write_to(&foreign)
+        .unwrap();
+    let tls =
+        |d: &std::path::Path| Some(squall_runtime::net::TransportTls::load(d).unwrap().client());
+    assert!(
+        try_open(None).is_err(),
+        "a plaintext client must be refused"
+    );
+    let refused = try_open(tls(&foreign));
+    assert!(
+        refused.is_err(),
+        "a certificate from another topology's CA must be refused"
+    );
+    // The control: the same client code with the run's certificate gets in.
+    try_open(tls(&run_tls)).expect("the run's own certificate is accepted");
+
+    // A real gRPC stream, with the run's certificate, whose batch does not decode.
     let status = rt.block_on(async {
-        let mut client = TransferClient::connect(format!("http://{endpoint}"))
+        let channel = tonic::transport::Endpoint::from_shared(format!("https://{endpoint}"))
+            .unwrap()
+            .tls_config(tls(&run_tls).unwrap())
+            .unwrap()
+            .connect()
             .await
             .unwrap();
+        let mut client = TransferClient::new(channel);
         let frames = vec![
             Frame {
                 kind: Some(frame::Kind::Hello(Hello {

@@ -173,6 +173,9 @@ pub fn run(name: &str, spec: TopologySpec, opts: &LaunchOptions) -> anyhow::Resu
         store.put_assignment(&a).await?;
         anyhow::Ok((store, a))
     })?;
+    // Mutual TLS between the workers, as on a cluster: a CA for this run.
+    let tls_dir = log_dir.join("transport-tls");
+    squall_coord::tls::TopologyPki::generate(&topology)?.write_to(&tls_dir)?;
     let (store, first) = store;
     let mut assignment_rx = rt.block_on(store.watch_key::<Assignment>(store.keys.assignment()))?;
     let mut version = first.version;
@@ -197,6 +200,7 @@ pub fn run(name: &str, spec: TopologySpec, opts: &LaunchOptions) -> anyhow::Resu
                 advertise: None,
                 http: None,
                 batch_size: Some(opts.batch_size),
+                tls_dir: Some(tls_dir.display().to_string()),
             },
             pod: None,
         };

@@ -62,6 +62,9 @@ pub struct WorkerOptions {
     pub rebalance_drain: Duration,
     /// Where to serve `/metrics`, `/healthz` and `/readyz` (the pod's probes).
     pub http: Option<SocketAddr>,
+    /// The transport's mutual-TLS files (see [`crate::net::TransportTls`]);
+    /// `None`: plaintext.
+    pub tls_dir: Option<std::path::PathBuf>,
 }
 
 struct Running {
@@ -77,6 +80,7 @@ struct State {
     registry: Registry,
     handle: tokio::runtime::Handle,
     peers: Peers,
+    tls: Option<crate::net::TransportTls>,
     target: TargetSlot,
     status: Arc<Mutex<WorkerStatus>>,
     hub: MetricsHub,
@@ -192,6 +196,7 @@ impl State {
             schema.clone(),
             self.peers.clone(),
             self.opts.net,
+            self.tls.as_ref().map(crate::net::TransportTls::client),
         );
         let remote: Arc<dyn RemoteSink> = links.clone();
         // Spout tasks that stay in this slot continue with their state; the others are closed.
@@ -330,6 +335,20 @@ pub fn run(registry: Registry, opts: WorkerOptions) -> anyhow::Result<ExitCode> 
     );
     tracing::info!(%topology, slot = opts.slot, %endpoint, agent = %opts.agent, "worker starting");
 
+    let tls = opts
+        .tls_dir
+        .as_deref()
+        .map(crate::net::TransportTls::load)
+        .transpose()?;
+    tracing::info!(
+        mutual_tls = tls.is_some(),
+        "tuple transport: {}",
+        if tls.is_some() {
+            "mutual TLS"
+        } else {
+            "plaintext"
+        }
+    );
     let target: TargetSlot = Arc::new(RwLock::new(None));
     let _guard = rt.enter();
     net::serve_transfer(
@@ -341,7 +360,8 @@ pub fn run(registry: Registry, opts: WorkerOptions) -> anyhow::Result<ExitCode> 
             cfg: opts.net,
             refused: Default::default(),
         },
-    );
+        tls.as_ref(),
+    )?;
     let status = Arc::new(Mutex::new(WorkerStatus {
         endpoint,
         ..Default::default()
@@ -404,6 +424,7 @@ pub fn run(registry: Registry, opts: WorkerOptions) -> anyhow::Result<ExitCode> 
         registry,
         handle,
         peers,
+        tls,
         target,
         status,
         hub,

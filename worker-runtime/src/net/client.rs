@@ -16,7 +16,7 @@ use bytes::Bytes;
 use squall_api::records::WorkerRecord;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
+use tonic::transport::{ClientTlsConfig, Endpoint};
 
 use super::NetConfig;
 use super::codec::{Schema, encode_envelope, is_control};
@@ -80,6 +80,7 @@ impl Links {
         schema: Arc<Schema>,
         peers: Peers,
         cfg: NetConfig,
+        tls: Option<ClientTlsConfig>,
     ) -> Arc<Links> {
         let (stop, stop_rx) = watch::channel(false);
         let stats = Arc::new(LinkStats::default());
@@ -105,6 +106,7 @@ impl Links {
                 peers.clone(),
                 stop_rx.clone(),
                 cfg,
+                tls.clone(),
                 stats.clone(),
             ));
             links.push(Some(LinkTx {
@@ -255,6 +257,7 @@ async fn run_link(
     mut peers: Peers,
     mut stop: watch::Receiver<bool>,
     cfg: NetConfig,
+    tls: Option<ClientTlsConfig>,
     stats: Arc<LinkStats>,
 ) {
     let mut backoff = BACKOFF_MIN;
@@ -276,7 +279,7 @@ async fn run_link(
         };
         let started = Instant::now();
         let outcome = tokio::select! {
-            r = session(&endpoint, slot, &hello, &mut data, &mut control, &mut peers, cfg, &stats) => r,
+            r = session(&endpoint, slot, &hello, &mut data, &mut control, &mut peers, cfg, tls.as_ref(), &stats) => r,
             _ = stop.changed() => return,
         };
         match outcome {
@@ -306,10 +309,18 @@ async fn session(
     control: &mut mpsc::Receiver<Bytes>,
     peers: &mut Peers,
     cfg: NetConfig,
+    tls: Option<&ClientTlsConfig>,
     stats: &LinkStats,
 ) -> Result<(), String> {
-    let ep = Endpoint::from_shared(format!("http://{endpoint}"))
-        .map_err(|e| e.to_string())?
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut ep =
+        Endpoint::from_shared(format!("{scheme}://{endpoint}")).map_err(|e| e.to_string())?;
+    if let Some(tls) = tls {
+        ep = ep
+            .tls_config(tls.clone())
+            .map_err(|e| format!("tls: {e}"))?;
+    }
+    let ep = ep
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)
         .initial_stream_window_size(Some(cfg.window_bytes))

@@ -14,9 +14,12 @@ pub mod proto {
 }
 
 use std::net::SocketAddr;
+use std::path::Path;
 
+use squall_coord::tls::{CA_FILE, CERT_FILE, KEY_FILE, SERVER_NAME};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 /// Tuning of the wire.
 #[derive(Debug, Clone, Copy)]
@@ -53,6 +56,56 @@ pub enum NetError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("transport TLS: cannot read {path}: {source}")]
+    TlsFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("transport TLS: {0}")]
+    Tls(String),
+}
+
+/// Mutual TLS on the tuple transport: this worker's identity, and the CA its
+/// peers' certificates must come from (one per topology, see
+/// [`squall_coord::tls`]). A peer without such a certificate is refused in the
+/// handshake, before it can send a byte of a tuple.
+#[derive(Clone, Debug)]
+pub struct TransportTls {
+    server: ServerTlsConfig,
+    client: ClientTlsConfig,
+}
+
+impl TransportTls {
+    /// Read `ca.crt`, `tls.crt` and `tls.key` from `dir`.
+    ///
+    /// # Errors
+    ///
+    /// [`NetError::TlsFile`] naming a file that cannot be read.
+    pub fn load(dir: &Path) -> Result<TransportTls, NetError> {
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read(&path).map_err(|source| NetError::TlsFile {
+                path: path.display().to_string(),
+                source,
+            })
+        };
+        let ca = Certificate::from_pem(read(CA_FILE)?);
+        let identity = Identity::from_pem(read(CERT_FILE)?, read(KEY_FILE)?);
+        Ok(TransportTls {
+            server: ServerTlsConfig::new()
+                .identity(identity.clone())
+                .client_ca_root(ca.clone()),
+            client: ClientTlsConfig::new()
+                .ca_certificate(ca)
+                .identity(identity)
+                .domain_name(SERVER_NAME),
+        })
+    }
+
+    /// What a client dials with.
+    pub fn client(&self) -> ClientTlsConfig {
+        self.client.clone()
+    }
 }
 
 /// Bind a listener (port 0 picks a free one).
@@ -66,18 +119,30 @@ pub async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), NetErro
     Ok((l, local))
 }
 
-/// Serve the tuple transport on `listener` until the process ends. Connection
-/// errors (a peer that speaks garbage, a reset) end that connection only.
+/// Serve the tuple transport on `listener` until the process ends, over mutual
+/// TLS when `tls` is given. Connection errors (a peer that speaks garbage, a
+/// reset, a handshake without a valid certificate) end that connection only.
+///
+/// # Errors
+///
+/// [`NetError::Tls`] when the TLS configuration is not usable.
 pub fn serve_transfer(
     listener: TcpListener,
     service: server::TransferService,
-) -> tokio::task::JoinHandle<()> {
+    tls: Option<&TransportTls>,
+) -> Result<tokio::task::JoinHandle<()>, NetError> {
     let cfg = service.cfg;
     let svc = proto::transfer_server::TransferServer::new(service)
         .max_decoding_message_size(cfg.max_frame_bytes)
         .max_encoding_message_size(cfg.max_frame_bytes);
-    tokio::spawn(async move {
-        let r = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls.server.clone())
+            .map_err(|e| NetError::Tls(e.to_string()))?;
+    }
+    Ok(tokio::spawn(async move {
+        let r = builder
             .tcp_nodelay(true)
             .initial_stream_window_size(Some(cfg.window_bytes))
             .initial_connection_window_size(Some(cfg.window_bytes * 2))
@@ -89,5 +154,5 @@ pub fn serve_transfer(
         if let Err(e) = r {
             tracing::error!(error = %e, "tuple transport server stopped");
         }
-    })
+    }))
 }
