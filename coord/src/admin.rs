@@ -215,4 +215,43 @@ mod tests {
         assert!(get(addr, "/healthz").starts_with("HTTP/1.1 200"));
         drop(idle);
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 64,
+            ..Default::default()
+        })]
+        /// Random requests, whole or cut short, well-formed request lines
+        /// with random paths among them: each gets an HTTP answer or a closed
+        /// connection, and the one server goes on answering.
+        #[test]
+        fn random_requests_never_stop_the_server(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..4096),
+            path in "[ -~]{0,64}",
+            whole in proptest::bool::ANY,
+        ) {
+            use std::sync::OnceLock;
+            static ADDR: OnceLock<SocketAddr> = OnceLock::new();
+            let addr = *ADDR.get_or_init(|| {
+                let endpoints = Endpoints {
+                    metrics: Arc::new(String::new),
+                    ready: Arc::new(|| Ok(())),
+                };
+                serve("127.0.0.1:0".parse().unwrap(), endpoints).unwrap()
+            });
+            for request in [bytes, format!("GET /{path} HTTP/1.1\r\n\r\n").into_bytes()] {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+                let _ = s.write_all(&request);
+                if whole {
+                    let _ = s.shutdown(std::net::Shutdown::Write);
+                }
+                let mut out = Vec::new();
+                let _ = s.read_to_end(&mut out);
+                let text = String::from_utf8_lossy(&out);
+                proptest::prop_assert!(out.is_empty() || text.starts_with("HTTP/1.1 "), "{}", text);
+            }
+            proptest::prop_assert!(get(addr, "/healthz").starts_with("HTTP/1.1 200"));
+        }
+    }
 }
