@@ -284,6 +284,26 @@ async fn lifecycle_assign_pods_scale_deactivate_restart_delete() {
     assert!(left.is_empty(), "etcd keys left: {left:?}\n{}", op.log());
 }
 
+/// The status of topology `name` once it is Failed (within 30 s).
+async fn failed(topos: &Api<Topology>, name: &str) -> squall_api::TopologyStatus {
+    wait_for(
+        &format!("{name} is Failed"),
+        Duration::from_secs(30),
+        || {
+            let t = topos.clone();
+            async move {
+                t.get(name)
+                    .await
+                    .ok()?
+                    .status
+                    .filter(|s| s.phase == Some(squall_api::Phase::Failed))
+            }
+        },
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_manifests_are_rejected_or_reported() {
     let cluster = env("op-bad").await;
@@ -351,25 +371,9 @@ async fn bad_manifests_are_rejected_or_reported() {
     let dup = format!(
         "{head}  spouts: [{{id: s, component: RandomSentenceSpout}}]\n  bolts: [{{id: b, component: SplitSentence}}]\n  streams:\n    - {{from: s, to: b, grouping: {{type: SHUFFLE}}}}\n    - {{from: s, to: b, grouping: {{type: SHUFFLE}}}}\n"
     );
-    let out = kubectl_stdin(&cluster, &["apply", "-f", "-"], &dup);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    apply_ok(&cluster, &dup);
     let topos: Api<Topology> = Api::namespaced(client.clone(), ns);
-    let st = wait_for("Failed phase", Duration::from_secs(30), || {
-        let t = topos.clone();
-        async move {
-            t.get("bad")
-                .await
-                .ok()?
-                .status
-                .filter(|s| s.phase == Some(squall_api::Phase::Failed))
-        }
-    })
-    .await
-    .unwrap();
+    let st = failed(&topos, "bad").await;
     let ready = st.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
     assert_eq!(
         (ready.status.as_str(), ready.reason.as_str()),
@@ -390,24 +394,8 @@ async fn bad_manifests_are_rejected_or_reported() {
     // Plans over what only the whole spec shows: tasks in all, and memory
     // that one worker's queues need against its container's limit.
     let big = "apiVersion: squall.dev/v1alpha1\nkind: Topology\nmetadata: {name: too-big}\nspec:\n  image: squall-examples:0.1.0\n  workers: 1\n  worker: {resources: {limits: {memory: 256Mi}}}\n  spouts: [{id: s, component: RandomSentenceSpout}]\n  bolts:\n    - {id: a, component: SplitSentence, parallelism: 400, tasks: 40000}\n    - {id: b, component: SplitSentence, tasks: 40000}\n  streams:\n    - {from: s, to: a, grouping: {type: SHUFFLE}}\n    - {from: s, to: b, grouping: {type: SHUFFLE}}\n";
-    let out = kubectl_stdin(&cluster, &["apply", "-f", "-"], big);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let st = wait_for("too-big is Failed", Duration::from_secs(30), || {
-        let t = topos.clone();
-        async move {
-            t.get("too-big")
-                .await
-                .ok()?
-                .status
-                .filter(|s| s.phase == Some(squall_api::Phase::Failed))
-        }
-    })
-    .await
-    .unwrap();
+    apply_ok(&cluster, big);
+    let st = failed(&topos, "too-big").await;
     let ready = st.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
     for says in [
         "InvalidTopology",

@@ -53,12 +53,7 @@ async fn word_count_runs_recovers_and_obeys_activation() {
         .replace("config: {rate: 2000}", "config: {rate: 500, limit: 1500}")
         .replace("messageTimeoutSeconds: 30", "messageTimeoutSeconds: 5");
     let applied = Instant::now();
-    let out = kubectl_stdin(&cluster, &["apply", "-f", "-"], &manifest);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    apply_ok(&cluster, &manifest);
 
     // Running with every worker ready, and trees acked.
     let st = wait_status(
@@ -197,12 +192,7 @@ async fn word_count_runs_recovers_and_obeys_activation() {
     // Deactivate: once drained, acked stops rising. (Use a fresh endless topology.)
     let endless =
         std::fs::read_to_string(repo().join("examples/exclamation/topology.yaml")).unwrap();
-    let out = kubectl_stdin(&cluster, &["apply", "-f", "-"], &endless);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    apply_ok(&cluster, &endless);
     let acked_now = |t: Api<Topology>| async move {
         get(&t, "exclamation")
             .await
@@ -260,12 +250,7 @@ async fn an_unknown_component_ends_in_a_condition_and_an_event() {
     install_crd(&cluster);
     let op = Operator::start(&cluster, "/squall-unknown");
     let manifest = "apiVersion: squall.dev/v1alpha1\nkind: Topology\nmetadata: {name: typo}\nspec:\n  image: squall-examples:0.1.0\n  spouts: [{id: s, component: RandomSentenceSpout}]\n  bolts: [{id: b, component: SplitSentance}]\n  streams: [{from: s, to: b, grouping: {type: SHUFFLE}}]\n";
-    let out = kubectl_stdin(&cluster, &["apply", "-f", "-"], manifest);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    apply_ok(&cluster, manifest);
     let topos: Api<Topology> = Api::namespaced(cluster.client(), ns);
     let st = wait_status(
         &topos,
@@ -298,12 +283,7 @@ async fn a_bolt_error_shows_in_its_component_status_and_the_web_ui() {
     install_crd(&cluster);
     let op = Operator::start(&cluster, "/squall-error");
     let manifest = "apiVersion: squall.dev/v1alpha1\nkind: Topology\nmetadata: {name: erring}\nspec:\n  image: squall-examples:0.1.0\n  workers: 1\n  spouts: [{id: s, component: RandomSentenceSpout, config: {rate: 50}}]\n  bolts: [{id: flaky, component: Flaky, config: {error_every: 20}}]\n  streams: [{from: s, to: flaky, grouping: {type: SHUFFLE}}]\n";
-    let out = kubectl_stdin(&cluster, &["apply", "-f", "-"], manifest);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    apply_ok(&cluster, manifest);
     let topos: Api<Topology> = Api::namespaced(cluster.client(), ns);
     let st = wait_status(
         &topos,
@@ -392,12 +372,7 @@ async fn a_worker_whose_heartbeat_lapses_is_replaced() {
         .replace("workers: 2", "workers: 2\n  killWaitSeconds: 1")
         // Slow enough that a restarted spout needs several status passes to catch up.
         .replace("config: {rate: 1000}", "config: {rate: 200}");
-    let out = kubectl_stdin(&cluster, &["apply", "-f", "-"], &manifest);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    apply_ok(&cluster, &manifest);
     wait_status(&topos, "exclamation", "Running 2/2", 90, &op, |s| {
         s.phase == Some(Phase::Running) && s.workers.ready == 2
     })
@@ -508,12 +483,7 @@ async fn deletion_rides_out_a_brief_etcd_outage() {
     let manifest = std::fs::read_to_string(repo().join("examples/exclamation/topology.yaml"))
         .unwrap()
         .replace("workers: 2", "workers: 2\n  killWaitSeconds: 2");
-    let out = kubectl_stdin(&cluster, &["apply", "-f", "-"], &manifest);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    apply_ok(&cluster, &manifest);
     wait_status(&topos, "exclamation", "Running 2/2", 90, &op, |s| {
         s.phase == Some(Phase::Running)
     })
@@ -577,12 +547,7 @@ async fn a_rebalance_completes_across_operator_and_etcd_restarts() {
     // A bolt at 40 tuples/s behind 200 open trees: a drain takes about 5 s,
     // the window in which the restarts happen.
     let manifest = "apiVersion: squall.dev/v1alpha1\nkind: Topology\nmetadata: {name: slow}\nspec:\n  image: squall-examples:0.1.0\n  workers: 2\n  messageTimeoutSeconds: 10\n  maxSpoutPending: 200\n  spouts: [{id: s, component: RandomSentenceSpout, config: {rate: 200}}]\n  bolts: [{id: slow, component: Flaky, parallelism: 2, config: {sleep_ms: 50}}]\n  streams: [{from: s, to: slow, grouping: {type: SHUFFLE}}]\n";
-    let out = kubectl_stdin(&cluster, &["apply", "-f", "-"], manifest);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    apply_ok(&cluster, manifest);
     wait_status(&topos, "slow", "Running 2/2 with acked > 0", 90, &op, |s| {
         s.phase == Some(Phase::Running)
             && s.workers.ready == 2
@@ -641,11 +606,14 @@ async fn a_rebalance_completes_across_operator_and_etcd_restarts() {
             },
         )
         .await;
-        assert_eq!(
-            pods(&cluster.client(), ns, "slow").await.len(),
-            workers as usize,
-            "one pod per slot"
-        );
+        // A removed slot's pod may still be terminating (its grace period)
+        // when the status already counts the new plan's workers.
+        wait_for("one pod per slot", Duration::from_secs(60), || {
+            let c = cluster.client();
+            async move { (pods(&c, ns, "slow").await.len() == workers as usize).then_some(()) }
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
         phases.push((restart, before, moved.0, acked(&st)));
     }
     eprintln!(

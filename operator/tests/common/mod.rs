@@ -163,6 +163,16 @@ pub fn kubectl_stdin(env: &Env, args: &[&str], input: &str) -> std::process::Out
     child.wait_with_output().unwrap()
 }
 
+/// `kubectl apply -f -` of `manifest`, which must succeed.
+pub fn apply_ok(env: &Env, manifest: &str) {
+    let out = kubectl_stdin(env, &["apply", "-f", "-"], manifest);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Applies the CRD (server-side, so that tests applying it at once agree).
 pub fn install_crd(env: &Env) {
     let out = kubectl(
