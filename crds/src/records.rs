@@ -128,6 +128,25 @@ pub struct Control {
     /// Bumped for each rebalance.
     #[serde(default)]
     pub rebalance_epoch: u64,
+    /// A rebalance the operator is in the middle of, so that a restarted
+    /// operator resumes it at its step and with its deadline. Workers ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebalance: Option<RebalanceProgress>,
+}
+
+/// A rebalance in progress (Storm's: deactivate, drain, reassign, reactivate).
+/// Its step follows from the record and the assignment: while the assignment
+/// is still `from_version` the spouts are deactivated and open trees drain;
+/// once the assignment has moved on, what is left is to reactivate and clear it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RebalanceProgress {
+    /// The plan version being moved away from.
+    pub from_version: u64,
+    /// When the spouts were deactivated (unix ms): the drain lasts at least a second.
+    pub deactivated_ms: u64,
+    /// When the drain ends even if trees are still open (unix ms): the
+    /// deactivation plus the message timeout.
+    pub drain_deadline_ms: u64,
 }
 
 impl Default for Control {
@@ -136,6 +155,7 @@ impl Default for Control {
             active: true,
             killed: false,
             rebalance_epoch: 0,
+            rebalance: None,
         }
     }
 }
@@ -400,5 +420,30 @@ mod reported_error_tests {
             ..Default::default()
         });
         assert_eq!((a.errors, a.last_error), (3, Some(e)));
+    }
+}
+
+#[cfg(test)]
+mod control_tests {
+    use super::*;
+
+    #[test]
+    fn a_control_record_without_rebalance_progress_reads_and_writes_as_before() {
+        let old: Control =
+            serde_json::from_str(r#"{"active":false,"killed":false,"rebalance_epoch":3}"#).unwrap();
+        assert_eq!(old.rebalance, None);
+        assert_eq!(old.rebalance_epoch, 3);
+        assert!(!serde_json::to_string(&old).unwrap().contains("rebalance\""));
+        let mid = Control {
+            active: false,
+            rebalance: Some(RebalanceProgress {
+                from_version: 2,
+                deactivated_ms: 1_000,
+                drain_deadline_ms: 31_000,
+            }),
+            ..Control::default()
+        };
+        let json = serde_json::to_string(&mid).unwrap();
+        assert_eq!(serde_json::from_str::<Control>(&json).unwrap(), mid);
     }
 }

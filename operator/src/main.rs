@@ -3,11 +3,6 @@
 //! Runs in the cluster (the Helm chart) or outside it with `KUBECONFIG` set:
 //! `squall-operator --etcd http://127.0.0.1:2379`.
 
-mod controller;
-mod pods;
-mod telemetry;
-mod views;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -20,9 +15,10 @@ use squall_api::invocation::EtcdTlsFiles;
 use squall_coord::logging::{self, LogFormat};
 use squall_coord::{EtcdCoordinator, Store};
 
-use crate::controller::Context;
-use crate::pods::PodSettings;
-use crate::telemetry::Metrics;
+use squall_operator::controller::{self, Context};
+use squall_operator::pods::PodSettings;
+use squall_operator::telemetry::{self, Metrics};
+use squall_operator::views;
 
 #[derive(Parser, Debug)]
 #[command(
