@@ -5,6 +5,10 @@
 //! my-topology validate <manifest>
 //! my-topology components
 //! ```
+//!
+//! and `worker`, `supervisor` and `rebalance` for running in a cluster.
+
+#![warn(missing_docs)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,4 +1,13 @@
 //! Output collectors: how spouts and bolts emit, ack and fail (DESIGN §4).
+//!
+//! A collector lives for one call of a component method, on the executor
+//! thread that makes the call. Emits go into the executor's outbound batches.
+//! A bolt's emit may block while a full batch waits for room in a full
+//! destination queue: that is the backpressure that slows producers down to
+//! their consumers. A spout's emit never blocks: full batches wait aside, and
+//! the spout is not polled until they are sent.
+
+#![warn(missing_docs)]
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -34,10 +43,18 @@ impl Rng {
 /// Why an emit did not go out.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EmitError {
+    /// The component's registered [`Outputs`](crate::Outputs) do not declare
+    /// this stream.
     #[error("stream '{0}' is not declared by this component")]
     UnknownStream(String),
+    /// An `emit_direct` to a task that is not a DIRECT subscriber of the stream.
     #[error("task {task} does not subscribe to stream '{stream}' with a DIRECT grouping")]
-    NotDirect { task: TaskId, stream: String },
+    NotDirect {
+        /// The task the emit named.
+        task: TaskId,
+        /// The stream of the emit.
+        stream: String,
+    },
 }
 
 /// Per-executor emit machinery shared by both collectors.

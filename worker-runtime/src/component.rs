@@ -1,5 +1,9 @@
 //! The component API: spouts, bolts, their context, and the registry a topology
 //! binary fills with its components.
+//!
+//! The crate documentation has a whole topology as an example.
+
+#![warn(missing_docs)]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,6 +19,7 @@ use crate::tuple::Tuple;
 pub struct ComponentError(pub String);
 
 impl ComponentError {
+    /// An error with this message; the worker adds the component and task.
     pub fn new(msg: impl Into<String>) -> Self {
         ComponentError(msg.into())
     }
@@ -23,9 +28,11 @@ impl ComponentError {
 /// What a task knows about where it runs. Handed to `open` / `prepare` and to factories.
 #[derive(Debug, Clone)]
 pub struct TopologyContext {
+    /// The topology's name (the manifest's `metadata.name`).
     pub topology: String,
     /// The id of this spout or bolt in the manifest.
     pub component_id: String,
+    /// This task's id, unique in the topology (Storm's task id).
     pub task_id: TaskId,
     /// 0-based index of this task among its component's tasks.
     pub task_index: u32,
@@ -77,17 +84,70 @@ impl TopologyContext {
     }
 }
 
-/// A source of tuples (Storm's `ISpout`). One instance per task, driven by one thread.
+/// A source of tuples (Storm's `ISpout`). One instance per task.
+///
+/// # Threads
+///
+/// The registry's factory builds one instance per task, and [`Spout::open`]
+/// prepares it, on the thread that starts the worker: the thread that called
+/// [`local::run`](crate::local::run) (in `my-topology local`, the main
+/// thread), or a worker process's main thread when its assignment arrives.
+/// Tasks start one after another, before any executor thread runs. Every other
+/// method is called on the task's executor thread, the only thread that
+/// touches the instance from then on (hence `Send`, not `Sync`). An executor
+/// may run several tasks of one component; it calls them in turn, so a call
+/// that blocks holds up the executor's other tasks too.
+///
+/// # Panics
+///
+/// A panic on the executor thread is caught there and ends the worker, loudly:
+/// the worker records the component, its tasks and the panic message, and
+/// stops every executor. Local mode then returns
+/// [`LocalError::Crashed`](crate::local::LocalError::Crashed) (the CLI exits
+/// non-zero); a worker process reports the state `crashed` with that message
+/// and exits non-zero, so its pod restarts it, and the open tuple trees time
+/// out at their spouts and replay. The panicking executor's components get no
+/// [`Spout::close`]; the other executors close theirs as they stop.
+///
+/// A panic in the factory or in [`Spout::open`] is not caught: it unwinds the
+/// thread that starts the worker, which in `local` and `worker` mode ends the
+/// process (the panic hook logs it). Return a [`ComponentError`] instead: the
+/// worker then does not start, with an error that names the component and task.
 pub trait Spout: Send {
+    /// Prepare this task (connect, read its config) before it emits.
+    ///
+    /// Called once per task on the thread that starts the worker, before the
+    /// executor threads start (see [Threads](Spout#threads)). It may block,
+    /// but the whole worker waits for it. An error stops the worker from
+    /// starting and names the component and task; a panic is not caught (see
+    /// [Panics](Spout#panics)).
     fn open(&mut self, _ctx: &TopologyContext) -> Result<(), ComponentError> {
         Ok(())
     }
-    /// Emit zero or more tuples. Called in a loop while the topology is active and
-    /// `maxSpoutPending` allows; must not block for long.
+    /// Emit zero or more tuples.
+    ///
+    /// Called on the executor thread in a loop while the topology is active,
+    /// the worker's outbound queues are not congested, and the task has fewer
+    /// than `maxSpoutPending` open trees. It must not block for long: acks,
+    /// fails, timeouts and the executor's other tasks wait meanwhile. With
+    /// nothing to emit, return at once: when none of its tasks emitted, the
+    /// executor waits up to a millisecond (less when an ack arrives) before it
+    /// asks again.
+    /// A panic ends the worker (see [Panics](Spout#panics)).
     fn next_tuple(&mut self, out: &mut SpoutCollector<'_>);
     /// The tuple tree rooted at `msg_id` completed.
+    ///
+    /// Called on the executor thread, through [`Spout::ack_emitting`]. It may
+    /// block briefly; the executor emits and handles nothing else meanwhile.
+    /// A panic ends the worker (see [Panics](Spout#panics)).
     fn ack(&mut self, _msg_id: u64) {}
-    /// The tuple tree rooted at `msg_id` failed or timed out; replay it if you want it delivered.
+    /// The tuple tree rooted at `msg_id` failed or timed out; replay it if you
+    /// want it delivered.
+    ///
+    /// Called on the executor thread, through [`Spout::fail_emitting`], and
+    /// directly for each open tree when a rebalance parks the spout to carry it
+    /// into the next plan. It may block briefly, as [`Spout::ack`]. A panic
+    /// ends the worker (see [Panics](Spout#panics)).
     fn fail(&mut self, _msg_id: u64) {}
     /// [`Spout::ack`] with the collector, for a spout that emits from its ack handler
     /// (as Storm spouts may). The executor thread calls this one; the default calls `ack`.
@@ -99,29 +159,95 @@ pub trait Spout: Send {
     fn fail_emitting(&mut self, msg_id: u64, _out: &mut SpoutCollector<'_>) {
         self.fail(msg_id)
     }
+    /// The topology was activated (Storm's `activate`): `next_tuple` calls
+    /// follow.
+    ///
+    /// Called on the executor thread when it sees the worker's active flag
+    /// turn on, which includes its first turn when the topology starts active.
+    /// It may block briefly. A panic ends the worker (see
+    /// [Panics](Spout#panics)).
     fn activate(&mut self) {}
+    /// The topology was deactivated (`spec.active: false`, a kill, or the end of
+    /// a local run): no `next_tuple` calls follow until [`Spout::activate`], but
+    /// acks and fails of open trees still arrive.
+    ///
+    /// Called on the executor thread when it sees the active flag turn off. It
+    /// may block briefly. A panic ends the worker (see [Panics](Spout#panics)).
     fn deactivate(&mut self) {}
+    /// The task is being torn down: release what [`Spout::open`] acquired.
+    ///
+    /// Called once on the executor thread when the worker stops, or, for a
+    /// spout parked by a rebalance whose task moved to another worker, on the
+    /// thread that starts the next plan. It is not called after a panic in
+    /// this executor, nor when the process is killed, so do not rely on it for
+    /// durability. It may block, but the worker's shutdown waits for it.
     fn close(&mut self) {}
     /// A finite spout returns `true` once it will emit nothing more (replays included);
     /// local mode ends by itself when every spout is done and no tree is open.
+    ///
+    /// Called on the executor thread after every turn of its loop, so it must
+    /// be cheap and must not block.
     fn is_done(&self) -> bool {
         false
     }
 }
 
 /// A tuple processor (Storm's `IRichBolt`). One instance per task.
+///
+/// # Threads
+///
+/// As for a [`Spout`]: the factory and [`Bolt::prepare`] run on the thread
+/// that starts the worker, one task after another; [`Bolt::execute`],
+/// [`Bolt::idle`] and [`Bolt::cleanup`] run on the task's executor thread,
+/// which may run several tasks of the component in turn. Tick tuples
+/// (`tickFrequencySeconds`) arrive through `execute` on the same thread.
+///
+/// # Blocking
+///
+/// While `execute` blocks, the executor reads no input. Its bounded input
+/// queue fills, which slows the upstream components and, in the end, the
+/// spouts (backpressure). Tuples that wait past `messageTimeoutSeconds` fail at
+/// their spouts and replay.
+///
+/// # Panics
+///
+/// A panic in `execute`, `idle` or `cleanup` is caught on the executor thread
+/// and ends the worker, naming the component, its tasks and the message; see
+/// [Spout's Panics](Spout#panics), which applies here word for word (the
+/// panicking executor's bolts get no `cleanup`). A panic in the factory or in
+/// `prepare` is not caught: return a [`ComponentError`] instead.
 pub trait Bolt: Send {
+    /// Prepare this task before it executes tuples.
+    ///
+    /// Called once per task on the thread that starts the worker, before the
+    /// executor threads start. It may block, but the whole worker waits for it.
+    /// An error stops the worker from starting and names the component and
+    /// task; a panic is not caught (see [Panics](Bolt#panics)).
     fn prepare(&mut self, _ctx: &TopologyContext) -> Result<(), ComponentError> {
         Ok(())
     }
     /// Process one tuple. Every input must eventually be acked or failed through `out`.
+    ///
+    /// Called on the executor thread for each input tuple and each tick tuple
+    /// ([`Tuple::is_tick`]). It may block, at the price described in
+    /// [Blocking](Bolt#blocking). A panic ends the worker (see
+    /// [Panics](Bolt#panics)).
     fn execute(&mut self, input: Tuple, out: &mut BoltCollector<'_>);
     /// Called when the executor finds the bolt's input queue empty, before it waits
     /// for more. A bolt that holds input tuples until an asynchronous result comes
     /// (the built-in `KafkaBolt` waits for the broker's acknowledgement) acks or
     /// fails them here, so they need neither more input nor a tick to settle. It
     /// may block briefly (milliseconds): input waits meanwhile.
+    ///
+    /// Called on the executor thread, also when no input comes at all (at
+    /// least every 20 ms). A panic ends the worker (see [Panics](Bolt#panics)).
     fn idle(&mut self, _out: &mut BoltCollector<'_>) {}
+    /// The task is being torn down: release what [`Bolt::prepare`] acquired.
+    ///
+    /// Called once on the executor thread when the worker stops. Input still
+    /// queued is not executed first; its trees fail at their spouts and replay.
+    /// It is not called after a panic in this executor, nor when the process
+    /// is killed. It may block, but the worker's shutdown waits for it.
     fn cleanup(&mut self) {}
 }
 

@@ -6,6 +6,8 @@
 //! process (see [`Fields::intern`]) so a tuple carries a plain `&'static` reference
 //! instead of a reference count that every core would contend on.
 
+#![warn(missing_docs)]
+
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
@@ -18,12 +20,17 @@ use squall_api::TaskId;
 /// One value in a tuple.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
+    /// No value (JSON `null`, Storm's `null`).
     Null,
+    /// A boolean.
     Bool(bool),
+    /// A signed integer (Java's `long`).
     Int(i64),
+    /// A floating-point number (Java's `double`).
     Float(f64),
     /// Inline up to 23 bytes, shared beyond.
     Str(SmolStr),
+    /// Raw bytes (a Kafka record that is not UTF-8), shared: a clone copies no bytes.
     Bytes(std::sync::Arc<[u8]>),
     /// A JSON array or object, as its compact text: a list or map that a multilang
     /// component emitted, carried whole to the next component.
@@ -31,18 +38,21 @@ pub enum Value {
 }
 
 impl Value {
+    /// The string, if this is a [`Value::Str`].
     pub fn as_str(&self) -> Option<&str> {
         match self {
             Value::Str(s) => Some(s),
             _ => None,
         }
     }
+    /// The integer, if this is a [`Value::Int`].
     pub fn as_i64(&self) -> Option<i64> {
         match self {
             Value::Int(i) => Some(*i),
             _ => None,
         }
     }
+    /// The number, if this is a [`Value::Float`] or a [`Value::Int`] (converted).
     pub fn as_f64(&self) -> Option<f64> {
         match self {
             Value::Float(f) => Some(*f),
@@ -50,6 +60,7 @@ impl Value {
             _ => None,
         }
     }
+    /// The boolean, if this is a [`Value::Bool`].
     pub fn as_bool(&self) -> Option<bool> {
         match self {
             Value::Bool(b) => Some(*b),
@@ -171,8 +182,11 @@ macro_rules! values {
 /// The declared fields of one stream of one component. Interned: one per process.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct Fields {
+    /// The id of the component that declares the stream.
     pub component: String,
+    /// The stream's name (`default` unless named).
     pub stream: String,
+    /// The field names, in the order of a tuple's values.
     pub names: Vec<String>,
 }
 
@@ -196,6 +210,7 @@ impl Fields {
         })
     }
 
+    /// The position of the field `name` in a tuple's values.
     pub fn index_of(&self, name: &str) -> Option<usize> {
         self.names.iter().position(|n| n == name)
     }
@@ -268,22 +283,27 @@ impl Tuple {
         self.get(index).and_then(Value::as_str)
     }
 
+    /// All values, in the order of [`Tuple::fields`].
     pub fn values(&self) -> &[Value] {
         &self.values
     }
 
+    /// The field names of the stream this tuple came on.
     pub fn fields(&self) -> &[String] {
         &self.fields.names
     }
 
+    /// The id of the component that emitted this tuple (`__system` for ticks).
     pub fn source_component(&self) -> &str {
         &self.fields.component
     }
 
+    /// The stream this tuple came on (`__tick` for ticks).
     pub fn source_stream(&self) -> &str {
         &self.fields.stream
     }
 
+    /// The task that emitted this tuple (0 for ticks).
     pub fn source_task(&self) -> TaskId {
         self.source_task
     }

@@ -18,23 +18,33 @@ pub(super) fn histogram() -> Histogram<u64> {
 /// One executor's metrics.
 #[derive(Clone)]
 pub struct ExecMetrics {
+    /// Tuples emitted (one per emit, however many tasks it went to).
     pub emitted: u64,
+    /// Tuples sent to target tasks (an emit to three tasks counts three).
     pub transferred: u64,
+    /// Tuples acked (bolts) or trees completed (spouts).
     pub acked: u64,
+    /// Tuples failed (bolts) or trees failed or timed out (spouts).
     pub failed: u64,
+    /// Tuples executed (bolts).
     pub executed: u64,
+    /// Spout messages emitted again after they failed.
     pub replayed: u64,
     /// Spout tuples emitted with a message id (tuple trees started).
     pub roots: u64,
     /// Nanoseconds spent inside `execute` (for capacity).
     pub busy_ns: u64,
+    /// Time in `execute` per tuple (bolts).
     pub execute_ns: Histogram<u64>,
+    /// Time from a tuple's arrival at a bolt until the bolt acked it.
     pub process_ns: Histogram<u64>,
+    /// Time from a spout's emit until its tuple tree completed.
     pub complete_ns: Histogram<u64>,
     /// When this copy was published.
     pub at_ns: u64,
     /// Errors reported, and the latest (see [`ExecMetrics::note_error`]).
     pub errors: u64,
+    /// The latest error reported, with its task and time.
     pub last_error: Option<squall_api::records::ReportedError>,
     /// Tuples executed, by the index of the component that emitted them
     /// (Storm UI's input stats; the UI's edge rates).
@@ -70,6 +80,7 @@ pub(super) fn record(h: &mut Histogram<u64>, ns: u64) {
 }
 
 impl ExecMetrics {
+    /// A bolt executed a tuple in `ns`.
     #[inline]
     pub fn record_execute(&mut self, ns: u64) {
         self.executed += 1;
@@ -103,10 +114,12 @@ impl ExecMetrics {
         out
     }
 
+    /// A bolt acked a tuple `ns` after it arrived.
     #[inline]
     pub fn record_process(&mut self, ns: u64) {
         record(&mut self.process_ns, ns);
     }
+    /// A spout's tuple tree completed `ns` after its emit.
     #[inline]
     pub fn record_complete(&mut self, ns: u64) {
         record(&mut self.complete_ns, ns);
@@ -121,6 +134,8 @@ impl ExecMetrics {
         ));
     }
 
+    /// Add `other` (another executor of the same component, or the same
+    /// tasks in an earlier plan): counters and histograms add up.
     pub fn merge(&mut self, other: &ExecMetrics) {
         self.errors += other.errors;
         self.last_error = squall_api::records::ReportedError::later(

@@ -14,8 +14,11 @@ pub type MetricsSlot = Arc<Mutex<ExecMetrics>>;
 /// Metrics of one component, merged over its executors.
 #[derive(Clone)]
 pub struct ComponentMetrics {
+    /// Spout, bolt or acker.
     pub kind: PlannedKind,
+    /// How many executors were merged.
     pub executors: usize,
+    /// Their metrics, merged.
     pub metrics: ExecMetrics,
 }
 
@@ -34,6 +37,7 @@ pub struct MetricsHub {
 }
 
 impl MetricsHub {
+    /// A hub with no executor yet.
     pub fn new() -> Self {
         MetricsHub::default()
     }

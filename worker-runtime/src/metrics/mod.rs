@@ -11,6 +11,8 @@
 //! that sums and `histogram_quantile` aggregate across executors and pods.
 //! docs/metrics.md lists the families and their cardinality.
 
+#![warn(missing_docs)]
+
 mod exec;
 mod hub;
 mod prometheus;

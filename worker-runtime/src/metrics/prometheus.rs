@@ -166,6 +166,7 @@ pub struct Buckets {
     pub cumulative: Vec<u64>,
     /// Every value recorded (the `+Inf` bucket).
     pub count: u64,
+    /// The sum of the values, in seconds (the `_sum` series).
     pub sum_seconds: f64,
 }
 
