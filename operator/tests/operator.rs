@@ -232,7 +232,9 @@ async fn lifecycle_assign_pods_scale_deactivate_restart_delete() {
     // A restarted operator adopts what exists: no duplicate pods, same plan version.
     drop(op);
     op = Operator::start(&cluster, prefix);
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Evidence first that the new operator has looked: a whole pass of its own
+    // over word-count (one that would have created any pod it found missing).
+    a_fresh_pass(&op, "word-count", 60).await;
     assert_eq!(
         pods(&client, ns, "word-count").await.len(),
         4,

@@ -217,10 +217,44 @@ async fn word_count_runs_recovers_and_obeys_activation() {
         s.phase == Some(Phase::Inactive)
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(4)).await; // drain + a stats publish
-    let a1 = acked_now(topos.clone()).await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let a2 = acked_now(topos.clone()).await;
+    // Drained: every worker reports no open tree.
+    let store = squall_coord::TopologyStore::new(
+        etcd_connect(cluster.etcd_url()).await,
+        "/squall-running",
+        ns,
+        "exclamation",
+    );
+    let oldest_publish = |s: &std::collections::BTreeMap<u32, squall_api::records::WorkerStats>| {
+        s.values().map(|w| w.timestamp_ms).min().unwrap_or(0)
+    };
+    let drained = wait_for("open trees drained", Duration::from_secs(30), || async {
+        let s = store.stats().await.ok()?;
+        (!s.is_empty() && s.values().all(|w| w.pending == 0)).then(|| oldest_publish(&s))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
+    // An acked total is sampled only from a status that the operator wrote
+    // from records every worker published after `after_ms`, so that two
+    // equal samples mean acks stopped, not that the status stopped updating.
+    let sample = |after_ms: u64| {
+        let (store, op, topos) = (&store, &op, topos.clone());
+        async move {
+            let published = wait_for(
+                "every worker publishes again",
+                Duration::from_secs(30),
+                || async {
+                    let s = store.stats().await.ok()?;
+                    (!s.is_empty() && oldest_publish(&s) > after_ms).then(|| oldest_publish(&s))
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
+            a_fresh_pass(op, "exclamation", 30).await;
+            (acked_now(topos).await, published)
+        }
+    };
+    let (a1, at) = sample(drained).await;
+    let (a2, _) = sample(at).await;
     assert_eq!(a1, a2, "acked must not rise while deactivated");
     let patch = serde_json::json!({"spec": {"active": true}});
     topos
@@ -497,7 +531,14 @@ async fn deletion_rides_out_a_brief_etcd_outage() {
         &["delete", "topology", "exclamation", "--wait=false"],
     );
     assert!(out.status.success());
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    // The operator has tried to clean up against the frozen etcd, twice.
+    wait_for(
+        "cleanup to wait for etcd twice",
+        Duration::from_secs(60),
+        || async { (op.log().matches("cleanup waits for etcd").count() >= 2).then_some(()) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
     let still = topos.get_opt("exclamation").await.unwrap();
     assert!(
         still.is_some(),

@@ -274,3 +274,28 @@ pub async fn wait_event(
     )
     .await
 }
+
+/// How many passes over `topology` this operator has completed without an
+/// error (it logs each at debug, which `Operator::start` turns on). Passes
+/// over one topology run one at a time, so once this count is two past a
+/// reading, a whole pass started after that reading.
+pub fn passes(op: &Operator, topology: &str) -> usize {
+    let end = format!("reconciled topology={topology}");
+    op.log()
+        .lines()
+        .filter(|l| l.trim_end().ends_with(&end))
+        .count()
+}
+
+/// Wait until this operator has completed a whole pass over `topology` that
+/// started now or later: evidence that what it reports is current.
+pub async fn a_fresh_pass(op: &Operator, topology: &str, secs: u64) {
+    let seen = passes(op, topology);
+    wait_for(
+        &format!("a new operator pass over {topology}"),
+        std::time::Duration::from_secs(secs),
+        || async move { (passes(op, topology) >= seen + 2).then_some(()) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
+}
