@@ -211,6 +211,15 @@ impl SpoutTaskState {
         }
     }
 
+    /// Remove every open tree, oldest emit first (so a spout that replays
+    /// failures replays them in order).
+    pub(crate) fn take_open_in_order(&mut self) -> Vec<Pending> {
+        let mut open: Vec<_> = self.pending.drain().map(|(_, p)| p).collect();
+        open.sort_by_key(|p| p.start_ns);
+        self.timeouts.clear();
+        open
+    }
+
     pub(crate) fn remember_failed(&mut self, msg_id: u64) {
         if self.failed_ids.len() < MAX_FAILED_IDS {
             self.failed_ids.insert(msg_id);

@@ -1,7 +1,7 @@
 //! Executors: one thread each, running one or more tasks of one component.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::Duration;
 
@@ -27,6 +27,8 @@ pub struct WorkerControl {
     /// (its tasks' trees would time out and replay into a dead thread forever),
     /// so whoever runs the worker ends it.
     pub crashed: std::sync::Mutex<Option<Crash>>,
+    /// Bumped when a peer worker is lost (see [`WorkerControl::peer_lost`]).
+    pub peer_losses: AtomicU64,
 }
 
 /// A component that panicked: which executor, and the panic's message.
@@ -82,7 +84,18 @@ impl WorkerControl {
             keep_spouts: AtomicBool::new(false),
             parked_spouts: std::sync::Mutex::new(Vec::new()),
             crashed: std::sync::Mutex::new(None),
+            peer_losses: AtomicU64::new(0),
         })
+    }
+
+    /// A peer worker died or became unreachable: the trees in flight through
+    /// it cannot complete. Rather than wait out the message timeout, every
+    /// spout executor fails all its open trees at its next turn, and its spouts
+    /// replay them. Which trees passed through the peer is not tracked (that
+    /// would cost the hot path), so trees that did not are replayed too: the
+    /// duplicates are bounded by `maxSpoutPending` per spout task.
+    pub fn peer_lost(&self) {
+        self.peer_losses.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Record an executor's panic (the first one wins) and stop every executor.
@@ -178,9 +191,15 @@ impl SpoutExecutor {
     pub(crate) fn run(mut self) {
         let mut active = false;
         let max_pending = self.core.emitter.layout.max_pending;
+        let mut peer_losses = self.core.control.peer_losses.load(Ordering::Relaxed);
         loop {
             if self.core.stopping() {
                 break;
+            }
+            let losses = self.core.control.peer_losses.load(Ordering::Relaxed);
+            if losses != peer_losses {
+                peer_losses = losses;
+                self.fail_open_trees();
             }
             // Acks first: they free pending slots and must never back up.
             loop {
@@ -302,6 +321,29 @@ impl SpoutExecutor {
         }
     }
 
+    /// Fail every open tree, in emit order, so the spouts replay them now.
+    fn fail_open_trees(&mut self) {
+        let mut failed = 0usize;
+        for (spout, st) in &mut self.tasks {
+            for p in st.take_open_in_order() {
+                failed += 1;
+                self.core.emitter.metrics.failed += 1;
+                st.remember_failed(p.msg_id);
+                let mut out = SpoutCollector {
+                    em: &mut self.core.emitter,
+                    st,
+                    emitted: 0,
+                };
+                spout.fail_emitting(p.msg_id, &mut out);
+            }
+        }
+        tracing::warn!(
+            first_task = self.core.first_task,
+            trees = failed,
+            "a peer worker was lost: failed the open trees for replay"
+        );
+    }
+
     /// Fail trees whose timeout has passed.
     fn expire(&mut self, now: u64) {
         for (spout, st) in &mut self.tasks {
@@ -341,14 +383,11 @@ impl SpoutExecutor {
             let mut parked = Vec::new();
             for (mut spout, mut st) in std::mem::take(&mut self.tasks) {
                 // Fail the open trees in emit order, so that the spout replays them in order.
-                let mut open: Vec<_> = st.pending.drain().map(|(_, p)| p).collect();
-                open.sort_by_key(|p| p.start_ns);
-                for p in open {
+                for p in st.take_open_in_order() {
                     self.core.emitter.metrics.failed += 1;
                     st.remember_failed(p.msg_id);
                     spout.fail(p.msg_id);
                 }
-                st.timeouts.clear();
                 parked.push(ParkedSpout {
                     task: st.task,
                     spout,

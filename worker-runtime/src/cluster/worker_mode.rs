@@ -73,6 +73,8 @@ struct Running {
     /// Every link to a peer has been up once. Spouts wait for it, so the first
     /// tuples do not meet a peer whose executors are not running yet.
     linked: bool,
+    /// Broken links already passed on to the spouts (`LinkStats::lost`).
+    lost_seen: u64,
 }
 
 struct State {
@@ -226,14 +228,25 @@ impl State {
             worker,
             links,
             linked: false,
+            lost_seen: 0,
         });
         self.check_links();
         Ok(())
     }
 
-    /// Activate the spouts once every peer link is up (checked each loop turn).
+    /// Activate the spouts once every peer link is up, and tell them when a
+    /// link that was up broke (checked each loop turn, at least every 100 ms).
     fn check_links(&mut self) {
         let Some(r) = &mut self.running else { return };
+        let lost = r
+            .links
+            .stats
+            .lost
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if lost != r.lost_seen {
+            r.lost_seen = lost;
+            r.worker.control.peer_lost();
+        }
         if r.linked || !r.links.all_up() {
             return;
         }

@@ -40,6 +40,9 @@ pub struct LinkStats {
     pub dropped_envelopes: AtomicU64,
     /// Links whose peer accepted the stream and has not ended it since.
     pub up: AtomicU64,
+    /// Streams that were up and then broke (the peer died, hung past the
+    /// keep-alive, or moved): the trees in flight through that peer are lost.
+    pub lost: AtomicU64,
 }
 
 /// Counts a link as up for as long as it lives.
@@ -278,8 +281,9 @@ async fn run_link(
             continue;
         };
         let started = Instant::now();
+        let mut was_up = false;
         let outcome = tokio::select! {
-            r = session(&endpoint, slot, &hello, &mut data, &mut control, &mut peers, cfg, tls.as_ref(), &stats) => r,
+            r = session(&endpoint, slot, &hello, &mut data, &mut control, &mut peers, cfg, tls.as_ref(), &stats, &mut was_up) => r,
             _ = stop.changed() => return,
         };
         match outcome {
@@ -288,7 +292,12 @@ async fn run_link(
                 if started.elapsed() > Duration::from_secs(2) {
                     backoff = BACKOFF_MIN;
                 }
-                tracing::debug!(peer = slot, %endpoint, error = %e, retry_in = ?backoff, "link down");
+                if was_up {
+                    stats.lost.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(peer = slot, %endpoint, error = %e, "tuple link lost");
+                } else {
+                    tracing::debug!(peer = slot, %endpoint, error = %e, retry_in = ?backoff, "link down");
+                }
             }
         }
         tokio::select! {
@@ -299,7 +308,8 @@ async fn run_link(
     }
 }
 
-/// One connection's life. `Ok` only when the queues are closed for good.
+/// One connection's life. `Ok` only when the queues are closed for good;
+/// `was_up` is set once the peer has accepted the stream.
 #[allow(clippy::too_many_arguments)]
 async fn session(
     endpoint: &str,
@@ -311,6 +321,7 @@ async fn session(
     cfg: NetConfig,
     tls: Option<&ClientTlsConfig>,
     stats: &LinkStats,
+    was_up: &mut bool,
 ) -> Result<(), String> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let mut ep =
@@ -345,6 +356,7 @@ async fn session(
         .into_inner();
     stats.connects.fetch_add(1, Ordering::Relaxed);
     let _up = Up::new(&stats.up);
+    *was_up = true;
     tracing::info!(peer = slot, %endpoint, "tuple link up");
     let (mut dc, mut cc) = (0u32, 0u32);
     loop {
