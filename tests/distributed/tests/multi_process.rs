@@ -64,6 +64,16 @@ fn wait_running(rt: &tokio::runtime::Runtime, s: &TopologyStore, workers: u32) {
     );
 }
 
+/// Wait until some worker's stats show acked trees: the run is under way.
+fn wait_acking(rt: &tokio::runtime::Runtime, s: &TopologyStore) {
+    eventually("acks flowing", Duration::from_secs(20), || {
+        rt.block_on(s.stats()).is_ok_and(|st| {
+            st.values()
+                .any(|w| w.components.values().any(|c| c.acked > 0))
+        })
+    });
+}
+
 #[test]
 fn word_count_over_three_processes_acks_every_root() {
     let _serial = serial();
@@ -136,7 +146,7 @@ fn kill_9_of_a_worker_loses_nothing() {
     );
     let s = store(&rt, &etcd.url, "wckill");
     wait_running(&rt, &s, 3);
-    std::thread::sleep(Duration::from_secs(2));
+    wait_acking(&rt, &s);
     let victim = launch.worker_pid(2);
     kill(Pid::from_raw(victim), Signal::SIGKILL).expect("kill -9 the worker of slot 2");
     eventually(
@@ -176,6 +186,10 @@ fn garbage_on_the_tuple_port_closes_the_stream_not_the_worker() {
     let workers = rt.block_on(s.workers()).unwrap();
     let endpoint = workers[&1].endpoint.clone();
     let pid = launch.worker_pid(1);
+    assert!(
+        kill(Pid::from_raw(pid), None).is_ok(),
+        "slot 1's worker runs before the garbage"
+    );
 
     // Raw bytes that are not HTTP/2.
     let mut sock = std::net::TcpStream::connect(&endpoint).unwrap();
@@ -299,8 +313,13 @@ fn garbage_on_the_tuple_port_closes_the_stream_not_the_worker() {
 }
 
 fn launch_restarts(dir: &Scratch) -> usize {
-    let log = std::fs::read_to_string(dir.0.join("logs/worker-1.log")).unwrap_or_default();
-    log.matches("worker starting").count().saturating_sub(1)
+    let path = dir.0.join("logs/worker-1.log");
+    let log = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("the worker's log {}: {e}", path.display()));
+    // Zero restarts must mean one start seen, not a log that says nothing.
+    let starts = log.matches("worker starting").count();
+    assert!(starts > 0, "no worker start in {}:\n{log}", path.display());
+    starts - 1
 }
 
 /// etcd goes away mid-run and comes back: tuples keep flowing (they do not pass
@@ -391,7 +410,7 @@ fn rebalance_from_two_to_three_workers_loses_nothing() {
     );
     let s = store(&rt, &etcd.url, "wcrebal");
     wait_running(&rt, &s, 2);
-    std::thread::sleep(Duration::from_secs(2));
+    wait_acking(&rt, &s);
     let before = rt.block_on(s.stats()).unwrap();
     assert!(
         before.values().all(|w| !w.spouts_done),
@@ -440,8 +459,12 @@ fn rebalance_from_three_to_two_workers_stops_the_removed_slot() {
     );
     let s = store(&rt, &etcd.url, "wcshrink");
     wait_running(&rt, &s, 3);
-    std::thread::sleep(Duration::from_secs(2));
+    wait_acking(&rt, &s);
     let slot2 = launch.worker_pid(2);
+    assert!(
+        kill(Pid::from_raw(slot2), None).is_ok(),
+        "slot 2's worker runs before the rebalance"
+    );
     rebalance(&etcd.url, "default/wcshrink", 2);
     eventually(
         "the worker of the removed slot 2 to be stopped",

@@ -9,6 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use squall_testenv::Rewrite;
 
 const LIMIT: u32 = 1500;
 
@@ -24,8 +25,8 @@ fn storm_py_and_storm_js_over_three_processes_ack_every_root_once() {
     // The example manifest, over three workers, with a ledger for the spout.
     let manifest = std::fs::read_to_string(examples.join("topology.yaml"))
         .unwrap()
-        .replace("workers: 1", "workers: 3")
-        .replace(
+        .rewrite("workers: 1", "workers: 3")
+        .rewrite(
             "config: {limit: 2000}",
             &format!("config: {{limit: {LIMIT}, ledger: ledger}}"),
         );

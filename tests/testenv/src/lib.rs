@@ -27,6 +27,7 @@ mod kafka;
 pub mod node;
 mod process;
 mod promcheck;
+mod rewrite;
 mod tempdir;
 mod wait;
 
@@ -42,6 +43,7 @@ pub use kafka::Kafka;
 pub use node::{ClusterInfo, RealCluster};
 pub use process::ManagedProcess;
 pub use promcheck::promcheck;
+pub use rewrite::Rewrite;
 pub use tempdir::TempDir;
 pub use wait::wait_until;
 
