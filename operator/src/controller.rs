@@ -16,11 +16,12 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
-use squall_api::records::{Control, unix_ms};
-use squall_api::{Phase, Topology, TopologyStatus, validate};
+use squall_api::records::unix_ms;
+use squall_api::{Topology, TopologyStatus, validate};
 use squall_coord::{CoordError, Store};
 
 use crate::decide::{self, Observed, TopologyMemory, decide};
+use crate::kill::{KillAction, KillObserved, KillRecords, decide_kill};
 use crate::pods::{self, PodSettings};
 use crate::telemetry::Metrics;
 
@@ -380,10 +381,7 @@ async fn patch_status(ctx: &Context, topo: &Topology, status: TopologyStatus) ->
     Ok(())
 }
 
-/// Deletion: deactivate, wait `killWaitSeconds` (or until open trees drain),
-/// delete pods and etcd keys, then let the finalizer go. Never stuck: if etcd
-/// stays down past the wait plus a grace period, the keys are left to the
-/// orphan sweep and the finalizer is released anyway.
+/// Deletion, one pass: read, `kill::decide_kill`, act (see `kill`).
 /// Returns how long to wait before the next pass, or `None` when done.
 async fn cleanup(topo: &Topology, ctx: &Context) -> Result<Option<Duration>, Error> {
     let name = topo.name_any();
@@ -396,86 +394,79 @@ async fn cleanup(topo: &Topology, ctx: &Context) -> Result<Option<Duration>, Err
         .or_default()
         .killing_since
         .get_or_insert_with(Instant::now);
-    let kill_wait = Duration::from_secs(u64::from(topo.spec.kill_wait_seconds));
-    let give_up = kill_wait + Duration::from_secs(30);
-
-    let etcd_step = async {
-        let control = store.control().await?;
-        // No assignment means nothing runs (or an earlier pass already removed the keys).
-        let assigned = store.assignment().await?.is_some();
-        if assigned && control.as_ref().is_none_or(|c| !c.killed) {
-            let c = Control {
-                active: false,
-                killed: true,
-                rebalance_epoch: control.map_or(0, |c| c.rebalance_epoch),
-                rebalance: None,
-            };
-            store.put_control(&c).await?;
-        }
-        let stats = store.stats().await?;
-        Ok::<u64, CoordError>(stats.values().map(|s| s.pending).sum())
+    let records = async {
+        Ok::<_, CoordError>(KillRecords {
+            control: store.control().await?,
+            assigned: store.assignment().await?.is_some(),
+            pending: store.stats().await?.values().map(|s| s.pending).sum(),
+        })
     };
-    let pending = match etcd_step.await {
-        Ok(p) => p,
-        Err(e) if since.elapsed() < give_up => {
-            tracing::warn!(topology = %key, error = %e, "cleanup waits for etcd");
-            return Ok(Some(Duration::from_secs(2)));
-        }
-        Err(e) => {
-            tracing::warn!(topology = %key, error = %e, "etcd unreachable; releasing the finalizer, keys are left to the orphan sweep");
-            0
-        }
-    };
-    if topo.status.as_ref().and_then(|s| s.phase) != Some(Phase::Killing) {
-        let mut st = topo.status.clone().unwrap_or_default();
-        st.phase = Some(Phase::Killing);
-        ctx.event(
-            topo,
-            EventType::Normal,
-            "Killing",
-            format!(
-                "spouts deactivated; tearing down after up to {}s",
-                kill_wait.as_secs()
-            ),
-        )
-        .await;
-        // The object may already be gone from under us; that is fine.
-        let _ = patch_status(ctx, topo, st).await;
-    }
-    // Storm waits the whole kill wait; we also stop early once every open tree has drained.
-    let drained = pending == 0 && since.elapsed() >= Duration::from_secs(1);
-    if since.elapsed() < kill_wait && !drained {
-        return Ok(Some(Duration::from_millis(500)));
-    }
-
+    let etcd = records.await.map_err(|e| e.to_string());
     let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let existing = pod_api
+    let pods = pod_api
         .list(&ListParams::default().labels(&pods::selector(&name)))
-        .await?;
-    // `kubectl delete` returns once the finalizer goes: let that mean the
-    // worker processes are gone too, not merely asked to stop.
-    if !existing.items.is_empty() {
-        for pod in &existing.items {
-            if pod.metadata.deletion_timestamp.is_none() {
-                delete_pod(&pod_api, &pod.name_any()).await?;
+        .await?
+        .items;
+    let plan = decide_kill(&KillObserved {
+        topo,
+        etcd,
+        pods,
+        elapsed: since.elapsed(),
+    });
+    // An etcd write that fails is retried later, or, once etcd has been
+    // given up on, left to the orphan sweep.
+    let etcd_failed = |e: CoordError, retrying: &str, giving_up: &str| {
+        let what = if plan.etcd_retry.is_some() {
+            retrying
+        } else {
+            giving_up
+        };
+        tracing::warn!(topology = %key, error = %e, "{what}");
+        plan.etcd_retry
+    };
+    for action in plan.actions.iter().cloned() {
+        match action {
+            KillAction::PutControl(c) => {
+                if let Err(e) = store.put_control(&c).await
+                    && let Some(retry) = etcd_failed(
+                        e,
+                        "cleanup waits for etcd",
+                        "etcd unreachable; the workers are not told, their pods go anyway",
+                    )
+                {
+                    return Ok(Some(retry));
+                }
+            }
+            KillAction::Event { reason, note } => {
+                ctx.event(topo, EventType::Normal, &reason, note).await;
+            }
+            // The object may already be gone from under us; that is fine.
+            KillAction::PatchStatus(st) => {
+                let _ = patch_status(ctx, topo, *st).await;
+            }
+            KillAction::DeletePod(pod) => delete_pod(&pod_api, &pod).await?,
+            KillAction::DeleteKeys => {
+                if let Err(e) = store.delete_all().await
+                    && let Some(retry) = etcd_failed(
+                        e,
+                        "cannot delete etcd keys yet",
+                        "giving up on etcd keys; the orphan sweep removes them later",
+                    )
+                {
+                    return Ok(Some(retry));
+                }
+            }
+            KillAction::Warn(msg) => tracing::warn!(topology = %key, "{msg}"),
+            KillAction::Requeue(wait) => return Ok(Some(wait)),
+            KillAction::Release => {
+                ctx.memory().remove(&key);
+                ctx.views.forget(&key);
+                tracing::info!(topology = %key, "deleted");
+                return Ok(None);
             }
         }
-        if since.elapsed() < give_up + Duration::from_secs(60) {
-            return Ok(Some(Duration::from_millis(500)));
-        }
-        tracing::warn!(topology = %key, "worker pods are slow to terminate; releasing the finalizer anyway");
     }
-    if let Err(e) = store.delete_all().await {
-        if since.elapsed() < give_up {
-            tracing::warn!(topology = %key, error = %e, "cannot delete etcd keys yet");
-            return Ok(Some(Duration::from_secs(2)));
-        }
-        tracing::warn!(topology = %key, error = %e, "giving up on etcd keys; the orphan sweep removes them later");
-    }
-    ctx.memory().remove(&key);
-    ctx.views.forget(&key);
-    tracing::info!(topology = %key, "deleted");
-    Ok(None)
+    Ok(Some(Duration::from_millis(500)))
 }
 
 /// Remove etcd keys of topologies that no longer exist (left over from a crash).
