@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use squall_api::TopologySpec;
 use squall_runtime::kafka::tools;
 use squall_runtime::local::{self, LocalError, LocalOptions, Summary};
-use squall_testenv::Kafka;
+use squall_testenv::{Kafka, Rewrite};
 
 const RECORDS: usize = 20_000;
 
@@ -224,7 +224,7 @@ fn the_kafka_word_count_example_counts_every_word() {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kafka-word-count/topology.yaml"),
     )
     .unwrap()
-    .replace("kafka:9092", &b);
+    .rewrite("kafka:9092", &b);
     let (name, spec) = spec(&text);
     let stop = Arc::new(AtomicBool::new(false));
     let run = {

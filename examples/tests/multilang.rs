@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use squall_runtime::local::Summary;
-use squall_testenv::TempDir;
+use squall_testenv::{Rewrite, TempDir};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -175,7 +175,7 @@ fn a_dead_a_hung_and_a_garbage_writing_subprocess_each_lose_nothing() {
       config: {{sabotage: {mode}, after: 200}}"
         );
         let manifest = word_count("", "[python3, splitsentence.py]", &sabotage)
-            .replace(
+            .rewrite(
                 "{from: sentences, to: split,",
                 "{from: sentences, to: saboteur, grouping: {type: SHUFFLE}}\n    - {from: saboteur, to: split,",
             );
