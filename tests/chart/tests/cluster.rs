@@ -278,6 +278,20 @@ async fn helm_install_grants_least_privilege_and_uninstall_cleans_up() {
         sa,
         &["list", "topologies.squall.dev", "--all-namespaces"]
     ));
+    // What the uninstall must remove is there: "nothing left" below is no
+    // query that never matched.
+    let installed = leftovers(&cp, "streams", "team-a");
+    assert!(
+        installed
+            .iter()
+            .any(|o| o.starts_with("role.rbac.authorization.k8s.io/")),
+        "the Role in team-a: {installed:?}"
+    );
+    let installed = leftovers(&cp, "streams", "streams-system");
+    assert!(
+        installed.iter().any(|o| o.starts_with("deployment.apps/")),
+        "the operator in streams-system: {installed:?}"
+    );
     chart::uninstall(&cp, "streams", "streams-system").unwrap();
     wait_nothing_left(&cp, "streams", "team-a").await;
     wait_nothing_left(&cp, "streams", "streams-system").await;

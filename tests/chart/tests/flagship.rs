@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use squall_chart_tests::{self as chart, RELEASE, test_cluster_values};
-use squall_testenv::{TestCluster, browser, wait_until};
+use squall_testenv::{Rewrite, TestCluster, browser, wait_until};
 
 const NS: &str = "squall-system";
 const PREFIX: &str = "/squall-flagship";
@@ -289,11 +289,11 @@ async fn helm_install_apply_scale_kill_delete_uninstall() {
     let manifest =
         std::fs::read_to_string(chart::workspace_root().join("examples/word-count/topology.yaml"))
             .unwrap()
-            .replace(
+            .rewrite(
                 "config: {rate: 2000}",
                 &format!("config: {{rate: 400, limit: {LIMIT}}}"),
             )
-            .replace("messageTimeoutSeconds: 30", "messageTimeoutSeconds: 5");
+            .rewrite("messageTimeoutSeconds: 30", "messageTimeoutSeconds: 5");
     assert!(
         manifest.contains("limit"),
         "the example manifest changed shape"
@@ -397,7 +397,41 @@ async fn helm_install_apply_scale_kill_delete_uninstall() {
     );
     assert!(t["status"]["stats"]["emittedTotal"].as_u64().unwrap() >= 2 * LIMIT);
 
-    // 6. kubectl delete: pods and etcd keys go.
+    // 6. kubectl delete: pods and etcd keys go. The same queries list them
+    // first, so that "nothing left" cannot come from a query that never matched.
+    let pods_of_word_count = [
+        "get",
+        "pods",
+        "-n",
+        ns,
+        "-l",
+        "squall.dev/topology=word-count",
+        "-o",
+        "name",
+    ];
+    let topologies_prefix = format!("{PREFIX}/topologies/");
+    let topology_keys = [
+        "exec",
+        "-n",
+        NS,
+        "squall-etcd-0",
+        "--",
+        "/usr/local/bin/etcdctl",
+        "get",
+        "--prefix",
+        "--keys-only",
+        &topologies_prefix,
+    ];
+    let pods = kubectl(&cluster, &pods_of_word_count, None);
+    assert!(
+        pods.contains("pod/word-count-worker-0"),
+        "the worker pods before the delete: {pods}"
+    );
+    let keys = kubectl(&cluster, &topology_keys, None);
+    assert!(
+        keys.contains(&format!("/{ns}/word-count/assignment")),
+        "the topology's etcd keys before the delete: {keys}"
+    );
     kubectl(
         &cluster,
         &[
@@ -410,39 +444,11 @@ async fn helm_install_apply_scale_kill_delete_uninstall() {
         ],
         None,
     );
-    let pods = kubectl(
-        &cluster,
-        &[
-            "get",
-            "pods",
-            "-n",
-            ns,
-            "-l",
-            "squall.dev/topology=word-count",
-            "-o",
-            "name",
-        ],
-        None,
-    );
+    let pods = kubectl(&cluster, &pods_of_word_count, None);
     assert!(pods.trim().is_empty(), "pods left: {pods}");
     // The bundled etcd holds no key of the topology any more (asked from
     // inside its pod: the host has no route to the cluster's addresses).
-    let keys = kubectl(
-        &cluster,
-        &[
-            "exec",
-            "-n",
-            NS,
-            "squall-etcd-0",
-            "--",
-            "/usr/local/bin/etcdctl",
-            "get",
-            "--prefix",
-            "--keys-only",
-            &format!("{PREFIX}/topologies/"),
-        ],
-        None,
-    );
+    let keys = kubectl(&cluster, &topology_keys, None);
     assert!(keys.trim().is_empty(), "etcd keys left: {keys}");
     let leader = kubectl(
         &cluster,
@@ -516,66 +522,67 @@ async fn helm_install_apply_scale_kill_delete_uninstall() {
         .await
         .unwrap_or_else(|e| panic!("{e}\n{:#}\n{}", get()["status"], cluster.dump(ns)));
         show(&format!("{name}: acked {first} -> {later}"));
+        let selector = format!("squall.dev/topology={name}");
+        let pods_of = ["get", "pods", "-n", ns, "-l", &selector, "-o", "name"];
+        let before = kubectl(&cluster, &pods_of, None);
+        assert!(
+            before.contains(&format!("pod/{name}-worker-0")),
+            "{name}'s worker pods before the delete: {before}"
+        );
         kubectl(
             &cluster,
             &["delete", "-n", ns, "-f", example, "--timeout=120s"],
             None,
         );
-        let left = kubectl(
-            &cluster,
-            &[
-                "get",
-                "pods",
-                "-n",
-                ns,
-                "-l",
-                &format!("squall.dev/topology={name}"),
-                "-o",
-                "name",
-            ],
-            None,
-        );
+        let left = kubectl(&cluster, &pods_of, None);
         assert!(left.trim().is_empty(), "pods left: {left}");
     }
 
-    // 7. helm uninstall: only the CRD stays, as Helm does.
+    // 7. helm uninstall: only the CRD stays, as Helm does. The release's
+    // objects, by its instance label, first: "nothing left" must be a query
+    // that matched them.
+    let ours = [
+        "get",
+        "all,serviceaccounts,roles,rolebindings,configmaps,secrets",
+        "-n",
+        NS,
+        "-l",
+        "app.kubernetes.io/instance=squall",
+        "-o",
+        "name",
+    ];
+    let ours_cluster_wide = [
+        "get",
+        "clusterroles,clusterrolebindings",
+        "-l",
+        "app.kubernetes.io/instance=squall",
+        "-o",
+        "name",
+    ];
+    let installed = kubectl(&cluster, &ours, None);
+    assert!(
+        installed.contains("serviceaccount/squall-operator")
+            && installed.contains("deployment.apps/squall-operator"),
+        "the release's objects before the uninstall: {installed}"
+    );
+    let installed = kubectl(&cluster, &ours_cluster_wide, None);
+    assert!(
+        installed.contains("clusterrole.rbac.authorization.k8s.io/squall-operator"),
+        "the release's cluster objects before the uninstall: {installed}"
+    );
     chart::uninstall(&cluster, RELEASE, NS).unwrap();
     // Pods of the operator's ReplicaSet are garbage-collected after helm returns.
     wait_until(
         "nothing of ours left after uninstall",
         Duration::from_secs(60),
         || {
-            let left = kubectl(
-                &cluster,
-                &[
-                    "get",
-                    "all,serviceaccounts,roles,rolebindings,configmaps,secrets",
-                    "-n",
-                    NS,
-                    "-l",
-                    "app.kubernetes.io/instance=squall",
-                    "-o",
-                    "name",
-                ],
-                None,
-            );
+            let left = kubectl(&cluster, &ours, None);
             async move { left.trim().is_empty().then_some(()) }
         },
     )
     .await
     .unwrap();
-    let cluster_left = kubectl(
-        &cluster,
-        &[
-            "get",
-            "clusterroles,clusterrolebindings",
-            "-l",
-            "app.kubernetes.io/instance=squall",
-            "-o",
-            "name",
-        ],
-        None,
-    );
+    let cluster_left = kubectl(&cluster, &ours_cluster_wide, None);
     assert!(
         cluster_left.trim().is_empty(),
         "cluster objects left: {cluster_left}"
