@@ -72,9 +72,13 @@ impl PartitionOffsets {
 /// counted as done, as Storm acks it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryBackoff {
+    /// The wait before the first retry.
     pub initial_delay: Duration,
+    /// The base of the doubling waits from the second retry on.
     pub delay_period: Duration,
+    /// The longest wait before any retry.
     pub max_delay: Duration,
+    /// Retries before the record is given up.
     pub max_retries: u32,
 }
 

@@ -106,9 +106,13 @@ pub fn produce<K: AsRef<[u8]>, V: AsRef<[u8]>>(
 /// One record read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadRecord {
+    /// The partition it was read from.
     pub partition: i32,
+    /// Its offset in that partition.
     pub offset: i64,
+    /// Its key, if it has one.
     pub key: Option<Vec<u8>>,
+    /// Its value, if it has one (a tombstone has none).
     pub value: Option<Vec<u8>>,
 }
 
