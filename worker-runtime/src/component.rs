@@ -105,9 +105,10 @@ impl TopologyContext {
 /// stops every executor. Local mode then returns
 /// [`LocalError::Crashed`](crate::local::LocalError::Crashed) (the CLI exits
 /// non-zero); a worker process reports the state `crashed` with that message
-/// and exits non-zero, so its pod restarts it, and the open tuple trees time
-/// out at their spouts and replay. The panicking executor's components get no
-/// [`Spout::close`]; the other executors close theirs as they stop.
+/// and exits non-zero, so its pod restarts it; the tuple trees it held fail
+/// at their spouts, which may replay them. The panicking executor's
+/// components get no [`Spout::close`]; the other executors close theirs as
+/// they stop.
 ///
 /// A panic in the factory or in [`Spout::open`] is not caught: it unwinds the
 /// thread that starts the worker, which in `local` and `worker` mode ends the
@@ -163,22 +164,26 @@ pub trait Spout: Send {
     /// follow.
     ///
     /// Called on the executor thread when it sees the worker's active flag
-    /// turn on, which includes its first turn when the topology starts active.
+    /// turn on: when the topology starts active (in a cluster, once the
+    /// worker's links to its peers are up) and whenever it is activated again.
     /// It may block briefly. A panic ends the worker (see
     /// [Panics](Spout#panics)).
     fn activate(&mut self) {}
-    /// The topology was deactivated (`spec.active: false`, a kill, or the end of
-    /// a local run): no `next_tuple` calls follow until [`Spout::activate`], but
-    /// acks and fails of open trees still arrive.
+    /// The topology was deactivated (`spec.active: false`): no `next_tuple`
+    /// calls follow until [`Spout::activate`], but acks and fails of open trees
+    /// still arrive.
     ///
-    /// Called on the executor thread when it sees the active flag turn off. It
-    /// may block briefly. A panic ends the worker (see [Panics](Spout#panics)).
+    /// Called on the executor thread when it sees the active flag turn off. A
+    /// worker that stops (a kill, a rebalance, the end of a local run) turns
+    /// the flag off first, but it may stop before the executor sees it, so do
+    /// not rely on this call before [`Spout::close`]. It may block briefly. A
+    /// panic ends the worker (see [Panics](Spout#panics)).
     fn deactivate(&mut self) {}
     /// The task is being torn down: release what [`Spout::open`] acquired.
     ///
     /// Called once on the executor thread when the worker stops, or, for a
-    /// spout parked by a rebalance whose task moved to another worker, on the
-    /// thread that starts the next plan. It is not called after a panic in
+    /// spout parked by a rebalance whose task left this worker, on the thread
+    /// that applies the next plan. It is not called after a panic in
     /// this executor, nor when the process is killed, so do not rely on it for
     /// durability. It may block, but the worker's shutdown waits for it.
     fn close(&mut self) {}
