@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use squall_chart_tests as chart;
-use squall_testenv::{TestCluster, wait_until};
+use squall_testenv::{Rewrite, TestCluster, wait_until};
 
 /// How each command block is proven.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -100,11 +100,12 @@ fn proof_of(b: &str) -> Option<Proof> {
         .map(|(_, k)| *k)
 }
 
-/// Fills the placeholders; a placeholder left over fails.
+/// Fills the placeholders; a placeholder that is not there, or one left
+/// over, fails.
 fn fill(block: &str, pairs: &[(&str, &str)]) -> String {
     let mut s = block.to_string();
     for (k, v) in pairs {
-        s = s.replace(k, v);
+        s = s.rewrite(k, v);
     }
     for line in s.lines().filter(|l| !l.trim_start().starts_with('#')) {
         let code = line.split(" #").next().unwrap_or(line);
