@@ -1,9 +1,11 @@
-//! The reconciler: Nimbus's job, driven by the API server and etcd.
+//! The reconciler's executor: Nimbus's job, driven by the API server and etcd.
 //!
-//! For each Topology it validates the spec, writes the assignment to etcd before
-//! any pod exists, keeps one pod per slot, replaces lost workers, runs Storm-style
-//! rebalances (deactivate, wait, reassign, reactivate), and reports status. On
-//! deletion a finalizer deactivates, waits, and removes pods and etcd keys.
+//! Each pass reads what there is (the Topology, its etcd records, its pods),
+//! asks `decide` (or, for a Topology being deleted, `kill`) what to do, and
+//! does it in order: the assignment is in etcd before any pod exists, one pod
+//! per slot, lost workers replaced, Storm-style rebalances (deactivate, drain,
+//! reassign, reactivate), status and Events. On deletion a finalizer holds the
+//! Topology until pods and etcd keys are gone.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
