@@ -596,6 +596,15 @@ async fn a_rebalance_completes_across_operator_and_etcd_restarts() {
     })
     .await;
 
+    let control = |url: String| {
+        let k = keys.control();
+        async move {
+            let c = etcd_connect(&url).await;
+            etcd_get::<squall_api::records::Control>(&c, &k)
+                .await
+                .unwrap()
+        }
+    };
     let acked = |s: &TopologyStatus| s.stats.as_ref().map_or(0, |x| x.acked_total);
     let mut phases = Vec::new();
     for (workers, restart) in [(3u32, "operator"), (2, "etcd")] {
@@ -617,6 +626,14 @@ async fn a_rebalance_completes_across_operator_and_etcd_restarts() {
         // Deactivated, not yet reassigned: the middle of the rebalance.
         let (before, _) = version(etcd.client_url().to_string()).await.unwrap();
         let acked_before = get(&topos, "slow").await.map_or(0, |s| acked(&s));
+        // The drain is in the control record, where a new operator finds it.
+        let draining = control(etcd.client_url().to_string()).await;
+        let progress = draining
+            .rebalance
+            .clone()
+            .unwrap_or_else(|| panic!("no rebalance progress in {draining:?}\n{}", op.log()));
+        assert_eq!(progress.from_version, before, "{draining:?}");
+        assert!(!draining.active, "{draining:?}");
         if restart == "operator" {
             drop(op);
             op = start_op(&etcd);
@@ -655,6 +672,12 @@ async fn a_rebalance_completes_across_operator_and_etcd_restarts() {
         })
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
+        // Resumed, not started over: the spouts were deactivated once for this
+        // move, and the finished move leaves no progress behind.
+        let after = control(etcd.client_url().to_string()).await;
+        assert_eq!(after.rebalance, None, "{after:?}");
+        assert_eq!(after.rebalance_epoch, draining.rebalance_epoch, "{after:?}");
+        assert!(after.active, "{after:?}");
         phases.push((restart, before, moved.0, acked(&st)));
     }
     eprintln!(
