@@ -65,8 +65,12 @@ images: testenv
 		--bin squall-operator --bin squall-supervisor --bin squall-examples --bin squall
 	SQUALL_IMAGE_PROFILE=$(SQUALL_IMAGE_PROFILE) bash docker/build-images.sh
 
-bench:
-	$(CARGO) run --release -p squall-examples --bin squall-bench
+## Throughput vs latency in one process, then over two worker processes with
+## a kill -9 (a real etcd from the test environment). Each figure is also
+## printed as one JSON line {"figure", "value", "unit"}: see docs/benchmarks.md.
+bench: testenv
+	$(CARGO) run --release -p squall-examples --bin squall-bench -- --duration 10s
+	source <(bash tests/testenv/provision.sh --print-env) && $(CARGO) bench -p squall-examples --bench cluster
 
 ## KafkaSpout → KafkaBolt records/s against a real local broker (docs/benchmarks.md).
 bench-kafka: testenv

@@ -110,8 +110,9 @@ pub struct SupervisorArgs {
     /// Lease time-to-live.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     ttl: Duration,
-    /// How often to check the worker and publish its stats.
-    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    /// How often to check the worker and publish its stats (the cluster
+    /// benchmark sets the environment variable to sample finely).
+    #[arg(long, env = "SQUALL_HEALTH_INTERVAL", value_parser = parse_duration, default_value = "1s")]
     health_interval: Duration,
     /// Exit non-zero when etcd has been unreachable this long.
     #[arg(long, value_parser = parse_duration, default_value = "30s")]

@@ -5,6 +5,10 @@
 //! where complete latency counts from each sentence's scheduled emit time.
 //!
 //! `cargo run --release -p squall-examples --bin squall-bench -- --duration 20s`
+//!
+//! Each part runs `--runs` times (3 by default); the figures are the medians,
+//! printed after the tables as one JSON line each: `{"figure", "value", "unit"}`
+//! (`make bench` documents them).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -34,6 +38,24 @@ struct Args {
     /// Print each summary as JSON too.
     #[arg(long)]
     json: bool,
+    /// Runs of each part; the figures are the medians.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn figure(name: &str, value: f64, unit: &str) {
+    println!(
+        "{}",
+        serde_json::json!({"figure": name, "value": (value * 1000.0).round() / 1000.0, "unit": unit})
+    );
 }
 
 fn run(spec: &TopologySpec, total_rate: f64, duration: Duration) -> anyhow::Result<Summary> {
@@ -87,21 +109,57 @@ fn main() -> anyhow::Result<()> {
         "| run | sentences acked/s | complete p50 (ms) | complete p99 (ms) | max (ms) | failed |"
     );
     println!("|---|---|---|---|---|---|");
+    let runs = args.runs.max(1);
+    let mut figures = Vec::new();
     let fixed_rate = match args.rate {
         Some(r) => r,
         None => {
-            let peak = run(&spec, 0.0, args.duration)?;
-            println!("{}", row("flat out", &peak));
-            if args.json {
-                println!("{}", serde_json::to_string(&peak)?);
+            let mut peaks = Vec::new();
+            for _ in 0..runs {
+                let peak = run(&spec, 0.0, args.duration)?;
+                println!("{}", row("flat out", &peak));
+                if args.json {
+                    println!("{}", serde_json::to_string(&peak)?);
+                }
+                peaks.push(peak);
             }
-            peak.acked_per_s * args.fraction
+            let rate = median(peaks.iter().map(|s| s.acked_per_s).collect());
+            figures.push(("one_process_peak_acked_per_s", rate, "sentences/s"));
+            figures.push((
+                "one_process_peak_p99_ms",
+                median(peaks.iter().map(|s| s.complete_latency_ms.p99).collect()),
+                "ms",
+            ));
+            rate * args.fraction
         }
     };
-    let fixed = run(&spec, fixed_rate, args.duration)?;
-    println!("{}", row(&format!("fixed rate {fixed_rate:.0}/s"), &fixed));
-    if args.json {
-        println!("{}", serde_json::to_string(&fixed)?);
+    let mut fixed = Vec::new();
+    for _ in 0..runs {
+        let s = run(&spec, fixed_rate, args.duration)?;
+        println!("{}", row(&format!("fixed rate {fixed_rate:.0}/s"), &s));
+        if args.json {
+            println!("{}", serde_json::to_string(&s)?);
+        }
+        fixed.push(s);
+    }
+    figures.push((
+        "one_process_fixed_rate_acked_per_s",
+        median(fixed.iter().map(|s| s.acked_per_s).collect()),
+        "sentences/s",
+    ));
+    figures.push((
+        "one_process_fixed_rate_p50_ms",
+        median(fixed.iter().map(|s| s.complete_latency_ms.p50).collect()),
+        "ms",
+    ));
+    figures.push((
+        "one_process_fixed_rate_p99_ms",
+        median(fixed.iter().map(|s| s.complete_latency_ms.p99).collect()),
+        "ms",
+    ));
+    figure("cores", cores as f64, "cores");
+    for (name, value, unit) in figures {
+        figure(name, value, unit);
     }
     Ok(())
 }
