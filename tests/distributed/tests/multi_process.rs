@@ -14,6 +14,7 @@ use common::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use squall_coord::{self as coord, TopologyStore};
+use squall_testenv::Rewrite as _;
 
 /// The runs start six or more processes each: one at a time on a small machine.
 fn serial() -> std::sync::MutexGuard<'static, ()> {
@@ -529,4 +530,54 @@ spec:
     );
     let summary = launch.wait(Duration::from_secs(180));
     assert_all_acked(&summary, 20_000);
+}
+
+/// `kill -9` of a worker with Storm's default 30 s message timeout: the other
+/// workers see their links to it break and fail their open trees back to the
+/// spouts at once, instead of waiting out the timeout; every root is acked.
+/// (How fast the rate recovers is measured by `make bench`, not here.)
+#[test]
+fn a_killed_workers_trees_replay_without_waiting_for_the_timeout() {
+    let _serial = serial();
+    let dir = Scratch::new("kill30");
+    let etcd = Etcd::start(&dir.0);
+    let rt = rt();
+    let manifest =
+        word_count("wckill30", 3, 4000, 30_000).rewrite("  messageTimeoutSeconds: 3\n", "");
+    let launch = Launch::start(&etcd.url, &manifest, &dir.0, &[]);
+    let s = store(&rt, &etcd.url, "wckill30");
+    wait_running(&rt, &s, 3);
+    wait_acking(&rt, &s);
+    let victim = launch.worker_pid(2);
+    kill(Pid::from_raw(victim), Signal::SIGKILL).expect("kill -9 the worker of slot 2");
+    let logs = launch.logs.clone();
+    let summary = launch.wait(Duration::from_secs(180));
+    // The limit is per spout task, and there are two.
+    assert_all_acked(&summary, 60_000);
+    assert!(
+        u(&summary, "replayed") > 0,
+        "trees cut by the kill must be replayed: {summary}"
+    );
+    // The spouts' workers failed their trees when the link broke, not at the timeout.
+    let failed_at_loss: Vec<u64> = (0..2)
+        .flat_map(|slot| {
+            let log = std::fs::read_to_string(logs.join(format!("worker-{slot}.log")))
+                .unwrap_or_default();
+            log.lines()
+                .filter(|l| l.contains("a peer worker was lost"))
+                .filter_map(|l| {
+                    l.split("trees=")
+                        .nth(1)?
+                        .split(|c: char| !c.is_ascii_digit())
+                        .next()?
+                        .parse()
+                        .ok()
+                })
+                .collect::<Vec<u64>>()
+        })
+        .collect();
+    assert!(
+        failed_at_loss.iter().sum::<u64>() > 0,
+        "the spouts must fail their open trees when the peer is lost: {failed_at_loss:?}: {summary}"
+    );
 }
