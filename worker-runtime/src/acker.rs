@@ -11,7 +11,7 @@
 //! fails within one to two timeouts is dropped here (its spout times it out on its
 //! own), which bounds memory however many acks are lost.
 
-use std::collections::HashMap;
+use crate::idmap::IdMap;
 
 use squall_api::TaskId;
 
@@ -36,8 +36,8 @@ struct Entry {
 /// The state of one acker task.
 #[derive(Debug, Default)]
 pub struct AckerState {
-    current: HashMap<u64, Entry>,
-    previous: HashMap<u64, Entry>,
+    current: IdMap<Entry>,
+    previous: IdMap<Entry>,
 }
 
 impl AckerState {

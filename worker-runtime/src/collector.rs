@@ -9,13 +9,14 @@
 
 #![warn(missing_docs)]
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use smallvec::SmallVec;
 use squall_api::{DEFAULT_STREAM, GroupingType, TaskId};
 
 use crate::grouping::{Grouper, Targets};
+use crate::idmap::{IdMap, IdSet};
 use crate::layout::Layout;
 use crate::metrics::{ExecMetrics, now_ns};
 use crate::transfer::{Msg, Outbox};
@@ -188,11 +189,11 @@ pub(crate) struct Pending {
 /// Acking state of one spout task.
 pub(crate) struct SpoutTaskState {
     pub(crate) task: TaskId,
-    pub(crate) pending: HashMap<u64, Pending>,
+    pub(crate) pending: IdMap<Pending>,
     /// (deadline, root) in emit order; stale entries are skipped lazily.
     pub(crate) timeouts: VecDeque<(u64, u64)>,
     /// Message ids that failed and may be emitted again (to count replays).
-    pub(crate) failed_ids: HashSet<u64>,
+    pub(crate) failed_ids: IdSet,
     /// With acking off, message ids to ack right after `next_tuple` returns.
     pub(crate) immediate_acks: Vec<u64>,
 }
@@ -204,9 +205,9 @@ impl SpoutTaskState {
     pub(crate) fn new(task: TaskId) -> Self {
         SpoutTaskState {
             task,
-            pending: HashMap::new(),
+            pending: IdMap::default(),
             timeouts: VecDeque::new(),
-            failed_ids: HashSet::new(),
+            failed_ids: IdSet::default(),
             immediate_acks: Vec::new(),
         }
     }

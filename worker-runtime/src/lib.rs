@@ -98,6 +98,7 @@ pub mod component;
 #[doc(hidden)] // engine internals; `Crash` is re-exported below
 pub mod executor;
 pub(crate) mod grouping;
+pub(crate) mod idmap;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 #[doc(hidden)] // engine internals, public for the engine's integration tests
