@@ -316,7 +316,14 @@ fn main() {
             k.summary["replayed"].as_f64().unwrap_or(0.0),
             "trees",
         );
-        let around: Vec<String> = samples
+        // Only the snapshots where the counter moved (executors refresh it once a second).
+        let mut moved: Vec<(u64, u64)> = Vec::new();
+        for s in &samples {
+            if moved.last().is_none_or(|l| l.1 != s.1) {
+                moved.push(*s);
+            }
+        }
+        let around: Vec<String> = moved
             .windows(2)
             .filter(|w| w[1].0 + 3000 >= killed && w[0].0 <= killed + 6000)
             .map(|w| {
