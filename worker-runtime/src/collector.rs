@@ -9,16 +9,16 @@
 
 #![warn(missing_docs)]
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use smallvec::SmallVec;
 use squall_api::{DEFAULT_STREAM, GroupingType, TaskId};
 
 use crate::grouping::{Grouper, Targets};
-use crate::idmap::{IdMap, IdSet};
+use crate::idmap::IdSet;
 use crate::layout::Layout;
 use crate::metrics::{ExecMetrics, now_ns};
+use crate::spout_trees::SpoutTrees;
 use crate::transfer::{Msg, Outbox};
 use crate::tuple::{Anchors, Tuple, Values};
 
@@ -179,19 +179,11 @@ impl Emitter {
     }
 }
 
-/// An open tuple tree of a spout task.
-pub(crate) struct Pending {
-    pub(crate) msg_id: u64,
-    pub(crate) start_ns: u64,
-    pub(crate) deadline_ns: u64,
-}
-
 /// Acking state of one spout task.
 pub(crate) struct SpoutTaskState {
     pub(crate) task: TaskId,
-    pub(crate) pending: IdMap<Pending>,
-    /// (deadline, root) in emit order; stale entries are skipped lazily.
-    pub(crate) timeouts: VecDeque<(u64, u64)>,
+    /// Its open tuple trees.
+    pub(crate) trees: SpoutTrees,
     /// Message ids that failed and may be emitted again (to count replays).
     pub(crate) failed_ids: IdSet,
     /// With acking off, message ids to ack right after `next_tuple` returns.
@@ -205,20 +197,10 @@ impl SpoutTaskState {
     pub(crate) fn new(task: TaskId) -> Self {
         SpoutTaskState {
             task,
-            pending: IdMap::default(),
-            timeouts: VecDeque::new(),
+            trees: SpoutTrees::default(),
             failed_ids: IdSet::default(),
             immediate_acks: Vec::new(),
         }
-    }
-
-    /// Remove every open tree, oldest emit first (so a spout that replays
-    /// failures replays them in order).
-    pub(crate) fn take_open_in_order(&mut self) -> Vec<Pending> {
-        let mut open: Vec<_> = self.pending.drain().map(|(_, p)| p).collect();
-        open.sort_by_key(|p| p.start_ns);
-        self.timeouts.clear();
-        open
     }
 
     pub(crate) fn remember_failed(&mut self, msg_id: u64) {
@@ -283,7 +265,7 @@ impl SpoutCollector<'_> {
 
     /// Open tuple trees of this task.
     pub fn pending(&self) -> usize {
-        self.st.pending.len()
+        self.st.trees.len()
     }
 
     /// Emit and return the target tasks (a multilang spout answers its subprocess with them).
@@ -333,15 +315,9 @@ impl SpoutCollector<'_> {
         );
         let now = now_ns();
         let deadline_ns = now + em.layout.timeout_ns;
-        self.st.pending.insert(
-            root,
-            Pending {
-                msg_id,
-                start_ns: start_ns.unwrap_or(now),
-                deadline_ns,
-            },
-        );
-        self.st.timeouts.push_back((deadline_ns, root));
+        self.st
+            .trees
+            .track(root, msg_id, start_ns.unwrap_or(now), deadline_ns);
         Ok(targets)
     }
 }

@@ -227,7 +227,7 @@ impl SpoutExecutor {
             if active && !self.core.emitter.outbox.congested() {
                 for (spout, st) in &mut self.tasks {
                     for _ in 0..SPOUT_BURST {
-                        if st.pending.len() >= max_pending {
+                        if st.trees.len() >= max_pending {
                             break;
                         }
                         let mut out = SpoutCollector {
@@ -275,12 +275,12 @@ impl SpoutExecutor {
     }
 
     fn report_progress(&self) {
-        let pending = self.tasks.iter().map(|(_, st)| st.pending.len()).sum();
+        let pending = self.tasks.iter().map(|(_, st)| st.trees.len()).sum();
         self.progress.pending.store(pending, Ordering::Relaxed);
         let done = self
             .tasks
             .iter()
-            .all(|(s, st)| s.is_done() && st.pending.is_empty());
+            .all(|(s, st)| s.is_done() && st.trees.is_empty());
         self.progress.done.store(done, Ordering::Relaxed);
     }
 
@@ -295,7 +295,7 @@ impl SpoutExecutor {
             let em = &mut self.core.emitter;
             match env.msg {
                 Msg::SpoutAck { root } => {
-                    if let Some(p) = st.pending.remove(&root) {
+                    if let Some(p) = st.trees.complete(root) {
                         em.metrics.acked += 1;
                         em.metrics.record_complete(now.saturating_sub(p.start_ns));
                         let mut out = SpoutCollector { em, st, emitted: 0 };
@@ -303,7 +303,7 @@ impl SpoutExecutor {
                     }
                 }
                 Msg::SpoutFail { root } => {
-                    if let Some(p) = st.pending.remove(&root) {
+                    if let Some(p) = st.trees.fail(root) {
                         em.metrics.failed += 1;
                         st.remember_failed(p.msg_id);
                         let mut out = SpoutCollector { em, st, emitted: 0 };
@@ -311,10 +311,8 @@ impl SpoutExecutor {
                     }
                 }
                 Msg::SpoutReset { root } => {
-                    if let Some(p) = st.pending.get_mut(&root) {
-                        p.deadline_ns = now + self.core.emitter.layout.timeout_ns;
-                        st.timeouts.push_back((p.deadline_ns, root));
-                    }
+                    st.trees
+                        .reset(root, now + self.core.emitter.layout.timeout_ns);
                 }
                 _ => {}
             }
@@ -325,7 +323,7 @@ impl SpoutExecutor {
     fn fail_open_trees(&mut self) {
         let mut failed = 0usize;
         for (spout, st) in &mut self.tasks {
-            for p in st.take_open_in_order() {
+            for p in st.trees.drain_in_order() {
                 failed += 1;
                 self.core.emitter.metrics.failed += 1;
                 st.remember_failed(p.msg_id);
@@ -347,27 +345,15 @@ impl SpoutExecutor {
     /// Fail trees whose timeout has passed.
     fn expire(&mut self, now: u64) {
         for (spout, st) in &mut self.tasks {
-            while let Some(&(deadline, root)) = st.timeouts.front() {
-                if deadline > now {
-                    break;
-                }
-                st.timeouts.pop_front();
-                // A reset pushes a later deadline; only the current one counts.
-                if st
-                    .pending
-                    .get(&root)
-                    .is_some_and(|p| p.deadline_ns == deadline)
-                    && let Some(p) = st.pending.remove(&root)
-                {
-                    self.core.emitter.metrics.failed += 1;
-                    st.remember_failed(p.msg_id);
-                    let mut out = SpoutCollector {
-                        em: &mut self.core.emitter,
-                        st,
-                        emitted: 0,
-                    };
-                    spout.fail_emitting(p.msg_id, &mut out);
-                }
+            while let Some(p) = st.trees.expire(now) {
+                self.core.emitter.metrics.failed += 1;
+                st.remember_failed(p.msg_id);
+                let mut out = SpoutCollector {
+                    em: &mut self.core.emitter,
+                    st,
+                    emitted: 0,
+                };
+                spout.fail_emitting(p.msg_id, &mut out);
             }
         }
     }
@@ -383,7 +369,7 @@ impl SpoutExecutor {
             let mut parked = Vec::new();
             for (mut spout, mut st) in std::mem::take(&mut self.tasks) {
                 // Fail the open trees in emit order, so that the spout replays them in order.
-                for p in st.take_open_in_order() {
+                for p in st.trees.drain_in_order() {
                     self.core.emitter.metrics.failed += 1;
                     st.remember_failed(p.msg_id);
                     spout.fail(p.msg_id);

@@ -108,6 +108,7 @@ pub mod metrics;
 #[doc(hidden)] // the gRPC transport between workers, public for the distributed tests
 pub mod net;
 pub(crate) mod shell;
+pub(crate) mod spout_trees;
 #[doc(hidden)] // engine internals; `TransferConfig` is re-exported below
 pub mod transfer;
 pub mod tuple;
