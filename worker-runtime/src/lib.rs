@@ -95,6 +95,8 @@ pub mod cli;
 pub mod cluster;
 pub mod collector;
 pub mod component;
+#[doc(hidden)]
+pub mod control;
 #[doc(hidden)] // engine internals; `Crash` is re-exported below
 pub mod executor;
 pub(crate) mod grouping;
