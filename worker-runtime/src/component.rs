@@ -110,17 +110,17 @@ impl TopologyContext {
 /// components get no [`Spout::close`]; the other executors close theirs as
 /// they stop.
 ///
-/// A panic in the factory or in [`Spout::open`] is not caught: it unwinds the
-/// thread that starts the worker, which in `local` and `worker` mode ends the
-/// process (the panic hook logs it). Return a [`ComponentError`] instead: the
-/// worker then does not start, with an error that names the component and task.
+/// A panic in the factory or in [`Spout::open`] is caught on the thread that
+/// starts the worker and treated as a returned [`ComponentError`] (message
+/// `panicked: …`): the worker does not start, with an error that names the
+/// component and task. Returning the error says more than a panic does.
 pub trait Spout: Send {
     /// Prepare this task (connect, read its config) before it emits.
     ///
     /// Called once per task on the thread that starts the worker, before the
     /// executor threads start (see [Threads](Spout#threads)). It may block,
     /// but the whole worker waits for it. An error stops the worker from
-    /// starting and names the component and task; a panic is not caught (see
+    /// starting and names the component and task; so does a panic (see
     /// [Panics](Spout#panics)).
     fn open(&mut self, _ctx: &TopologyContext) -> Result<(), ComponentError> {
         Ok(())
@@ -220,14 +220,14 @@ pub trait Spout: Send {
 /// and ends the worker, naming the component, its tasks and the message; see
 /// [Spout's Panics](Spout#panics), which applies here word for word (the
 /// panicking executor's bolts get no `cleanup`). A panic in the factory or in
-/// `prepare` is not caught: return a [`ComponentError`] instead.
+/// `prepare` fails the start as a returned [`ComponentError`] would.
 pub trait Bolt: Send {
     /// Prepare this task before it executes tuples.
     ///
     /// Called once per task on the thread that starts the worker, before the
     /// executor threads start. It may block, but the whole worker waits for it.
     /// An error stops the worker from starting and names the component and
-    /// task; a panic is not caught (see [Panics](Bolt#panics)).
+    /// task; so does a panic (see [Panics](Bolt#panics)).
     fn prepare(&mut self, _ctx: &TopologyContext) -> Result<(), ComponentError> {
         Ok(())
     }

@@ -37,6 +37,18 @@ pub enum StartError {
     Thread(#[from] std::io::Error),
 }
 
+/// Run a component's factory and `open`/`prepare` (on the thread that starts
+/// the worker), turning a panic into an error, so that the start fails with
+/// the component and task named instead of unwinding the whole process.
+fn unpanicked<T>(f: impl FnOnce() -> Result<T, ComponentError>) -> Result<T, ComponentError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        Err(ComponentError::new(format!(
+            "panicked: {}",
+            squall_coord::logging::panic_message(p.as_ref()).unwrap_or("a panic without a message")
+        )))
+    })
+}
+
 /// Builds one spout per task: a registered factory, or a multilang subprocess.
 type MakeSpout<'a> = dyn Fn(&TopologyContext) -> Result<Box<dyn Spout>, ComponentError> + 'a;
 
@@ -219,8 +231,12 @@ impl Worker {
                             continue;
                         }
                         let c = ctx(t);
-                        let mut spout = make(&c).map_err(|e| fail(t, e))?;
-                        spout.open(&c).map_err(|e| fail(t, e))?;
+                        let spout = unpanicked(|| {
+                            let mut spout = make(&c)?;
+                            spout.open(&c)?;
+                            Ok(spout)
+                        })
+                        .map_err(|e| fail(t, e))?;
                         tasks.push((spout, SpoutTaskState::new(t)));
                     }
                     let progress = Arc::new(SpoutProgress::default());
@@ -260,8 +276,12 @@ impl Worker {
                     let mut bolts = Vec::new();
                     for t in ex.tasks() {
                         let c = ctx(t);
-                        let mut bolt = make(&c).map_err(|e| fail(t, e))?;
-                        bolt.prepare(&c).map_err(|e| fail(t, e))?;
+                        let bolt = unpanicked(|| {
+                            let mut bolt = make(&c)?;
+                            bolt.prepare(&c)?;
+                            Ok(bolt)
+                        })
+                        .map_err(|e| fail(t, e))?;
                         bolts.push(bolt);
                     }
                     let exec = BoltExecutor {

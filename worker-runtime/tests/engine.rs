@@ -15,7 +15,8 @@ use squall_runtime::metrics::MetricsHub;
 use squall_runtime::transfer::TransferConfig;
 use squall_runtime::worker::{StartError, Worker};
 use squall_runtime::{
-    Bolt, BoltCollector, Outputs, Registry, Spout, SpoutCollector, TopologyContext, Tuple, values,
+    Bolt, BoltCollector, ComponentError, Outputs, Registry, Spout, SpoutCollector, TopologyContext,
+    Tuple, values,
 };
 
 /// Emits 0, 1, 2, … tracked, up to `limit`; records activation calls.
@@ -82,6 +83,17 @@ impl Bolt for Director {
     }
 }
 
+/// A bolt whose `prepare` panics.
+struct PanicsInPrepare;
+
+impl Bolt for PanicsInPrepare {
+    fn prepare(&mut self, _: &TopologyContext) -> Result<(), ComponentError> {
+        panic!("prepare blew up")
+    }
+
+    fn execute(&mut self, _: Tuple, _: &mut BoltCollector<'_>) {}
+}
+
 struct Shared {
     log: Arc<Mutex<Vec<String>>>,
     seen: Arc<Mutex<Vec<(u32, String)>>>,
@@ -115,6 +127,12 @@ fn registry(limit: u64) -> (Registry, Shared) {
         "Director",
         Outputs::fields(&["n"]).stream("direct", &["n"]),
         |_| Ok(Director { targets: vec![] }),
+    );
+    r.bolt("PanicsInPrepare", Outputs::none(), |_| Ok(PanicsInPrepare));
+    r.spout(
+        "PanicsInFactory",
+        Outputs::fields(&["n"]),
+        |_| -> Result<Counter, ComponentError> { panic!("factory blew up") },
     );
     r.bolt("NeedsConfig", Outputs::none(), |ctx: &TopologyContext| {
         ctx.config_u64("size", 1)?;
@@ -315,6 +333,54 @@ fn a_component_that_rejects_its_config_fails_the_start_cleanly() {
     .expect("must fail");
     assert!(matches!(err, StartError::Component { .. }), "{err}");
     assert!(err.to_string().contains("size"), "{err}");
+}
+
+/// A panic in a factory or in `prepare` fails the start with the component
+/// and task named, as a returned error, instead of unwinding the process.
+#[test]
+fn a_component_that_panics_while_starting_fails_the_start_naming_it() {
+    let (r, _) = registry(0);
+    for (yaml, component, message) in [
+        (
+            "spouts: [{id: s, component: Counter}]\n\
+             bolts: [{id: b, component: PanicsInPrepare, parallelism: 2}]\n\
+             streams: [{from: s, to: b, grouping: {type: SHUFFLE}}]",
+            "b",
+            "panicked: prepare blew up",
+        ),
+        (
+            "spouts: [{id: p, component: PanicsInFactory}]\n\
+             bolts: [{id: b, component: Recorder}]\n\
+             streams: [{from: p, to: b, grouping: {type: SHUFFLE}}]",
+            "p",
+            "panicked: factory blew up",
+        ),
+    ] {
+        let s = spec(yaml);
+        let plan = PhysicalPlan::compute(&s);
+        let layout = Arc::new(Layout::new("t", s, plan, &r).unwrap());
+        let err = Worker::start(
+            layout,
+            &r,
+            &[0],
+            None,
+            TransferConfig::default(),
+            MetricsHub::new(),
+        )
+        .err()
+        .expect("the start must fail");
+        match &err {
+            StartError::Component {
+                component: c,
+                error,
+                ..
+            } => {
+                assert_eq!(c, component, "{err}");
+                assert!(error.0.contains(message), "{err}");
+            }
+            other => panic!("expected a component error, got {other}"),
+        }
+    }
 }
 
 #[test]
