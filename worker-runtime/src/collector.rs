@@ -329,6 +329,8 @@ pub struct BoltCollector<'a> {
     /// Start time of the tuple being executed; acks of it are timed when it returns.
     pub(crate) exec_start_ns: u64,
     pub(crate) acked_current: u32,
+    /// How many tuples one timed tuple stands for (latencies are sampled).
+    pub(crate) sample_weight: u64,
 }
 
 impl BoltCollector<'_> {
@@ -459,7 +461,7 @@ impl BoltCollector<'_> {
         } else if started != 0 {
             self.em
                 .metrics
-                .record_process(now_ns().saturating_sub(started));
+                .record_process_sampled(now_ns().saturating_sub(started), self.sample_weight);
         }
     }
 }

@@ -288,6 +288,7 @@ impl Worker {
                         core,
                         bolts,
                         tick_ns: layout.tick_ns[ex.component],
+                        executed: 0,
                     };
                     Box::new(move || exec.run())
                 }

@@ -79,6 +79,12 @@ pub(super) fn record(h: &mut Histogram<u64>, ns: u64) {
     h.saturating_record(ns.max(1));
 }
 
+fn record_n(h: &mut Histogram<u64>, ns: u64, weight: u64) {
+    // Out of range only for values beyond the histogram's hour: clamp them.
+    let v = ns.max(1).min(h.high());
+    let _ = h.record_n(v, weight);
+}
+
 impl ExecMetrics {
     /// A bolt executed a tuple in `ns`.
     #[inline]
@@ -86,6 +92,27 @@ impl ExecMetrics {
         self.executed += 1;
         self.busy_ns += ns;
         record(&mut self.execute_ns, ns);
+    }
+    /// A bolt executed a tuple whose time it did not measure (latencies are
+    /// sampled: see [`ExecMetrics::record_execute_sampled`]).
+    #[inline]
+    pub fn count_execute(&mut self) {
+        self.executed += 1;
+    }
+    /// A bolt executed a tuple in `ns`, measured for `weight` tuples: one in
+    /// `weight` is timed, as Storm samples its executor statistics, and it
+    /// counts `weight` times in the busy time and the histogram.
+    #[inline]
+    pub fn record_execute_sampled(&mut self, ns: u64, weight: u64) {
+        self.executed += 1;
+        self.busy_ns += ns.saturating_mul(weight);
+        record_n(&mut self.execute_ns, ns, weight);
+    }
+    /// A sampled tuple (see [`ExecMetrics::record_execute_sampled`]) was
+    /// acked `ns` after it arrived.
+    #[inline]
+    pub fn record_process_sampled(&mut self, ns: u64, weight: u64) {
+        record_n(&mut self.process_ns, ns, weight);
     }
     /// A tuple from component `source` (an index into `names`) is executed.
     #[inline]

@@ -227,6 +227,7 @@ impl ShellBoltExecutor {
                 task: t.ctx.task_id,
                 exec_start_ns: 0,
                 acked_current: 0,
+                sample_weight: 1,
             };
             for tuple in held.values() {
                 out.fail(tuple);
@@ -549,6 +550,7 @@ fn handle(s: &Shared, msg: ShellMsg) {
                     task: s.task,
                     exec_start_ns: 0,
                     acked_current: 0,
+                    sample_weight: 1,
                 };
                 out.emit_inner(stream, e.task, &anchors, e.values)
             };
@@ -593,6 +595,7 @@ fn finish(s: &Shared, id: &Json, ack: bool) {
         task: s.task,
         exec_start_ns: 0,
         acked_current: 0,
+        sample_weight: 1,
     };
     if ack {
         out.ack(&tuple);
