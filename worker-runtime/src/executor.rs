@@ -386,7 +386,7 @@ impl BoltExecutor {
         self.executed += 1;
         // Untimed tuples keep `started_ns` 0, so their acks are not timed
         // either; `exec_start_ns` MAX never matches it.
-        let start = if self.executed % LATENCY_SAMPLE_EVERY == 0 {
+        let start = if self.executed.is_multiple_of(LATENCY_SAMPLE_EVERY) {
             let now = now_ns();
             tuple.started_ns.set(now);
             now
