@@ -113,10 +113,25 @@ impl WorkerControl {
 }
 
 /// What a spout executor reports about its progress, for draining and finite runs.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SpoutProgress {
     /// Open tuple trees over the executor's tasks.
     pub pending: AtomicUsize,
     /// Every task's spout reports `is_done`.
     pub done: AtomicBool,
+    /// The spouts were active at the last report (true until the first):
+    /// stored after `pending`, so a reader that sees `false` reads a
+    /// `pending` taken after the executor stopped emitting. Without it, a
+    /// drain could read 0 from before the executor's last burst of emits.
+    pub active: AtomicBool,
+}
+
+impl Default for SpoutProgress {
+    fn default() -> Self {
+        SpoutProgress {
+            pending: AtomicUsize::new(0),
+            done: AtomicBool::new(false),
+            active: AtomicBool::new(true),
+        }
+    }
 }

@@ -144,7 +144,7 @@ impl SpoutExecutor {
                     }
                 }
             }
-            self.report_progress();
+            self.report_progress(active);
             let now = now_ns();
             self.core.publish_if_due(now);
             if emitted == 0 {
@@ -164,7 +164,9 @@ impl SpoutExecutor {
         self.close();
     }
 
-    fn report_progress(&self) {
+    /// Publish the open trees and whether the spouts are `active` (see
+    /// [`SpoutProgress::active`] for the order).
+    fn report_progress(&self, active: bool) {
         let pending = self.tasks.iter().map(|(_, st)| st.trees.len()).sum();
         self.progress.pending.store(pending, Ordering::Relaxed);
         let done = self
@@ -172,6 +174,7 @@ impl SpoutExecutor {
             .iter()
             .all(|(s, st)| s.is_done() && st.trees.is_empty());
         self.progress.done.store(done, Ordering::Relaxed);
+        self.progress.active.store(active, Ordering::Release);
     }
 
     fn handle(&mut self, batch: Batch) {
@@ -250,7 +253,7 @@ impl SpoutExecutor {
 
     fn close(mut self) {
         self.core.emitter.outbox.flush(now_ns());
-        self.report_progress();
+        self.report_progress(false);
         if self.core.control.keep_spouts.load(Ordering::Relaxed) {
             // Acks that already arrived complete their trees instead of replaying them.
             while let Ok(batch) = self.core.rx.try_recv() {

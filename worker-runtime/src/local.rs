@@ -218,7 +218,7 @@ pub fn run(
     show("Draining");
     let drain_deadline =
         Instant::now() + Duration::from_nanos(layout.timeout_ns) + Duration::from_secs(1);
-    while worker.pending() > 0 && Instant::now() < drain_deadline {
+    while !worker.drained() && Instant::now() < drain_deadline {
         if stopped_by != "interrupt"
             && opts
                 .interrupt

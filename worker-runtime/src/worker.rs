@@ -347,6 +347,16 @@ impl Worker {
             .sum()
     }
 
+    /// After [`Worker::set_active`]`(false)`: every spout executor has seen it,
+    /// and no tree is open. A drain waits for this rather than for
+    /// `pending() == 0`, which an executor still finishing a burst of emits
+    /// may not have reported yet.
+    pub fn drained(&self) -> bool {
+        self.spouts
+            .iter()
+            .all(|p| !p.active.load(Ordering::Acquire) && p.pending.load(Ordering::Relaxed) == 0)
+    }
+
     /// Every spout of this worker is finished and has no open tree.
     pub fn spouts_done(&self) -> bool {
         self.spouts.iter().all(|p| p.done.load(Ordering::Relaxed))

@@ -107,7 +107,7 @@ impl State {
         let Some(r) = self.running.take() else { return };
         r.worker.set_active(false);
         let deadline = Instant::now() + drain;
-        while r.worker.pending() > 0 && Instant::now() < deadline {
+        while !r.worker.drained() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
         *self.target.write().unwrap_or_else(|p| p.into_inner()) = None;
