@@ -1,5 +1,7 @@
 //! Local mode: a whole topology in one process, like Storm's LocalCluster.
 
+#![warn(missing_docs)]
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -30,6 +32,7 @@ pub struct LocalOptions {
     pub metrics_addr: Option<SocketAddr>,
     /// Serve the web UI here.
     pub ui_addr: Option<SocketAddr>,
+    /// Batch size, queue depth and linger between executors.
     pub transfer: TransferConfig,
     /// Set from outside (Ctrl-C) to stop the run early.
     pub interrupt: Option<Arc<AtomicBool>>,
@@ -52,14 +55,18 @@ impl Default for LocalOptions {
 /// Latency percentiles in milliseconds.
 #[derive(Debug, Clone, Copy, Serialize, serde::Deserialize, PartialEq, Default)]
 pub struct Percentiles {
+    /// The median.
     pub p50: f64,
+    /// The 99th percentile.
     pub p99: f64,
+    /// The longest seen.
     pub max: f64,
 }
 
 /// The end-of-run summary; `--json` prints it as the last line.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Summary {
+    /// The topology's name.
     pub topology: String,
     /// Tuple trees completed (spout `ack` calls).
     pub acked: u64,
@@ -69,13 +76,17 @@ pub struct Summary {
     pub emitted: u64,
     /// Of `emitted`, those that replayed a failed message id.
     pub replayed: u64,
+    /// How long the run lasted, in seconds (the drain at the end included).
     pub duration_s: f64,
+    /// `acked` over `duration_s`.
     pub acked_per_s: f64,
+    /// From a root's emit (or its scheduled emit) to its tree's completion.
     pub complete_latency_ms: Percentiles,
     /// Why the run ended: `limit` (spouts done), `duration`, or `interrupt`.
     pub stopped_by: String,
     /// Trees still open when the run was torn down (0 after a clean drain).
     pub open_at_end: usize,
+    /// Each component's totals, by component id (acker included).
     pub components: BTreeMap<String, ComponentStats>,
 }
 
@@ -103,14 +114,19 @@ impl Summary {
 /// Why a local run could not happen.
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
+    /// The spec cannot be laid out (an unknown component, a bad grouping).
     #[error(transparent)]
     Layout(#[from] LayoutError),
+    /// A component could not start (its factory, `open` or `prepare` failed or panicked).
     #[error(transparent)]
     Start(#[from] StartError),
+    /// The metrics address could not be served.
     #[error("cannot serve metrics: {0}")]
     Metrics(std::io::Error),
+    /// The web UI's address could not be served.
     #[error("cannot serve the web UI: {0}")]
     Ui(std::io::Error),
+    /// A component panicked while the topology ran.
     #[error("{0}; the topology stopped")]
     Crashed(crate::executor::Crash),
 }
