@@ -423,7 +423,7 @@ fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<ExitCode> {
 }
 
 /// The human-readable final summary.
-pub fn format_summary(s: &local::Summary) -> String {
+pub fn format_summary(s: &crate::report::Summary) -> String {
     let mut out = format!(
         "=== {} finished ({}) after {:.1}s: acked={} failed={} emitted={} replayed={} open={} acked/s={:.0} complete latency p50={:.2}ms p99={:.2}ms max={:.2}ms\n",
         s.topology,

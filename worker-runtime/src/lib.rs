@@ -109,6 +109,7 @@ pub mod local;
 pub mod metrics;
 #[doc(hidden)] // the gRPC transport between workers, public for the distributed tests
 pub mod net;
+pub mod report;
 pub(crate) mod shell;
 pub(crate) mod spout_trees;
 #[doc(hidden)] // engine internals; `TransferConfig` is re-exported below

@@ -26,7 +26,7 @@ use squall_api::records::{Assignment, ComponentStats, Control, TopologyRef, Work
 use squall_api::{PlannedKind, TopologySpec};
 use squall_coord::TopologyStore;
 
-use crate::local::Summary;
+use crate::report::Summary;
 
 /// How a multi-process run behaves.
 #[derive(Debug, Clone)]
@@ -544,7 +544,7 @@ fn render_table(
             Some((id, (kind, delta)))
         })
         .collect();
-    crate::local::format_table(
+    crate::report::format_table(
         &rows,
         window,
         uptime,

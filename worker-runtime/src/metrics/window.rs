@@ -35,11 +35,11 @@ impl RecentWindow {
         let (recent, window_ns) = match baseline.as_ref() {
             Some((at, base)) => {
                 let window = at.elapsed().as_nanos() as u64;
-                (crate::local::stats_of(&now, Some((base, window))), window)
+                (crate::report::stats_of(&now, Some((base, window))), window)
             }
             None => (BTreeMap::new(), 0),
         };
-        let total = crate::local::stats_of(&now, None);
+        let total = crate::report::stats_of(&now, None);
         if baseline
             .as_ref()
             .is_none_or(|(at, _)| at.elapsed() >= RECENT_WINDOW)
