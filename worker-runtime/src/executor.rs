@@ -197,10 +197,7 @@ impl SpoutExecutor {
                 }
                 Msg::SpoutFail { root } => {
                     if let Some(p) = st.trees.fail(root) {
-                        em.metrics.failed += 1;
-                        st.remember_failed(p.msg_id);
-                        let mut out = SpoutCollector { em, st, emitted: 0 };
-                        spout.fail_emitting(p.msg_id, &mut out);
+                        fail_to_spout(em, spout.as_mut(), st, p.msg_id);
                     }
                 }
                 Msg::SpoutReset { root } => {
@@ -218,14 +215,7 @@ impl SpoutExecutor {
         for (spout, st) in &mut self.tasks {
             for p in st.trees.drain_in_order() {
                 failed += 1;
-                self.core.emitter.metrics.failed += 1;
-                st.remember_failed(p.msg_id);
-                let mut out = SpoutCollector {
-                    em: &mut self.core.emitter,
-                    st,
-                    emitted: 0,
-                };
-                spout.fail_emitting(p.msg_id, &mut out);
+                fail_to_spout(&mut self.core.emitter, spout.as_mut(), st, p.msg_id);
             }
         }
         tracing::warn!(
@@ -239,14 +229,7 @@ impl SpoutExecutor {
     fn expire(&mut self, now: u64) {
         for (spout, st) in &mut self.tasks {
             while let Some(p) = st.trees.expire(now) {
-                self.core.emitter.metrics.failed += 1;
-                st.remember_failed(p.msg_id);
-                let mut out = SpoutCollector {
-                    em: &mut self.core.emitter,
-                    st,
-                    emitted: 0,
-                };
-                spout.fail_emitting(p.msg_id, &mut out);
+                fail_to_spout(&mut self.core.emitter, spout.as_mut(), st, p.msg_id);
             }
         }
     }
@@ -285,6 +268,16 @@ impl SpoutExecutor {
         }
         self.core.publish(now_ns());
     }
+}
+
+/// A tree of `st` failed (the acker said so, it timed out, or a peer was
+/// lost): count it, remember its id so a replay counts as one, and tell the
+/// spout, which may emit from `fail`.
+fn fail_to_spout(em: &mut Emitter, spout: &mut dyn Spout, st: &mut SpoutTaskState, msg_id: u64) {
+    em.metrics.failed += 1;
+    st.remember_failed(msg_id);
+    let mut out = SpoutCollector { em, st, emitted: 0 };
+    spout.fail_emitting(msg_id, &mut out);
 }
 
 // ---------------------------------------------------------------------------------------------
