@@ -311,6 +311,22 @@ fn direct_emits_reach_the_chosen_task() {
     w.shutdown();
 }
 
+/// Start `s` as one worker, which must fail; its error.
+fn start_error(r: &Registry, s: TopologySpec) -> StartError {
+    let plan = PhysicalPlan::compute(&s);
+    let layout = Arc::new(Layout::new("t", s, plan, r).unwrap());
+    Worker::start(
+        layout,
+        r,
+        &[0],
+        None,
+        TransferConfig::default(),
+        MetricsHub::new(),
+    )
+    .err()
+    .expect("the start must fail")
+}
+
 #[test]
 fn a_component_that_rejects_its_config_fails_the_start_cleanly() {
     let (r, _) = registry(0);
@@ -319,18 +335,7 @@ fn a_component_that_rejects_its_config_fails_the_start_cleanly() {
          bolts: [{id: b, component: NeedsConfig, config: {size: oops}}]\n\
          streams: [{from: s, to: b, grouping: {type: SHUFFLE}}]",
     );
-    let plan = PhysicalPlan::compute(&s);
-    let layout = Arc::new(Layout::new("t", s, plan, &r).unwrap());
-    let err = Worker::start(
-        layout,
-        &r,
-        &[0],
-        None,
-        TransferConfig::default(),
-        MetricsHub::new(),
-    )
-    .err()
-    .expect("must fail");
+    let err = start_error(&r, s);
     assert!(matches!(err, StartError::Component { .. }), "{err}");
     assert!(err.to_string().contains("size"), "{err}");
 }
@@ -356,19 +361,7 @@ fn a_component_that_panics_while_starting_fails_the_start_naming_it() {
             "panicked: factory blew up",
         ),
     ] {
-        let s = spec(yaml);
-        let plan = PhysicalPlan::compute(&s);
-        let layout = Arc::new(Layout::new("t", s, plan, &r).unwrap());
-        let err = Worker::start(
-            layout,
-            &r,
-            &[0],
-            None,
-            TransferConfig::default(),
-            MetricsHub::new(),
-        )
-        .err()
-        .expect("the start must fail");
+        let err = start_error(&r, spec(yaml));
         match &err {
             StartError::Component {
                 component: c,
