@@ -21,6 +21,7 @@
 
 #![allow(clippy::unwrap_used)] // a benchmark: a panic is the report
 
+use squall_examples::bench::{figure, median};
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -28,7 +29,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_squall-examples");
 
@@ -125,21 +126,6 @@ fn recovery(samples: &[(u64, u64)], killed: u64) -> (f64, Option<f64>) {
         }
     }
     (base, None)
-}
-
-fn figure(name: &str, value: f64, unit: &str) {
-    println!(
-        "{}",
-        json!({"figure": name, "value": (value * 1000.0).round() / 1000.0, "unit": unit})
-    );
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// The spout's acked/s from a row of the live table (`spout spout emitted/s transfer/s acked/s …`).

@@ -14,6 +14,8 @@
 //! The binary also has the engine's built-in `KafkaSpout` and `KafkaBolt`
 //! (see `squall_runtime::kafka` and docs/kafka.md).
 
+pub mod bench;
+
 use std::collections::{HashMap, VecDeque};
 
 use squall_runtime::tuple::SmolStr;

@@ -10,6 +10,7 @@
 //! printed after the tables as one JSON line each: `{"figure", "value", "unit"}`
 //! (`make bench` documents them).
 
+use squall_examples::bench::{figure, median};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -41,21 +42,6 @@ struct Args {
     /// Runs of each part; the figures are the medians.
     #[arg(long, default_value_t = 3)]
     runs: usize,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn figure(name: &str, value: f64, unit: &str) {
-    println!(
-        "{}",
-        serde_json::json!({"figure": name, "value": (value * 1000.0).round() / 1000.0, "unit": unit})
-    );
 }
 
 fn run(spec: &TopologySpec, total_rate: f64, duration: Duration) -> anyhow::Result<Summary> {
