@@ -116,10 +116,24 @@ spec:
                 .contains(&format!("slot {spout_slot}: worker exited"))
         },
     );
+    let waiting = Instant::now();
+    let mut told = false;
     eventually(
         "the group's commits reach the input's end offsets",
         Duration::from_secs(240),
-        || caught_up(&b, "kill-group", "input"),
+        || {
+            let done = caught_up(&b, "kill-group", "input");
+            if !done && !told && waiting.elapsed() > Duration::from_secs(235) {
+                // Near the deadline: say where each partition stands.
+                told = true;
+                eprintln!(
+                    "end offsets {:?}, committed {:?}",
+                    tools::end_offsets(&b, "input"),
+                    tools::committed_offsets(&b, "kill-group", "input")
+                );
+            }
+            done
+        },
     );
     // Stop the launcher as a user would (Ctrl-C); it prints its summary.
     kill(Pid::from_raw(launch.child.id() as i32), Signal::SIGTERM).unwrap();

@@ -180,6 +180,28 @@ impl Launch {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// Print the tail of the launcher's stderr and of every worker log, for
+    /// a failed test's output.
+    fn dump_logs(&self) {
+        fn tail(text: &str) -> String {
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(80)..].join("\n")
+        }
+        eprintln!("--- launcher stderr (tail) ---\n{}", tail(&self.stderr()));
+        let Ok(entries) = std::fs::read_dir(&self.logs) else {
+            return;
+        };
+        let mut logs: Vec<PathBuf> = entries.filter_map(|e| Some(e.ok()?.path())).collect();
+        logs.sort();
+        for log in logs
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            eprintln!("--- {} (tail) ---\n{}", log.display(), tail(&text));
+        }
+    }
+
     /// The pid of a slot's worker (as last (re)started by the launcher).
     pub fn worker_pid(&self, slot: u32) -> i32 {
         let f = self.logs.join(format!("worker-{slot}.pid"));
@@ -240,6 +262,10 @@ impl Launch {
 
 impl Drop for Launch {
     fn drop(&mut self) {
+        // A failed test shows what the launcher and its workers said last.
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
         // A launcher that is still running on a failed test takes its children along.
         if let Ok(None) = self.child.try_wait() {
             let _ = nix::sys::signal::kill(
