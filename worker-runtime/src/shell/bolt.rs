@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value as Json;
 use squall_api::{DEFAULT_STREAM, ShellSpec, TaskId};
 
+use super::colocate::Colocation;
 use super::process::{Backoff, ShellProcess, Who, log_line};
 use super::protocol::{self, ShellMsg};
 use crate::collector::{BoltCollector, Emitter};
@@ -449,9 +450,17 @@ fn launch(
         Box::new(move || write_loop(&w)),
     )?;
     let r = shared.clone();
+    // The process that speaks the protocol (a wrapper such as `env` execs it;
+    // never our own pid, whatever the subprocess claims).
+    let talker = if proc.pid != 0 && proc.pid != std::process::id() {
+        proc.pid
+    } else {
+        proc.child.id()
+    };
+    let task = t.ctx.task_id;
     let reader = spawn(
-        format!("shell-read-{}", t.ctx.task_id),
-        Box::new(move || read_loop(&r, &mut stdout)),
+        format!("shell-read-{task}"),
+        Box::new(move || read_loop(&r, &mut stdout, Colocation::new(talker, task))),
     )?;
     t.shared = shared;
     t.proc = Some(proc);
@@ -497,7 +506,11 @@ fn write_now<'a>(s: &Shared, items: impl Iterator<Item = &'a [u8]>) -> std::io::
     w.flush()
 }
 
-fn read_loop(s: &Shared, stdout: &mut std::io::BufReader<std::process::ChildStdout>) {
+fn read_loop(
+    s: &Shared,
+    stdout: &mut std::io::BufReader<std::process::ChildStdout>,
+    mut colocation: Option<Colocation>,
+) {
     loop {
         let msg = match protocol::read_message(stdout).and_then(protocol::parse) {
             Ok(m) => m,
@@ -511,6 +524,9 @@ fn read_loop(s: &Shared, stdout: &mut std::io::BufReader<std::process::ChildStdo
         // Emits are sent on when the tuple that caused them is acked or failed (one
         // batch per input rather than one per emit), or once they linger.
         let emit = matches!(msg, ShellMsg::Emit(_));
+        if let (Some(c), ShellMsg::Emit(e)) = (colocation.as_mut(), &msg) {
+            c.emit(e.need_task_ids && e.task.is_none(), &s.who);
+        }
         handle(s, msg);
         if stdout.buffer().is_empty() {
             let mut em = lock(&s.emitter);

@@ -6,6 +6,7 @@
 //! every topology binary runs them, in local mode, across processes and in worker pods.
 
 mod bolt;
+mod colocate;
 mod process;
 pub mod protocol;
 mod spout;
