@@ -60,6 +60,32 @@ pub struct ParkedSpout {
     pub task: TaskId,
     pub spout: Box<dyn Spout>,
     pub(crate) state: SpoutTaskState,
+    /// What the spout was made from; a plan that makes the task from something
+    /// else (another component, command or config) opens a new spout instead.
+    pub(crate) made: SpoutMaking,
+}
+
+/// What a spout task is made from under a layout: its component, the registered
+/// implementation or shell command, and the config it was opened with.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct SpoutMaking {
+    component: String,
+    implementation: String,
+    shell: Option<squall_api::ShellSpec>,
+    config: Arc<squall_api::Config>,
+}
+
+impl SpoutMaking {
+    /// How `layout` makes `task`; `None` for a task it does not have.
+    pub(crate) fn of(layout: &crate::layout::Layout, task: TaskId) -> Option<SpoutMaking> {
+        let c = *layout.task_component.get(task as usize)? as usize;
+        Some(SpoutMaking {
+            component: layout.plan.components.get(c)?.id.clone(),
+            implementation: layout.implementations.get(c)?.clone(),
+            shell: layout.shells.get(c)?.clone(),
+            config: layout.configs.get(c)?.clone(),
+        })
+    }
 }
 
 impl std::fmt::Debug for WorkerControl {

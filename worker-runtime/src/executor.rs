@@ -14,6 +14,7 @@ use crate::metrics::{MetricsSlot, now_ns};
 use crate::transfer::{Batch, Msg};
 use crate::tuple::Tuple;
 
+use crate::control::SpoutMaking;
 pub use crate::control::{Crash, ParkedSpout, SpoutProgress, WorkerControl};
 
 const PUBLISH_NS: u64 = 1_000_000_000;
@@ -250,10 +251,15 @@ impl SpoutExecutor {
                     st.remember_failed(p.msg_id);
                     spout.fail(p.msg_id);
                 }
+                let Some(made) = SpoutMaking::of(&self.core.emitter.layout, st.task) else {
+                    spout.close(); // cannot happen: the task is in its own layout
+                    continue;
+                };
                 parked.push(ParkedSpout {
                     task: st.task,
                     spout,
                     state: st,
+                    made,
                 });
             }
             self.core

@@ -12,6 +12,7 @@ use squall_api::{PlannedKind, TaskId};
 use crate::acker::AckerState;
 use crate::collector::{Emitter, SpoutTaskState};
 use crate::component::{ComponentError, Factory, Registry, Spout, TopologyContext};
+use crate::control::SpoutMaking;
 use crate::executor::{
     AckerExecutor, BoltExecutor, Crash, ExecutorCore, ParkedSpout, SpoutExecutor, SpoutProgress,
     WorkerControl,
@@ -97,7 +98,8 @@ impl Worker {
     /// A parked spout whose task is no longer in `slots` has moved to another
     /// worker: it is closed here, and its in-memory state is lost, as in Storm (the
     /// task starts afresh where it now runs; a real spout replays from a durable
-    /// source).
+    /// source). So is one whose component, shell command or config differs under
+    /// the new layout: the task is opened anew, so that a config change reaches it.
     pub fn start_carrying(
         layout: Arc<Layout>,
         registry: &Registry,
@@ -124,8 +126,20 @@ impl Worker {
                     "spout task moved to another worker: closing it here; its in-memory state is lost"
                 );
                 p.spout.close();
+                return false;
             }
-            stays
+            // A changed component, command or config reaches the task: it is
+            // opened anew, as in Storm (the trees it had open were failed to it
+            // when it was parked; a durable source such as Kafka reads them again).
+            if SpoutMaking::of(&layout, p.task).as_ref() != Some(&p.made) {
+                tracing::warn!(
+                    task = p.task,
+                    "spout task's component, command or config changed: closing it and opening it anew; its in-memory state is lost"
+                );
+                p.spout.close();
+                return false;
+            }
+            true
         });
 
         // Queues for local executors, and where every task lives.

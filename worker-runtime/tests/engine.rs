@@ -418,3 +418,63 @@ fn local_run_ends_by_itself_when_finite_spouts_are_done() {
         );
     }
 }
+
+/// A spout task carried into the next plan version keeps its instance (and its
+/// in-memory state) while its component and config stay the same; a changed
+/// config reaches it: it is opened anew, with the new config.
+#[test]
+fn a_carried_spout_task_is_opened_anew_when_its_config_changes() {
+    let (mut r, _shared) = registry(0);
+    let made: Arc<Mutex<Vec<String>>> = Arc::default();
+    let m = made.clone();
+    r.spout(
+        "Tagged",
+        Outputs::fields(&["n"]),
+        move |ctx: &TopologyContext| {
+            let tag = ctx.config.get("tag").map(|v| v.to_string());
+            m.lock().unwrap().push(tag.unwrap_or_default());
+            Ok(Counter {
+                next: 0,
+                limit: 0,
+                log: Arc::default(),
+                acked: Arc::default(),
+            })
+        },
+    );
+    let manifest = |tag: &str| {
+        spec(&format!(
+            "spouts: [{{id: s, component: Tagged, config: {{tag: {tag}}}}}]\n\
+             bolts: [{{id: r, component: Recorder}}]\n\
+             streams: [{{from: s, to: r, grouping: {{type: SHUFFLE}}}}]"
+        ))
+    };
+    let carry = |spec: TopologySpec, parked| {
+        let plan = PhysicalPlan::compute(&spec);
+        let layout = Arc::new(Layout::new("t", spec, plan.clone(), &r).expect("valid"));
+        let slots: Vec<u32> = (0..plan.workers).collect();
+        Worker::start_carrying(
+            layout,
+            &r,
+            &slots,
+            None,
+            TransferConfig::default(),
+            MetricsHub::new(),
+            parked,
+        )
+        .expect("starts")
+    };
+    let w = start(&r, manifest("a"));
+    let parked = w.shutdown_keeping_spouts();
+    assert_eq!(parked.len(), 1, "the spout task is parked");
+    let w = carry(manifest("a"), parked);
+    assert_eq!(*made.lock().unwrap(), ["\"a\""], "same config: carried");
+    let parked = w.shutdown_keeping_spouts();
+    assert_eq!(parked.len(), 1);
+    let w = carry(manifest("b"), parked);
+    assert_eq!(
+        *made.lock().unwrap(),
+        ["\"a\"", "\"b\""],
+        "a new config: opened anew with it"
+    );
+    w.shutdown();
+}
