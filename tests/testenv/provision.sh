@@ -27,20 +27,23 @@ HELM_VERSION="v3.22.0"     # helm.sh/helm/v3
 COREDNS_VERSION="v1.15.0"  # github.com/coredns/coredns
 STORM_VERSION="2.8.3"      # org.apache.storm:multilang-{python,javascript,ruby} (storm.py, storm.js, storm.rb)
 PYSTORM_VERSION="3.1.4"    # pystorm on PyPI, with its dependencies
+STREAMPARSE_VERSION="5.0.1" # streamparse on PyPI (its Bolt and Spout are pystorm's), for one test
 KAFKA_VERSION="4.1.1"      # org.apache.kafka:kafka_2.13 (KRaft, single node, on java 17+)
 LOG4J_VERSION="2.24.3"     # log4j-slf4j-impl: the broker's log binding (Kafka's own log4j-core version)
-# Debian packages of the real node (see shared notes real-node.md), and
-# Chromium for the web UI's browser tests.
+# Debian packages of the real node (see shared notes real-node.md),
+# Chromium for the web UI's browser tests, and Ruby for storm.rb's components.
 NODE_PACKAGES=(containerd runc iptables conntrack socat busybox-static containernetworking-plugins
-               umoci skopeo buildah iproute2 util-linux chromium)
+               umoci skopeo buildah iproute2 util-linux chromium
+               ruby)
 
 CACHE_ROOT="${SQUALL_TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/squall-testenv}"
 KEY="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_helm-${HELM_VERSION}_coredns-${COREDNS_VERSION}"
 DIR="${CACHE_ROOT}/${KEY}"
 BIN="${DIR}/bin"
 # Storm's multilang client libraries, as users have them: storm.py, storm.js and
-# storm.rb unpacked from Storm's jars on Maven Central, and pystorm from PyPI.
-MULTILANG="${CACHE_ROOT}/multilang-storm-${STORM_VERSION}_pystorm-${PYSTORM_VERSION}"
+# storm.rb unpacked from Storm's jars on Maven Central, and pystorm and
+# streamparse from PyPI.
+MULTILANG="${CACHE_ROOT}/multilang-storm-${STORM_VERSION}_pystorm-${PYSTORM_VERSION}_streamparse-${STREAMPARSE_VERSION}"
 # Kafka has a cache entry of its own: bumping it does not rebuild Kubernetes.
 KAFKA_DIR="${CACHE_ROOT}/kafka-${KAFKA_VERSION}"
 # promcheck is built from the source in this repository (its go.mod pins
@@ -75,11 +78,11 @@ have_all() {
 
 have_multilang() {
     [[ -f "$MULTILANG/storm.py" && -f "$MULTILANG/storm.js" && -f "$MULTILANG/storm.rb" \
-        && -d "$MULTILANG/python/pystorm" ]]
+        && -d "$MULTILANG/python/pystorm" && -d "$MULTILANG/streamparse/streamparse" ]]
 }
 
 # storm.py, storm.js and storm.rb from Storm's own jars (Maven Central, unmodified),
-# and pystorm with its dependencies in a folder for PYTHONPATH.
+# and pystorm (and streamparse) with their dependencies in folders for PYTHONPATH.
 fetch_multilang() {
     local tmp="$MULTILANG.tmp" lang
     rm -rf "$tmp" && mkdir -p "$tmp/jars" "$tmp/python"
@@ -90,6 +93,10 @@ fetch_multilang() {
     done
     python3 -m pip install -q --disable-pip-version-check --no-input \
         --target "$tmp/python" "pystorm==${PYSTORM_VERSION}"
+    # A folder of its own: its 76 MB of tooling (fabric, cryptography, Cython)
+    # stay out of the squall image, which copies only python/.
+    python3 -m pip install -q --disable-pip-version-check --no-input \
+        --target "$tmp/streamparse" "streamparse==${STREAMPARSE_VERSION}"
     ls -l "$tmp"
     rm -rf "$MULTILANG" && mv "$tmp" "$MULTILANG"
 }
@@ -98,7 +105,7 @@ fetch_multilang() {
 # anyone else gets the list to install.
 have_packages() {
     local b
-    for b in containerd runc ctr iptables conntrack socat umoci skopeo buildah nsenter ip chromium; do
+    for b in containerd runc ctr iptables conntrack socat umoci skopeo buildah nsenter ip chromium ruby; do
         command -v "$b" >/dev/null 2>&1 || return 1
     done
     [[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local && -x /usr/lib/cni/portmap && -x /bin/busybox ]]

@@ -15,8 +15,9 @@ pub const KAFKA_VERSION: &str = "4.1.1";
 /// Name of the cache entry provision.sh builds into.
 pub const CACHE_KEY: &str = "k8s-v1.33.13_etcd-v3.6.16_helm-v3.22.0_coredns-v1.15.0";
 /// Name of the cache entry holding Storm's multilang libraries and pystorm
-/// (keep in sync with provision.sh's STORM_VERSION and PYSTORM_VERSION).
-pub const MULTILANG_KEY: &str = "multilang-storm-2.8.3_pystorm-3.1.4";
+/// (keep in sync with provision.sh's STORM_VERSION, PYSTORM_VERSION and
+/// STREAMPARSE_VERSION).
+pub const MULTILANG_KEY: &str = "multilang-storm-2.8.3_pystorm-3.1.4_streamparse-5.0.1";
 
 /// `${SQUALL_TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/squall-testenv}`.
 fn cache_root() -> PathBuf {
