@@ -275,6 +275,10 @@ pub struct ComponentStats {
     /// traffic on each edge of the graph.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub inputs: BTreeMap<String, u64>,
+    /// Counters the component keeps itself, by name: what multilang components
+    /// send with Storm's `metrics` command (`storm.rpcMetrics(name, n)` adds n).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, u64>,
 }
 
 /// An error a component reported, as status and Events show it.
@@ -331,6 +335,9 @@ impl ComponentStats {
         self.capacity = self.capacity.max(other.capacity);
         for (source, n) in &other.inputs {
             *self.inputs.entry(source.clone()).or_default() += n;
+        }
+        for (name, n) in &other.metrics {
+            *self.metrics.entry(name.clone()).or_default() += n;
         }
         self.execute_latency_ms =
             LatencySummary::merge(self.execute_latency_ms, other.execute_latency_ms);

@@ -2,7 +2,8 @@
 
 Emits `limit` sentences with string message ids, replays a failed id from inside
 its fail handler (as Storm spouts often do), and, when `ledger` is set, appends
-one line per acked id to that file so a test can check exactly-once acking.
+one line per acked id to that file so a test can check exactly-once acking. It
+counts its acks and replays with Storm's metrics command (`storm.rpcMetrics`).
 """
 import storm
 
@@ -32,11 +33,13 @@ class SentenceSpout(storm.Spout):
             self.next_id += 1
 
     def ack(self, id):
+        storm.rpcMetrics("acked", 1)
         if self.ledger:
             self.ledger.write("%s\n" % id)
 
     def fail(self, id):
         # Replay at once, from inside the fail handler.
+        storm.rpcMetrics("replayed", 1)
         self.emit_id(int(id.split("-")[1]))
 
 

@@ -144,6 +144,10 @@ fn storm_py_and_storm_js_word_count_with_flaky_acks_every_root_once() {
     // Flaky really failed trees, and the storm.py spout replayed them from its fail handler.
     assert!(sum.failed > 0, "Flaky failed nothing: {sum:?}");
     assert!(sum.replayed > 0, "no replays counted: {sum:?}");
+    // The spout's own counters (storm.rpcMetrics) agree with Squall's.
+    let own = &sum.components["sentences"].metrics;
+    assert_eq!(own.get("acked"), Some(&u64::from(LIMIT)), "{own:?}");
+    assert_eq!(own.get("replayed"), Some(&sum.replayed), "{own:?}");
     // Every component ran, so the words went through storm.js twice.
     for c in ["split", "flaky", "count"] {
         assert!(

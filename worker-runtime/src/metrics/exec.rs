@@ -51,7 +51,14 @@ pub struct ExecMetrics {
     pub inputs: Vec<u64>,
     /// Component ids by index, naming `inputs`.
     pub input_names: Option<Arc<[String]>>,
+    /// The component's own counters by name (Storm's multilang `metrics`
+    /// command), at most [`MAX_COMPONENT_METRICS`] names.
+    pub metrics: BTreeMap<String, u64>,
 }
+
+/// Names of component counters an executor keeps; more are refused, so that a
+/// component cannot grow the metrics (and the `/metrics` page) without bound.
+pub const MAX_COMPONENT_METRICS: usize = 64;
 
 impl Default for ExecMetrics {
     fn default() -> Self {
@@ -72,6 +79,7 @@ impl Default for ExecMetrics {
             last_error: None,
             inputs: Vec::new(),
             input_names: None,
+            metrics: BTreeMap::new(),
         }
     }
 }
@@ -128,6 +136,20 @@ impl ExecMetrics {
         self.inputs[i] += 1;
     }
 
+    /// Add `n` to the component's counter `name`; `false` (and nothing counted)
+    /// for a new name beyond [`MAX_COMPONENT_METRICS`].
+    pub fn add_component_metric(&mut self, name: &str, n: u64) -> bool {
+        if let Some(v) = self.metrics.get_mut(name) {
+            *v = v.saturating_add(n);
+            return true;
+        }
+        if self.metrics.len() >= MAX_COMPONENT_METRICS {
+            return false;
+        }
+        self.metrics.insert(name.to_string(), n);
+        true
+    }
+
     /// Executed tuples by source component id.
     pub fn inputs_by_name(&self) -> BTreeMap<String, u64> {
         let mut out = BTreeMap::new();
@@ -178,6 +200,9 @@ impl ExecMetrics {
         self.roots += other.roots;
         self.busy_ns += other.busy_ns;
         self.merge_inputs(other);
+        for (name, n) in &other.metrics {
+            *self.metrics.entry(name.clone()).or_default() += n;
+        }
         // Same bounds on both sides, so adding cannot fail.
         let _ = self.execute_ns.add(&other.execute_ns);
         let _ = self.process_ns.add(&other.process_ns);
@@ -235,6 +260,9 @@ impl ExecMetrics {
         d.roots -= earlier.roots.min(d.roots);
         d.errors -= earlier.errors.min(d.errors);
         d.busy_ns -= earlier.busy_ns.min(d.busy_ns);
+        for (name, n) in d.metrics.iter_mut() {
+            *n -= earlier.metrics.get(name).copied().unwrap_or(0).min(*n);
+        }
         let earlier_inputs = earlier.inputs_by_name();
         if let Some(names) = &d.input_names {
             for (name, n) in names.iter().zip(d.inputs.iter_mut()) {
@@ -279,6 +307,7 @@ impl ExecMetrics {
             errors: self.errors,
             last_error: self.last_error.clone(),
             inputs: self.inputs_by_name(),
+            metrics: self.metrics.clone(),
         }
     }
 }

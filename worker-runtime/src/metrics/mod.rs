@@ -21,7 +21,7 @@ mod window;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
-pub use exec::ExecMetrics;
+pub use exec::{ExecMetrics, MAX_COMPONENT_METRICS};
 pub use hub::{ComponentMetrics, MetricsHub, MetricsSlot};
 pub use prometheus::{Buckets, task_label};
 pub use window::{RECENT_WINDOW, RecentWindow};

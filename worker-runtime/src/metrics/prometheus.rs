@@ -82,6 +82,26 @@ impl MetricsHub {
                 let _ = writeln!(out, "{name}{{{l}}} {v}");
             }
         }
+        // The components' own counters (multilang `metrics`), labelled `name`.
+        let name = "squall_component_metric_total";
+        prom::header(
+            &mut out,
+            name,
+            "Counters a component keeps itself (Storm's multilang metrics command), by name.",
+            Kind::Counter,
+        );
+        for (l, rs) in &series {
+            let mut sums: BTreeMap<String, u64> = BTreeMap::new();
+            for r in rs {
+                for (metric, v) in &lock(&r.slot).metrics {
+                    *sums.entry(metric.clone()).or_default() += v;
+                }
+            }
+            for (metric, v) in sums {
+                let label = prom::labels(&[("name", &metric)]);
+                let _ = writeln!(out, "{name}{{{l},{label}}} {v}");
+            }
+        }
         let name = "squall_capacity";
         prom::header(
             &mut out,
@@ -239,6 +259,37 @@ mod tests {
 
     fn publish(slot: &MetricsSlot, f: impl FnOnce(&mut ExecMetrics)) {
         f(&mut slot.lock().unwrap());
+    }
+
+    #[test]
+    fn component_metrics_are_labelled_by_name_and_bounded() {
+        let hub = MetricsHub::new();
+        let split = hub.register("split", PlannedKind::Bolt, 2..3);
+        publish(&split, |m| {
+            assert!(m.add_component_metric("words", 3));
+            assert!(m.add_component_metric("words", 4));
+            assert!(m.add_component_metric("odd \"name\"", 1));
+            for i in 2..crate::metrics::MAX_COMPONENT_METRICS {
+                assert!(m.add_component_metric(&format!("m{i}"), 1));
+            }
+            assert!(!m.add_component_metric("one too many", 1));
+            assert!(
+                m.add_component_metric("words", 1),
+                "known names still count"
+            );
+        });
+        let text = hub.render_prometheus(&[]);
+        let s = samples(&text, "squall_component_metric_total");
+        assert_eq!(s.len(), crate::metrics::MAX_COMPONENT_METRICS);
+        assert!(
+            s.contains(&(r#"component="split",task="2",name="words""#, 8.0)),
+            "{s:?}"
+        );
+        assert!(
+            s.contains(&(r#"component="split",task="2",name="odd \"name\"""#, 1.0)),
+            "{s:?}"
+        );
+        assert!(!text.contains("one too many"));
     }
 
     #[test]

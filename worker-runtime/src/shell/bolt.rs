@@ -34,7 +34,7 @@ use serde_json::Value as Json;
 use squall_api::{DEFAULT_STREAM, ShellSpec, TaskId};
 
 use super::colocate::Colocation;
-use super::process::{Backoff, ShellProcess, Who, log_line};
+use super::process::{Backoff, ShellProcess, Who, count_metric, log_line};
 use super::protocol::{self, ShellMsg};
 use crate::collector::{BoltCollector, Emitter};
 use crate::component::{ComponentError, TopologyContext};
@@ -135,6 +135,8 @@ struct Shared {
     /// Why the subprocess is broken, once the reader or writer saw it.
     broken: Mutex<Option<String>>,
     dead: AtomicBool,
+    /// `metrics` commands refused (see [`count_metric`]).
+    metrics_refused: AtomicU64,
 }
 
 impl Shared {
@@ -416,6 +418,7 @@ fn fresh_shared(emitter: &Arc<Mutex<Emitter>>, ctx: &TopologyContext) -> Arc<Sha
         stdin: Mutex::new(None),
         broken: Mutex::new(None),
         dead: AtomicBool::new(false),
+        metrics_refused: AtomicU64::new(0),
     })
 }
 
@@ -590,8 +593,16 @@ fn handle(s: &Shared, msg: ShellMsg) {
             tracing::error!(component = %s.who.component, task = s.task, error = %msg, "multilang bolt reported an error");
             lock(&s.emitter).metrics.note_error(s.task, &msg);
         }
-        ShellMsg::Metrics { name } => {
-            tracing::debug!(component = %s.who.component, metric = %name, "multilang metrics are not collected")
+        ShellMsg::Metrics { name, params } => {
+            let mut refused = s.metrics_refused.load(Ordering::Relaxed);
+            count_metric(
+                &s.who,
+                &mut lock(&s.emitter).metrics,
+                &name,
+                &params,
+                &mut refused,
+            );
+            s.metrics_refused.store(refused, Ordering::Relaxed);
         }
         ShellMsg::Pid(_) | ShellMsg::TaskIds | ShellMsg::Unknown(_) => {
             tracing::warn!(component = %s.who.component, message = ?msg, "unexpected multilang message; ignored")

@@ -243,3 +243,28 @@ impl Backoff {
         d.min(Duration::from_secs(10))
     }
 }
+
+/// Storm's multilang `metrics` command, as Storm's `CountShellMetric` takes it:
+/// `params` is a non-negative integer added to the component's counter `name`.
+/// A refusal (other params, or a name beyond the executor's limit) is logged
+/// at its first occurrence and then at every power of two (`refused` counts them).
+pub(crate) fn count_metric(
+    who: &Who,
+    metrics: &mut crate::metrics::ExecMetrics,
+    name: &str,
+    params: &serde_json::Value,
+    refused: &mut u64,
+) {
+    let why = match params.as_u64() {
+        None => format!("params must be a non-negative integer (a count), got {params}"),
+        Some(n) if metrics.add_component_metric(name, n) => return,
+        Some(_) => format!(
+            "a component keeps at most {} metrics",
+            crate::metrics::MAX_COMPONENT_METRICS
+        ),
+    };
+    *refused += 1;
+    if refused.is_power_of_two() {
+        tracing::warn!(component = %who.component, task = who.task, metric = %name, refused = *refused, "multilang metric not counted: {why}");
+    }
+}

@@ -92,8 +92,10 @@ pub enum ShellMsg {
     Error {
         msg: String,
     },
+    /// Storm's `metrics` command: `params` for the component's metric `name`.
     Metrics {
         name: String,
+        params: Json,
     },
     /// A message with an unknown command (logged and ignored, as Storm does).
     Unknown(String),
@@ -173,6 +175,7 @@ pub fn parse(msg: Json) -> Result<ShellMsg, ReadError> {
         },
         "metrics" => ShellMsg::Metrics {
             name: text(&mut obj, "name"),
+            params: obj.remove("params").unwrap_or(Json::Null),
         },
         _ => ShellMsg::Unknown(command),
     })

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value as Json;
 use squall_api::{DEFAULT_STREAM, ShellSpec};
 
-use super::process::{Backoff, ShellProcess, Who, log_line};
+use super::process::{Backoff, ShellProcess, Who, count_metric, log_line};
 use super::protocol::{self, Emit, ReadError, ShellMsg};
 use crate::collector::SpoutCollector;
 use crate::component::{ComponentError, Spout, TopologyContext};
@@ -54,6 +54,10 @@ pub(crate) struct ShellSpout {
     /// Errors not yet handed to the executor's metrics (they are, at the next
     /// `next_tuple`): how many, and the latest.
     errors: (u64, Option<String>),
+    /// `metrics` commands received while no collector was at hand (bounded),
+    /// counted at the next `next_tuple`; and how many were refused.
+    metrics: Vec<(String, Json)>,
+    metrics_refused: u64,
 }
 
 /// How long `activate` and `deactivate` wait for their `sync`.
@@ -87,6 +91,8 @@ impl ShellSpout {
             active: false,
             warned_lenient: false,
             errors: (0, None),
+            metrics: Vec::new(),
+            metrics_refused: 0,
         };
         s.running = Some(s.launch()?);
         Ok(s)
@@ -243,9 +249,17 @@ impl ShellSpout {
                     tracing::error!(component = %self.who.component, task = self.who.task, error = %msg, "multilang spout reported an error");
                     self.note_error(msg);
                 }
-                ShellMsg::Metrics { name } => {
-                    tracing::debug!(component = %self.who.component, metric = %name, "multilang metrics are not collected")
-                }
+                ShellMsg::Metrics { name, params } => match out.as_deref_mut() {
+                    Some(out) => count_metric(
+                        &self.who,
+                        &mut out.em.metrics,
+                        &name,
+                        &params,
+                        &mut self.metrics_refused,
+                    ),
+                    None if self.metrics.len() < MAX_DEFERRED => self.metrics.push((name, params)),
+                    None => self.metrics_refused += 1,
+                },
                 ShellMsg::Ack { .. } | ShellMsg::Fail { .. } => {
                     tracing::warn!(component = %self.who.component, "a spout cannot ack or fail; ignored")
                 }
@@ -316,6 +330,15 @@ impl Spout for ShellSpout {
         if let (n, Some(latest)) = std::mem::take(&mut self.errors) {
             out.em.metrics.note_error(self.who.task, &latest);
             out.em.metrics.errors += n.saturating_sub(1);
+        }
+        for (name, params) in std::mem::take(&mut self.metrics) {
+            count_metric(
+                &self.who,
+                &mut out.em.metrics,
+                &name,
+                &params,
+                &mut self.metrics_refused,
+            );
         }
         if !self.ensure_running() {
             return;
