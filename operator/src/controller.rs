@@ -23,7 +23,7 @@ use squall_api::{Topology, TopologyStatus, validate};
 use squall_coord::{CoordError, Store};
 
 use crate::decide::{self, Observed, TopologyMemory, decide};
-use crate::kill::{KillAction, KillObserved, KillRecords, decide_kill};
+use crate::kill::{KillAction, KillObserved, KillRecords, decide_kill, deletion_elapsed};
 use crate::pods::{self, PodSettings};
 use crate::telemetry::Metrics;
 
@@ -390,12 +390,16 @@ async fn cleanup(topo: &Topology, ctx: &Context) -> Result<Option<Duration>, Err
     let ns = topo.namespace().ok_or(Error::NoNamespace)?;
     let key = key_of(topo);
     let store = ctx.store.topology(&ns, &name);
+    // This operator's first sight of the deletion, for a topology without a
+    // deletion stamp (cannot happen here: cleanup runs on stamped objects).
     let since = *ctx
         .memory()
         .entry(key.clone())
         .or_default()
         .killing_since
         .get_or_insert_with(Instant::now);
+    let elapsed = deletion_elapsed(topo, k8s_openapi::jiff::Timestamp::now())
+        .unwrap_or_else(|| since.elapsed());
     let records = async {
         Ok::<_, CoordError>(KillRecords {
             control: store.control().await?,
@@ -413,7 +417,7 @@ async fn cleanup(topo: &Topology, ctx: &Context) -> Result<Option<Duration>, Err
         topo,
         etcd,
         pods,
-        elapsed: since.elapsed(),
+        elapsed,
     });
     // An etcd write that fails is retried later, or, once etcd has been
     // given up on, left to the orphan sweep.

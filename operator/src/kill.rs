@@ -25,7 +25,7 @@ pub struct KillObserved<'a> {
     pub etcd: Result<KillRecords, String>,
     /// The topology's worker pods, terminating ones included.
     pub pods: Vec<Pod>,
-    /// How long ago this operator started the deletion.
+    /// How long the deletion has been going on ([`deletion_elapsed`]).
     pub elapsed: Duration,
 }
 
@@ -146,6 +146,15 @@ pub fn decide_kill(obs: &KillObserved<'_>) -> KillPlan {
     plan(actions)
 }
 
+/// How long ago the API server stamped the deletion, at `now`: the kill wait
+/// counts from there, so an operator that restarts mid-kill resumes the wait
+/// instead of starting it again. `None` without a stamp; never negative (a
+/// clock behind the API server's reads 0).
+pub fn deletion_elapsed(topo: &Topology, now: k8s_openapi::jiff::Timestamp) -> Option<Duration> {
+    let stamp = topo.metadata.deletion_timestamp.as_ref()?.0;
+    Some(Duration::try_from(now.duration_since(stamp)).unwrap_or(Duration::ZERO))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,6 +199,23 @@ mod tests {
             assigned: true,
             pending,
         })
+    }
+
+    #[test]
+    fn the_kill_wait_counts_from_the_api_servers_deletion_stamp() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        use k8s_openapi::jiff::{SignedDuration, Timestamp};
+        let mut t = topo(30);
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        assert_eq!(deletion_elapsed(&t, now), None, "not being deleted");
+        t.metadata.deletion_timestamp = Some(Time(now - SignedDuration::from_secs(12)));
+        assert_eq!(deletion_elapsed(&t, now), Some(Duration::from_secs(12)));
+        t.metadata.deletion_timestamp = Some(Time(now + SignedDuration::from_secs(3)));
+        assert_eq!(
+            deletion_elapsed(&t, now),
+            Some(Duration::ZERO),
+            "a clock behind the API server's"
+        );
     }
 
     #[test]
