@@ -71,6 +71,7 @@ images: testenv
 bench: testenv
 	$(CARGO) run --release -p squall-examples --bin squall-bench -- --duration 10s
 	source <(bash tests/testenv/provision.sh --print-env) && $(CARGO) bench -p squall-examples --bench cluster
+	$(CARGO) bench -p squall-examples --bench open_trees
 
 ## KafkaSpout → KafkaBolt records/s against a real local broker (docs/benchmarks.md).
 bench-kafka: testenv

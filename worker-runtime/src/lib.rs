@@ -111,7 +111,8 @@ pub mod metrics;
 pub mod net;
 pub mod report;
 pub(crate) mod shell;
-pub(crate) mod spout_trees;
+#[doc(hidden)] // public for the open-tree memory benchmark
+pub mod spout_trees;
 #[doc(hidden)] // engine internals; `TransferConfig` is re-exported below
 pub mod transfer;
 pub mod tuple;

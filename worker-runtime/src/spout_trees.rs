@@ -31,7 +31,7 @@ const SLACK: usize = 1024;
 
 /// The open trees of one spout task.
 #[derive(Debug, Default)]
-pub(crate) struct SpoutTrees {
+pub struct SpoutTrees {
     open: IdMap<OpenTree>,
     /// (deadline, root) in the order deadlines were set; may hold stale entries.
     deadlines: VecDeque<(u64, u64)>,
@@ -39,16 +39,16 @@ pub(crate) struct SpoutTrees {
 
 impl SpoutTrees {
     /// Open trees.
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.open.len()
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.open.is_empty()
     }
 
     /// A tree rooted at `root` started at `start_ns`; it expires at `deadline_ns`.
-    pub(crate) fn track(&mut self, root: u64, msg_id: u64, start_ns: u64, deadline_ns: u64) {
+    pub fn track(&mut self, root: u64, msg_id: u64, start_ns: u64, deadline_ns: u64) {
         self.open.insert(
             root,
             OpenTree {
