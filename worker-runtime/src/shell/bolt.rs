@@ -135,8 +135,6 @@ struct Shared {
     /// Why the subprocess is broken, once the reader or writer saw it.
     broken: Mutex<Option<String>>,
     dead: AtomicBool,
-    /// `metrics` commands refused (see [`count_metric`]).
-    metrics_refused: AtomicU64,
 }
 
 impl Shared {
@@ -418,7 +416,6 @@ fn fresh_shared(emitter: &Arc<Mutex<Emitter>>, ctx: &TopologyContext) -> Arc<Sha
         stdin: Mutex::new(None),
         broken: Mutex::new(None),
         dead: AtomicBool::new(false),
-        metrics_refused: AtomicU64::new(0),
     })
 }
 
@@ -514,6 +511,7 @@ fn read_loop(
     stdout: &mut std::io::BufReader<std::process::ChildStdout>,
     mut colocation: Option<Colocation>,
 ) {
+    let mut metrics_refused = 0;
     loop {
         let msg = match protocol::read_message(stdout).and_then(protocol::parse) {
             Ok(m) => m,
@@ -528,9 +526,9 @@ fn read_loop(
         // batch per input rather than one per emit), or once they linger.
         let emit = matches!(msg, ShellMsg::Emit(_));
         if let (Some(c), ShellMsg::Emit(e)) = (colocation.as_mut(), &msg) {
-            c.emit(e.need_task_ids && e.task.is_none(), &s.who);
+            c.emit(e.waits_for_task_ids(), &s.who);
         }
-        handle(s, msg);
+        handle(s, msg, &mut metrics_refused);
         if stdout.buffer().is_empty() {
             let mut em = lock(&s.emitter);
             if emit {
@@ -552,9 +550,12 @@ fn tuple_id(id: &Json) -> Option<u64> {
     }
 }
 
-fn handle(s: &Shared, msg: ShellMsg) {
+/// Act on one message; `metrics_refused` counts the `metrics` commands refused
+/// so far (see [`count_metric`]).
+fn handle(s: &Shared, msg: ShellMsg, metrics_refused: &mut u64) {
     match msg {
         ShellMsg::Emit(e) => {
+            let waits = e.waits_for_task_ids();
             let stream = e.stream.as_deref().unwrap_or(DEFAULT_STREAM);
             let targets = {
                 let mut em = lock(&s.emitter);
@@ -577,7 +578,7 @@ fn handle(s: &Shared, msg: ShellMsg) {
                 tracing::error!(component = %s.who.component, task = s.task, error = %err, "multilang emit dropped");
                 Default::default()
             });
-            if e.need_task_ids && e.task.is_none() {
+            if waits {
                 let reply = Json::Array(targets.iter().map(|&t| Json::from(t)).collect());
                 if let Err(e) = write_now(s, std::iter::once(protocol::frame(&reply).as_slice())) {
                     s.mark_broken(format!("writing to the subprocess: {e}"));
@@ -593,17 +594,13 @@ fn handle(s: &Shared, msg: ShellMsg) {
             tracing::error!(component = %s.who.component, task = s.task, error = %msg, "multilang bolt reported an error");
             lock(&s.emitter).metrics.note_error(s.task, &msg);
         }
-        ShellMsg::Metrics { name, params } => {
-            let mut refused = s.metrics_refused.load(Ordering::Relaxed);
-            count_metric(
-                &s.who,
-                &mut lock(&s.emitter).metrics,
-                &name,
-                &params,
-                &mut refused,
-            );
-            s.metrics_refused.store(refused, Ordering::Relaxed);
-        }
+        ShellMsg::Metrics { name, params } => count_metric(
+            &s.who,
+            &mut lock(&s.emitter).metrics,
+            &name,
+            &params,
+            metrics_refused,
+        ),
         ShellMsg::Pid(_) | ShellMsg::TaskIds | ShellMsg::Unknown(_) => {
             tracing::warn!(component = %s.who.component, message = ?msg, "unexpected multilang message; ignored")
         }

@@ -121,6 +121,14 @@ pub struct Emit {
     pub need_task_ids: bool,
 }
 
+impl Emit {
+    /// Whether the subprocess now waits for a reply with the target task ids:
+    /// unless it said `need_task_ids: false`, or emitted to one task directly.
+    pub fn waits_for_task_ids(&self) -> bool {
+        self.need_task_ids && self.task.is_none()
+    }
+}
+
 fn malformed(command: &str, reason: impl Into<String>) -> ReadError {
     ReadError::Malformed {
         command: command.to_string(),

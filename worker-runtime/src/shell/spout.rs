@@ -272,6 +272,7 @@ impl ShellSpout {
 
     /// Emit through the collector; the task-id reply when the subprocess waits for one.
     fn emit(&mut self, e: Emit, out: &mut SpoutCollector<'_>) -> Option<Json> {
+        let waits = e.waits_for_task_ids();
         let stream = e.stream.as_deref().unwrap_or(DEFAULT_STREAM);
         let msg_id = e.id.map(|id| {
             let k = self.failed.remove(&id.to_string()).unwrap_or_else(|| {
@@ -291,12 +292,11 @@ impl ShellSpout {
                 Default::default()
             }
         };
-        (e.need_task_ids && e.task.is_none())
-            .then(|| Json::Array(targets.iter().map(|&t| Json::from(t)).collect()))
+        waits.then(|| Json::Array(targets.iter().map(|&t| Json::from(t)).collect()))
     }
 
     fn defer(&mut self, e: Emit) -> Option<Json> {
-        let reply = (e.need_task_ids && e.task.is_none()).then(|| Json::Array(Vec::new()));
+        let reply = e.waits_for_task_ids().then(|| Json::Array(Vec::new()));
         if self.deferred.len() < MAX_DEFERRED {
             self.deferred.push_back(e);
         } else {
