@@ -319,6 +319,13 @@ impl ReportedError {
     }
 }
 
+/// Add counts by name: `into[name] += more[name]` for every name of `more`.
+pub fn add_counts(into: &mut BTreeMap<String, u64>, more: &BTreeMap<String, u64>) {
+    for (name, n) in more {
+        *into.entry(name.clone()).or_default() += n;
+    }
+}
+
 impl ComponentStats {
     /// Add `other` (another worker's or another process's figures) into this:
     /// counters add, capacity takes the busier, latencies merge.
@@ -333,12 +340,8 @@ impl ComponentStats {
         self.errors += other.errors;
         self.last_error = ReportedError::later(self.last_error.as_ref(), other.last_error.as_ref());
         self.capacity = self.capacity.max(other.capacity);
-        for (source, n) in &other.inputs {
-            *self.inputs.entry(source.clone()).or_default() += n;
-        }
-        for (name, n) in &other.metrics {
-            *self.metrics.entry(name.clone()).or_default() += n;
-        }
+        add_counts(&mut self.inputs, &other.inputs);
+        add_counts(&mut self.metrics, &other.metrics);
         self.execute_latency_ms =
             LatencySummary::merge(self.execute_latency_ms, other.execute_latency_ms);
         self.process_latency_ms =

@@ -200,9 +200,7 @@ impl ExecMetrics {
         self.roots += other.roots;
         self.busy_ns += other.busy_ns;
         self.merge_inputs(other);
-        for (name, n) in &other.metrics {
-            *self.metrics.entry(name.clone()).or_default() += n;
-        }
+        squall_api::records::add_counts(&mut self.metrics, &other.metrics);
         // Same bounds on both sides, so adding cannot fail.
         let _ = self.execute_ns.add(&other.execute_ns);
         let _ = self.process_ns.add(&other.process_ns);

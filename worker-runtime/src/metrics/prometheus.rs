@@ -93,9 +93,7 @@ impl MetricsHub {
         for (l, rs) in &series {
             let mut sums: BTreeMap<String, u64> = BTreeMap::new();
             for r in rs {
-                for (metric, v) in &lock(&r.slot).metrics {
-                    *sums.entry(metric.clone()).or_default() += v;
-                }
+                squall_api::records::add_counts(&mut sums, &lock(&r.slot).metrics);
             }
             for (metric, v) in sums {
                 let label = prom::labels(&[("name", &metric)]);
