@@ -147,6 +147,11 @@ pub struct RebalanceProgress {
     /// When the drain ends even if trees are still open (unix ms): the
     /// deactivation plus the message timeout.
     pub drain_deadline_ms: u64,
+    /// A roll (pods on an old template, the plan unchanged): when the old
+    /// pods were deleted (unix ms). The spouts stay off until every slot runs
+    /// a ready pod of the new template, or for a bounded wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced_ms: Option<u64>,
 }
 
 impl Default for Control {
@@ -450,6 +455,7 @@ mod control_tests {
                 from_version: 2,
                 deactivated_ms: 1_000,
                 drain_deadline_ms: 31_000,
+                replaced_ms: None,
             }),
             ..Control::default()
         };

@@ -429,6 +429,9 @@ pub struct TopologyStats {
     pub acked_total: u64,
     pub failed_total: u64,
     pub emitted_total: u64,
+    /// Spout tuples emitted again after a fail or a timeout.
+    #[serde(default)]
+    pub replayed_total: u64,
 }
 
 /// The life-cycle phase shown in `kubectl get topology`.
@@ -439,6 +442,10 @@ pub enum Phase {
     Running,
     Inactive,
     Rebalancing,
+    // The worker pods move to a new template (image, worker settings,
+    // supervisor): spouts off, open trees drained, pods replaced, spouts on.
+    // (A plain comment: a doc comment would turn the schema's enum into oneOf.)
+    Rolling,
     Degraded,
     Failed,
     Killing,

@@ -29,6 +29,11 @@ use crate::status::{
 /// so that every worker has seen the deactivation.
 const MIN_DRAIN_MS: u64 = 1000;
 
+/// A roll's spouts come back at the latest this long after the old pods were
+/// deleted, ready or not: new pods that cannot start (a wrong image) must not
+/// keep the rest of the topology off for good.
+pub const ROLL_POD_WAIT_MS: u64 = 120_000;
+
 /// What one pass read.
 pub struct Observed<'a> {
     /// The Topology as the API server has it (spec, status, generation).
@@ -96,19 +101,86 @@ pub struct Plan {
     pub resync: bool,
 }
 
-/// Where a rebalance is, from the control record and the assignment.
+/// Where a rebalance or a roll is, from the control record, the assignment
+/// and the pods.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RebalanceStep {
-    /// The placement changed and nothing is under way: deactivate.
+    /// The placement or the pod template changed and nothing is under way:
+    /// deactivate.
     Deactivate,
     /// Spouts are off; open trees drain until the deadline.
     Drain,
     /// Drained: write the next plan, then reactivate.
     Reassign,
-    /// The plan is written (or the placement went back): reactivate and clear.
+    /// A roll, drained: delete the pods on an old template (new ones follow).
+    Replace,
+    /// A roll, replaced: the spouts stay off until every new pod is ready.
+    AwaitPods,
+    /// The plan is written, the pods replaced, or the change went back:
+    /// reactivate and clear.
     Reactivate,
     /// No rebalance.
     None,
+}
+
+/// What is under way, as the pods and the status see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    Steady,
+    /// A rebalance's drain.
+    Rebalance,
+    /// A roll: draining (`replacing` false), or replacing the pods and
+    /// waiting for the new ones.
+    Roll {
+        replacing: bool,
+    },
+}
+
+/// The pods as a roll sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PodCensus {
+    /// Some live pod of a planned slot runs an old template (image, worker
+    /// settings or supervisor image).
+    pub stale: bool,
+    /// Every planned slot has one ready pod of the current template whose
+    /// worker runs the plan, and no pod is terminating.
+    pub settled: bool,
+}
+
+impl PodCensus {
+    pub fn of(obs: &Observed<'_>) -> PodCensus {
+        let topo = obs.topo;
+        let workers = topo.spec.workers;
+        let version = obs.assignment.as_ref().map(|a| a.version);
+        let mut stale = false;
+        let mut current_ready = std::collections::BTreeSet::new();
+        let mut terminating = false;
+        for pod in &obs.pods {
+            let Some(slot) = pods::slot_of(pod) else {
+                continue;
+            };
+            if pod.metadata.deletion_timestamp.is_some() {
+                terminating = true;
+                continue;
+            }
+            if slot >= workers || pods::is_finished(pod) {
+                continue;
+            }
+            if pods::template_changed(pod, &pods::worker_pod(topo, slot, obs.settings)) {
+                stale = true;
+            } else if pods::is_ready(pod)
+                && obs.workers.get(&slot).is_some_and(|w| {
+                    Some(w.applied_version) == version && w.state == WorkerState::Running
+                })
+            {
+                current_ready.insert(slot);
+            }
+        }
+        PodCensus {
+            stale,
+            settled: !terminating && current_ready.len() as u32 == workers,
+        }
+    }
 }
 
 /// The spec as the assignment compares it: `active` is control,
@@ -125,29 +197,49 @@ pub fn placement(spec: &TopologySpec) -> TopologySpec {
     s
 }
 
-/// The step of a rebalance now.
+/// The step of a rebalance or a roll now.
+///
+/// A roll is a rebalance that replaces pods instead of the plan: the spouts
+/// go off, open trees drain (bounded by the message timeout), every pod on
+/// an old template is replaced at once, and the spouts come back when all
+/// the new pods are ready (or after [`ROLL_POD_WAIT_MS`]). So a roll fails no
+/// tree, at the cost of one pause in emits.
 pub fn rebalance_step(
     spec: &TopologySpec,
     assignment: &Assignment,
     control: &Control,
+    census: PodCensus,
     pending: u64,
     now_ms: u64,
 ) -> RebalanceStep {
     let moving = placement(&assignment.spec) != placement(spec);
+    let changing = moving || census.stale;
     match &control.rebalance {
-        Some(r) if r.from_version == assignment.version && moving => {
-            let drained = now_ms >= r.deactivated_ms + MIN_DRAIN_MS
-                && (pending == 0 || now_ms >= r.drain_deadline_ms);
+        Some(r) if r.from_version == assignment.version && changing => {
+            // Once a roll has replaced pods, the spouts have stayed off: a
+            // further change needs no second drain.
+            let drained = r.replaced_ms.is_some()
+                || (now_ms >= r.deactivated_ms + MIN_DRAIN_MS
+                    && (pending == 0 || now_ms >= r.drain_deadline_ms));
             if control.active {
                 // Someone switched the spouts back on mid-drain: off again.
                 RebalanceStep::Deactivate
-            } else if drained {
+            } else if !drained {
+                RebalanceStep::Drain
+            } else if moving {
                 RebalanceStep::Reassign
             } else {
-                RebalanceStep::Drain
+                RebalanceStep::Replace
             }
         }
-        _ if moving => RebalanceStep::Deactivate,
+        Some(r)
+            if r.from_version == assignment.version
+                && r.replaced_ms
+                    .is_some_and(|t| !census.settled && now_ms < t + ROLL_POD_WAIT_MS) =>
+        {
+            RebalanceStep::AwaitPods
+        }
+        _ if changing => RebalanceStep::Deactivate,
         Some(_) => RebalanceStep::Reactivate,
         None => RebalanceStep::None,
     }
@@ -200,15 +292,16 @@ pub fn decide(obs: &Observed<'_>, memory: &mut TopologyMemory) -> Plan {
         };
     }
 
-    let (version, rebalancing) = assign(obs, &mut actions);
+    let census = PodCensus::of(obs);
+    let (version, transition) = assign(obs, census, &mut actions);
 
     // The workers' mutual-TLS certificates, before any pod that mounts them.
     if !memory.transport_tls {
         actions.push(Action::EnsureTransportTls);
     }
-    let live = pod_actions(obs, memory, rebalancing, &mut actions);
+    let live = pod_actions(obs, memory, transition, &mut actions);
 
-    let (status, ui) = compute_status(obs, memory, version, &live, rebalancing);
+    let (status, ui) = compute_status(obs, memory, version, &live, transition);
     actions.push(Action::View(Box::new(ui)));
     // A component error is an Event once, and at most one every 10 s.
     if let Some(e) = &status.last_error
@@ -260,10 +353,10 @@ pub fn decide(obs: &Observed<'_>, memory: &mut TopologyMemory) -> Plan {
     }
 }
 
-/// The assignment and the control record: the first plan, a rebalance's
-/// steps, and activation. Returns the plan version the pods should run and
-/// whether a rebalance is draining.
-fn assign(obs: &Observed<'_>, actions: &mut Vec<Action>) -> (u64, bool) {
+/// The assignment and the control record: the first plan, a rebalance's or
+/// a roll's steps, and activation. Returns the plan version the pods should
+/// run and what is under way.
+fn assign(obs: &Observed<'_>, census: PodCensus, actions: &mut Vec<Action>) -> (u64, Transition) {
     let topo = obs.topo;
     let spec = &topo.spec;
     let topology_ref = TopologyRef {
@@ -281,7 +374,8 @@ fn assign(obs: &Observed<'_>, actions: &mut Vec<Action>) -> (u64, bool) {
         reason: reason.into(),
         note,
     };
-    let mut rebalancing = false;
+    let mut transition = Transition::Steady;
+    let now = obs.now_ms;
 
     let version = match &obs.assignment {
         None => {
@@ -295,37 +389,49 @@ fn assign(obs: &Observed<'_>, actions: &mut Vec<Action>) -> (u64, bool) {
         }
         Some(a) => {
             let pending = obs.stats.values().map(|s| s.pending).sum();
-            match rebalance_step(spec, a, &control, pending, obs.now_ms) {
+            let moving = placement(&a.spec) != placement(spec);
+            // A rebalance drains for a new plan; a roll for new pods.
+            let draining = if moving {
+                Transition::Rebalance
+            } else {
+                Transition::Roll { replacing: false }
+            };
+            match rebalance_step(spec, a, &control, census, pending, now) {
                 RebalanceStep::Deactivate => {
                     // Storm's rebalance: deactivate, let open trees drain, reassign, reactivate.
-                    let now = obs.now_ms;
                     let progress = match &control.rebalance {
                         Some(r) if r.from_version == a.version => r.clone(),
                         _ => RebalanceProgress {
                             from_version: a.version,
                             deactivated_ms: now,
                             drain_deadline_ms: now + 1000 * u64::from(spec.message_timeout_seconds),
+                            replaced_ms: None,
                         },
                     };
                     if control.active {
                         control.active = false;
                         control.rebalance_epoch += 1;
-                        events.push(event(
-                            false,
-                            "Rebalancing",
+                        let note = if moving {
                             format!(
                                 "deactivated to move from version {} ({} workers) to {} workers",
                                 a.version, a.plan.workers, spec.workers
-                            ),
+                            )
+                        } else {
+                            "deactivated to roll the worker pods to a new template (image, worker settings or supervisor)".to_string()
+                        };
+                        events.push(event(
+                            false,
+                            if moving { "Rebalancing" } else { "Rolling" },
+                            note,
                         ));
                     }
                     control.rebalance = Some(progress);
                     control_changed = true;
-                    rebalancing = true;
+                    transition = draining;
                     a.version
                 }
                 RebalanceStep::Drain => {
-                    rebalancing = true;
+                    transition = draining;
                     a.version
                 }
                 RebalanceStep::Reassign => {
@@ -334,16 +440,58 @@ fn assign(obs: &Observed<'_>, actions: &mut Vec<Action>) -> (u64, bool) {
                     for slot in next.plan.workers..a.plan.workers {
                         actions.push(Action::DeleteStats(slot));
                     }
-                    control.active = spec.active;
-                    control.rebalance = None;
+                    match control.rebalance.as_mut() {
+                        // The pods must roll too: the spouts stay off, and
+                        // the next pass replaces them (already drained).
+                        Some(r) if census.stale => {
+                            r.from_version = next.version;
+                            transition = Transition::Roll { replacing: false };
+                        }
+                        _ => {
+                            control.active = spec.active;
+                            control.rebalance = None;
+                        }
+                    }
                     control_changed = true;
                     events.push(event(false, "Assigned", assigned_note(&next)));
                     next.version
                 }
+                RebalanceStep::Replace => {
+                    if let Some(r) = control.rebalance.as_mut()
+                        && r.replaced_ms.is_none()
+                    {
+                        r.replaced_ms = Some(now);
+                        control_changed = true;
+                    }
+                    transition = Transition::Roll { replacing: true };
+                    a.version
+                }
+                RebalanceStep::AwaitPods => {
+                    transition = Transition::Roll { replacing: true };
+                    a.version
+                }
                 RebalanceStep::Reactivate => {
-                    // Reassigned by an operator that stopped before reactivating,
-                    // or the placement went back to what runs: the spouts come
-                    // back with the activation below.
+                    // Reassigned or rolled by an operator that stopped before
+                    // reactivating, or the change went back to what runs: the
+                    // spouts come back with the activation below.
+                    if let Some(r) = &control.rebalance
+                        && let Some(replaced) = r.replaced_ms
+                    {
+                        let off = now.saturating_sub(r.deactivated_ms);
+                        let note = if census.settled {
+                            format!(
+                                "every worker pod runs the new template; spouts were off for {:.1} s",
+                                off as f64 / 1000.0
+                            )
+                        } else {
+                            format!(
+                                "the new worker pods are not all ready {} s after the old ones were deleted; spouts back on anyway (off for {:.1} s)",
+                                now.saturating_sub(replaced) / 1000,
+                                off as f64 / 1000.0
+                            )
+                        };
+                        events.push(event(!census.settled, "Rolled", note));
+                    }
                     control.rebalance = None;
                     control_changed = true;
                     a.version
@@ -353,7 +501,7 @@ fn assign(obs: &Observed<'_>, actions: &mut Vec<Action>) -> (u64, bool) {
         }
     };
 
-    if !rebalancing && control.active != spec.active {
+    if transition == Transition::Steady && control.active != spec.active {
         control.active = spec.active;
         control_changed = true;
         let (reason, what) = if spec.active {
@@ -367,15 +515,16 @@ fn assign(obs: &Observed<'_>, actions: &mut Vec<Action>) -> (u64, bool) {
         actions.push(Action::PutControl(control));
     }
     actions.extend(events);
-    (version, rebalancing)
+    (version, transition)
 }
 
-/// One pod per slot, deterministic names, replaced when ended, hung or on an
-/// old template. Returns the live pods by slot (terminating ones included).
+/// One pod per slot, deterministic names, replaced when ended or hung, or
+/// on an old template when a roll says so. Returns the live pods by slot
+/// (terminating ones included).
 fn pod_actions(
     obs: &Observed<'_>,
     memory: &mut TopologyMemory,
-    rebalancing: bool,
+    transition: Transition,
     actions: &mut Vec<Action>,
 ) -> BTreeMap<u32, Pod> {
     let topo = obs.topo;
@@ -390,7 +539,7 @@ fn pod_actions(
             by_slot.insert(slot, pod.clone());
             continue;
         }
-        if slot >= spec.workers && !rebalancing {
+        if slot >= spec.workers && transition != Transition::Rebalance {
             actions.push(Action::DeletePod(pod_name));
             continue;
         }
@@ -403,14 +552,14 @@ fn pod_actions(
             false
         };
         // Pods that must be replaced: ended, on an old template (image, worker
-        // settings, supervisor image), or hung.
+        // settings, supervisor image) once a roll has drained, or hung.
         let replace = if pods::is_finished(pod) {
             Some((
                 true,
                 "WorkerLost",
                 format!("pod {pod_name} (slot {slot}) ended; replacing it"),
             ))
-        } else if !rebalancing
+        } else if transition == (Transition::Roll { replacing: true })
             && pods::template_changed(pod, &pods::worker_pod(topo, slot, obs.settings))
         {
             Some((

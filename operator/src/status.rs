@@ -13,7 +13,7 @@ use squall_api::topology::{ComponentErrorStatus, TopologyStats, WorkerCounts};
 use squall_api::view::{self, TopologyView};
 use squall_api::{Phase, Topology, TopologyStatus};
 
-use crate::decide::{Observed, TopologyMemory};
+use crate::decide::{Observed, TopologyMemory, Transition};
 use crate::pods;
 
 /// Acked and failed totals at a worker timestamp, and the rates they gave.
@@ -33,7 +33,7 @@ pub(crate) fn compute_status(
     mem: &mut TopologyMemory,
     version: u64,
     pods: &BTreeMap<u32, Pod>,
-    rebalancing: bool,
+    transition: Transition,
 ) -> (TopologyStatus, TopologyView) {
     let topo = obs.topo;
     let (workers, stats) = (&obs.workers, &obs.stats);
@@ -57,13 +57,23 @@ pub(crate) fn compute_status(
         .map(crash_note);
     let was_running = matches!(
         old.phase,
-        Some(Phase::Running | Phase::Degraded | Phase::Inactive)
+        Some(
+            Phase::Running
+                | Phase::Degraded
+                | Phase::Inactive
+                | Phase::Rebalancing
+                | Phase::Rolling
+        )
     );
 
     // Failed means the spec cannot run; a crashed worker is restarted (Degraded).
     let phase = if error.is_some() {
         Phase::Failed
-    } else if rebalancing || (old.phase == Some(Phase::Rebalancing) && ready < desired) {
+    } else if let Transition::Roll { .. } = transition {
+        Phase::Rolling
+    } else if transition == Transition::Rebalance
+        || (old.phase == Some(Phase::Rebalancing) && ready < desired)
+    {
         // A rebalance lasts until every worker runs the new plan.
         Phase::Rebalancing
     } else if ready == desired {
@@ -128,13 +138,31 @@ pub(crate) fn compute_status(
                 (
                     "True",
                     "Rebalancing",
-                    if rebalancing {
+                    if transition == Transition::Rebalance {
                         "spouts deactivated while open trees drain"
                     } else {
                         "new plan assigned; workers are moving to it"
                     },
                 ),
                 ("False", "Rebalancing", &progress_msg),
+            );
+        }
+        Phase::Rolling => {
+            set_conditions(
+                &mut st,
+                topo,
+                now,
+                ("False", "Rolling", &progress_msg),
+                (
+                    "True",
+                    "Rolling",
+                    if transition == (Transition::Roll { replacing: false }) {
+                        "new pod template: spouts deactivated while open trees drain"
+                    } else {
+                        "new pod template: pods replaced; spouts come back when all are ready"
+                    },
+                ),
+                ("False", "Rolling", &progress_msg),
             );
         }
         Phase::Degraded => {
@@ -234,12 +262,13 @@ fn aggregate_stats(
     // A restarted worker counts from zero again: the ledger banks what its
     // previous process had counted, so totals never go backwards.
     mem.ledger.observe_all(stats);
-    let (mut acked, mut failed, mut emitted) = (0u64, 0u64, 0u64);
+    let (mut acked, mut failed, mut emitted, mut replayed) = (0u64, 0u64, 0u64, 0u64);
     for (id, c) in mem.ledger.components() {
         if spouts.contains(&id.as_str()) {
             acked += c.acked;
             failed += c.failed;
             emitted += c.roots;
+            replayed += c.replayed;
         }
     }
     // Rates come from the workers' own timestamps over windows of at least 5 s,
@@ -292,6 +321,7 @@ fn aggregate_stats(
         acked_total: acked,
         failed_total: failed,
         emitted_total: emitted,
+        replayed_total: replayed,
     };
     (figures, fresh)
 }

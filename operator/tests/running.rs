@@ -48,10 +48,18 @@ async fn word_count_runs_recovers_and_obeys_activation() {
     let topos: Api<Topology> = Api::namespaced(cluster.client(), ns);
 
     // A finite word count: 2 spout tasks × 1500 sentences, 3 workers.
-    let manifest = std::fs::read_to_string(repo().join("examples/word-count/topology.yaml"))
-        .unwrap()
-        .replace("config: {rate: 2000}", "config: {rate: 500, limit: 1500}")
-        .replace("messageTimeoutSeconds: 30", "messageTimeoutSeconds: 5");
+    let manifest =
+        std::fs::read_to_string(repo().join("examples/word-count/topology.yaml")).unwrap();
+    let manifest = replaced(
+        &manifest,
+        "config: {rate: 2000}",
+        "config: {rate: 500, limit: 1500}",
+    );
+    let manifest = replaced(
+        &manifest,
+        "messageTimeoutSeconds: 30",
+        "messageTimeoutSeconds: 5",
+    );
     let applied = Instant::now();
     apply_ok(&cluster, &manifest);
 
@@ -683,4 +691,160 @@ async fn a_rebalance_completes_across_operator_and_etcd_restarts() {
     eprintln!(
         "rebalances across restarts (what restarted, version before, after, acked): {phases:?}"
     );
+}
+
+/// A new image rolls every worker pod of a topology under load, and fails or
+/// replays no tree: the spouts go off, open trees drain, the pods are
+/// replaced all at once, and the spouts come back when the new pods are
+/// ready. The pause in acks is read from the workers' own stats records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_roll_under_load_fails_and_replays_no_tree() {
+    let cluster = env("run-roll").await;
+    let ns: &'static str = Box::leak(cluster.ns.clone().into_boxed_str());
+    install_crd(&cluster);
+    let prefix = "/squall-roll";
+    let op = Operator::start(&cluster, prefix);
+    let topos: Api<Topology> = Api::namespaced(cluster.client(), ns);
+
+    // Word count as the example has it: endless, 2 × 2,000 sentences/s
+    // offered, fields grouping across 3 workers, the default 30 s timeout.
+    let manifest =
+        std::fs::read_to_string(repo().join("examples/word-count/topology.yaml")).unwrap();
+    let manifest = replaced(&manifest, "config: {rate: 2000}", "config: {rate: 1000}");
+    let (_, spec) = squall_api::TopologySpec::from_manifest(&manifest).unwrap();
+    assert_eq!(spec.message_timeout_seconds, 30);
+    let spouts: Vec<String> = spec.spouts.iter().map(|s| s.id.clone()).collect();
+    apply_ok(&cluster, &manifest);
+    wait_status(
+        &topos,
+        "word-count",
+        "Running 3/3 with acked > 0",
+        90,
+        &op,
+        |s| {
+            s.phase == Some(Phase::Running)
+                && s.workers.ready == 3
+                && s.stats.as_ref().is_some_and(|x| x.acked_total > 0)
+        },
+    )
+    .await;
+
+    // Acks as the workers publish them, banked across their restarts.
+    let store = squall_coord::TopologyStore::new(
+        etcd_connect(cluster.etcd_url()).await,
+        prefix,
+        ns,
+        "word-count",
+    );
+    let mut ledger = squall_api::ledger::StatsLedger::default();
+    let sample = async |ledger: &mut squall_api::ledger::StatsLedger| {
+        if let Ok(stats) = store.stats().await {
+            ledger.observe_all(&stats);
+        }
+        let c = ledger.components();
+        let sum = |f: fn(&squall_api::records::ComponentStats) -> u64| {
+            spouts.iter().filter_map(|id| c.get(id)).map(f).sum::<u64>()
+        };
+        (sum(|c| c.acked), sum(|c| c.failed), sum(|c| c.replayed))
+    };
+    // Under load first: acks rising for a few seconds.
+    let start = sample(&mut ledger).await.0;
+    let t = Instant::now();
+    while sample(&mut ledger).await.0 < start + 4000 {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "acks do not rise: {:?}\n{}",
+            sample(&mut ledger).await,
+            op.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let old_pods: Vec<String> = pods(&cluster.client(), ns, "word-count")
+        .await
+        .iter()
+        .filter_map(|p| p.metadata.uid.clone())
+        .collect();
+    assert_eq!(old_pods.len(), 3);
+
+    // Roll to the next image tag.
+    let patched = Instant::now();
+    let patch = serde_json::json!({"spec": {"image": "squall-examples:0.1.1"}});
+    topos
+        .patch("word-count", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    // Watch acks and pods until every pod is new and acks rise past where
+    // they stood when the new pods were all ready.
+    let (mut last_acked, mut last_rise) = (sample(&mut ledger).await.0, Instant::now());
+    let mut longest_pause = Duration::ZERO;
+    let mut saw_rolling = false;
+    let mut ready_at: Option<(Instant, u64)> = None;
+    loop {
+        assert!(
+            patched.elapsed() < Duration::from_secs(180),
+            "the roll did not finish: ready={ready_at:?}\n{}",
+            op.log()
+        );
+        let (acked, _, _) = sample(&mut ledger).await;
+        if acked > last_acked {
+            longest_pause = longest_pause.max(last_rise.elapsed());
+            (last_acked, last_rise) = (acked, Instant::now());
+        }
+        let st = get(&topos, "word-count").await.unwrap_or_default();
+        saw_rolling |= st.phase == Some(Phase::Rolling);
+        if ready_at.is_none() && st.phase == Some(Phase::Running) && st.workers.ready == 3 {
+            let ps = pods(&cluster.client(), ns, "word-count").await;
+            let all_new = ps.len() == 3
+                && ps.iter().all(|p| {
+                    p.metadata.deletion_timestamp.is_none()
+                        && !old_pods.contains(p.metadata.uid.as_ref().unwrap())
+                        && p.spec.as_ref().unwrap().containers[0].image.as_deref()
+                            == Some("squall-examples:0.1.1")
+                });
+            if all_new {
+                ready_at = Some((Instant::now(), acked));
+            }
+        }
+        if let Some((at, acked_then)) = ready_at
+            && acked > acked_then + 4000
+            && at.elapsed() > Duration::from_secs(5)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (ready, _) = ready_at.unwrap();
+    assert!(saw_rolling, "the status showed the roll\n{}", op.log());
+    wait_event(&cluster.client(), ns, "Rolling", 10, |m| {
+        m.contains("new template")
+    })
+    .await
+    .unwrap();
+    let mut off = String::new();
+    wait_event(&cluster.client(), ns, "Rolled", 10, |m| {
+        m.contains("every worker pod runs the new template")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
+    let events: Api<Event> = Api::namespaced(cluster.client(), ns);
+    for e in events.list(&ListParams::default()).await.unwrap().items {
+        if e.reason.as_deref() == Some("Rolled") {
+            off = e.message.unwrap_or_default();
+        }
+    }
+    let (acked, failed, replayed) = sample(&mut ledger).await;
+    let st = get(&topos, "word-count").await.unwrap().stats.unwrap();
+    eprintln!(
+        "image roll under load: patch → all new pods Running {:?}; longest pause in acks {:?} \
+         (stats published about every second); operator: {off}; acked {acked} failed {failed} \
+         replayed {replayed}; status failed_total {} replayed_total {}",
+        ready - patched,
+        longest_pause,
+        st.failed_total,
+        st.replayed_total
+    );
+    assert_eq!((failed, replayed), (0, 0), "no tree failed or replayed");
+    assert_eq!((st.failed_total, st.replayed_total), (0, 0), "{st:?}");
+    let plan = store.assignment().await.unwrap().unwrap();
+    assert_eq!(plan.version, 1, "an image is not a new plan");
 }

@@ -621,28 +621,158 @@ fn stats_are_banked_across_worker_restarts_and_rates_take_5_s_windows() {
 }
 
 #[test]
-fn pods_on_an_old_template_are_replaced_but_not_during_a_drain() {
+fn a_roll_deactivates_drains_replaces_every_pod_and_reactivates_once_all_are_ready() {
     let mut w = World::running(2);
+    w.publish(1, 100, 40);
+    w.pass();
+
+    // A new image: the spouts go off first, and no pod is touched yet.
     w.topo.spec.image = "img:2".into();
+    w.now_ms += 60_000;
+    let deactivated = w.now_ms;
+    w.pass();
+    assert_eq!(
+        w.etcd_writes(),
+        ["control active=false epoch=1 rebalance=Some(1)"]
+    );
+    assert!(w.has_event("Rolling"));
+    assert!(w.deleted().is_empty() && w.created().is_empty());
+    assert_eq!(w.phase(), Some(Phase::Rolling));
+    assert_eq!(
+        w.condition("Progressing"),
+        ("True".into(), "Rolling".into())
+    );
+
+    // Open trees hold the old pods, past the one-second minimum too.
+    for after in [500, 1500, 20_000] {
+        w.now_ms = deactivated + after;
+        w.pass();
+        assert!(w.deleted().is_empty(), "{after} ms: {:?}", w.deleted());
+        assert!(w.etcd_writes().is_empty(), "{after} ms");
+    }
+
+    // Drained: every old pod goes in one pass, and the new ones come from
+    // the new template; the spouts stay off.
+    w.publish(1, 140, 0);
+    w.now_ms = deactivated + 21_000;
     w.pass();
     assert_eq!(w.deleted(), ["wc-worker-0", "wc-worker-1"]);
     assert!(w.has_event("Upgrading"));
-    assert!(w.etcd_writes().is_empty(), "an image is not a new plan");
-    // From the new template (the API server refuses them while the old ones
-    // terminate, and the next pass tries again).
     assert_eq!(w.created(), [0, 1]);
     let image = |p: &Pod| p.spec.as_ref().unwrap().containers[0].image.clone();
     assert!(w.pods.iter().all(|p| image(p).as_deref() == Some("img:2")));
+    assert_eq!(w.control().rebalance.unwrap().replaced_ms, Some(w.now_ms));
+    assert!(!w.control().active);
+    assert_eq!(w.phase(), Some(Phase::Rolling));
+
+    // New pods starting: nothing to do, spouts still off.
+    w.now_ms += 3_000;
     w.pass();
     assert!(w.deleted().is_empty() && w.created().is_empty());
+    assert!(w.etcd_writes().is_empty(), "{:?}", w.etcd_writes());
+    w.workers.clear();
 
-    // While a rebalance drains, a changed template waits.
+    // All ready on the plan: the spouts come back, in the pass that sees it.
+    w.pods_ready();
+    w.workers_run();
+    w.now_ms += 1_000;
+    w.pass();
+    assert_eq!(
+        w.etcd_writes(),
+        ["control active=true epoch=1 rebalance=None"]
+    );
+    let rolled = w.events();
+    let (_, note) = rolled.iter().find(|(r, _)| *r == "Rolled").unwrap();
+    assert!(note.contains("spouts were off for 25.0 s"), "{note}");
+    assert_eq!(w.phase(), Some(Phase::Running));
+    assert_eq!(w.version(), 1, "an image is not a new plan");
+}
+
+#[test]
+fn a_roll_drains_until_the_deadline_and_waits_for_new_pods_for_a_bounded_time() {
+    let mut w = World::running(2);
+    w.publish(1, 10, 7);
+    w.topo.spec.worker = Some(Default::default());
+    w.topo.spec.image = "img:2".into();
+    w.pass();
+    let progress = w.control().rebalance.unwrap();
+    // Trees never drain: the pods go at the message timeout.
+    w.now_ms = progress.drain_deadline_ms - 1;
+    w.pass();
+    assert!(w.deleted().is_empty());
+    w.now_ms = progress.drain_deadline_ms;
+    w.pass();
+    assert_eq!(w.deleted().len(), 2);
+    let replaced = w.now_ms;
+
+    // New pods that never get ready (a wrong image) keep the spouts off only
+    // for a while.
+    w.now_ms = replaced + ROLL_POD_WAIT_MS - 1;
+    w.pass();
+    assert!(w.etcd_writes().is_empty());
+    w.now_ms = replaced + ROLL_POD_WAIT_MS;
+    w.pass();
+    assert_eq!(
+        w.etcd_writes(),
+        ["control active=true epoch=1 rebalance=None"]
+    );
+    let events = w.events();
+    let (_, note) = events.iter().find(|(r, _)| *r == "Rolled").unwrap();
+    assert!(note.contains("not all ready"), "{note}");
+    assert_ne!(w.phase(), Some(Phase::Rolling));
+}
+
+#[test]
+fn a_restarted_operator_resumes_a_roll_without_replacing_twice() {
+    let mut w = World::running(2);
+    w.topo.spec.image = "img:2".into();
+    w.pass();
+    w.now_ms += 1_000;
+    w.pass();
+    assert_eq!(w.deleted().len(), 2);
+    // A new operator: nothing in memory, the control record in etcd.
+    w.memory = TopologyMemory::default();
+    w.now_ms += 1_000;
+    w.pass();
+    assert!(w.deleted().is_empty() && w.created().is_empty());
+    assert!(!w.control().active);
+    w.pods_ready();
+    w.workers_run();
+    w.pass();
+    assert!(w.control().active && w.control().rebalance.is_none());
+}
+
+#[test]
+fn a_rebalance_and_a_new_image_together_drain_once_then_roll() {
     let mut w = World::running(2);
     w.publish(1, 1, 4);
     w.topo.spec.workers = 3;
     w.topo.spec.image = "img:3".into();
     w.pass();
+    // While the rebalance drains, a changed template waits.
     assert!(w.deleted().is_empty(), "{:?}", w.deleted());
+    assert_eq!(w.phase(), Some(Phase::Rebalancing));
+    w.publish(1, 5, 0);
+    w.now_ms += 1_000;
+    w.pass();
+    // The next plan, with the spouts still off: the pods roll next.
+    assert_eq!(
+        w.etcd_writes(),
+        [
+            "assignment v2",
+            "control active=false epoch=1 rebalance=Some(2)"
+        ]
+    );
+    assert_eq!(w.phase(), Some(Phase::Rolling));
+    w.pass();
+    assert_eq!(w.deleted(), ["wc-worker-0", "wc-worker-1"]);
+    assert!(!w.control().active);
+    w.pods_ready();
+    w.workers_run();
+    w.pass();
+    assert!(w.control().active && w.control().rebalance.is_none());
+    assert_eq!(w.pods.len(), 3);
+    assert_eq!(w.phase(), Some(Phase::Running));
 }
 
 #[test]
