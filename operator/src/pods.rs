@@ -5,17 +5,21 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    ObjectFieldSelector, Pod, PodSecurityContext, PodSpec, Probe, SeccompProfile,
-    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    ObjectFieldSelector, Pod, PodSecurityContext, PodSpec, Probe, SeccompProfile, SecurityContext,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use squall_api::Topology;
 use squall_api::invocation::{
-    self, EtcdTlsFiles, POD_IP_ENV, POD_NAME_ENV, POD_NAMESPACE_ENV, WorkerFlags, WorkerInvocation,
+    self, POD_IP_ENV, POD_NAME_ENV, POD_NAMESPACE_ENV, WorkerFlags, WorkerInvocation,
 };
 use squall_api::records::TopologyRef;
+
+mod volumes;
+
+use volumes::PodVolumes;
+pub use volumes::{ETCD_TLS_DIR, TRANSPORT_TLS_DIR, transport_tls_secret};
 
 /// Label holding the topology name (also the scale selector).
 pub const TOPOLOGY_LABEL: &str = "squall.dev/topology";
@@ -45,9 +49,6 @@ pub struct PodSettings {
     /// A Secret with `ca.crt`, `tls.crt` and `tls.key` for reaching etcd over TLS.
     pub etcd_tls_secret: Option<String>,
 }
-
-/// Where worker pods mount the etcd TLS Secret.
-pub const ETCD_TLS_DIR: &str = "/etc/squall/etcd-tls";
 
 /// The pod name of a slot; deterministic, so a restarted operator can never create a duplicate.
 pub fn pod_name(topology: &str, slot: u32) -> String {
@@ -110,86 +111,25 @@ fn http_probe(port: i32, path: &str, period: i32, failures: i32) -> Probe {
     }
 }
 
-/// Where the worker container mounts its topology's transport TLS Secret.
-pub const TRANSPORT_TLS_DIR: &str = "/etc/squall/transport-tls";
-
-/// The Secret with a topology's transport TLS files (`ca.crt`, `tls.crt`,
-/// `tls.key`), which the operator creates before its first pod.
-pub fn transport_tls_secret(topology: &str) -> String {
-    format!("{topology}-transport-tls")
-}
-
-/// The worker's writable `/tmp` when it runs multilang subprocesses.
-const SHELL_TMP_VOLUME: &str = "squall-tmp";
-
 /// The pod for one slot of a topology.
 pub fn worker_pod(topo: &Topology, slot: u32, settings: &PodSettings) -> Pod {
     let name = topo.name_any();
     let namespace = topo.namespace().unwrap_or_default();
     let spec = &topo.spec;
     let template = spec.worker.clone().unwrap_or_default();
-    // Workers and supervisors take the same TLS settings the operator does.
-    let mut etcd_tls = EtcdTlsFiles::default();
-    let (volumes, mounts) = match &settings.etcd_tls_secret {
-        Some(secret) => {
-            etcd_tls = EtcdTlsFiles {
-                ca_file: Some(format!("{ETCD_TLS_DIR}/ca.crt")),
-                cert_file: Some(format!("{ETCD_TLS_DIR}/tls.crt")),
-                key_file: Some(format!("{ETCD_TLS_DIR}/tls.key")),
-            };
-            let volume = Volume {
-                name: "etcd-tls".into(),
-                secret: Some(SecretVolumeSource {
-                    secret_name: Some(secret.clone()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            };
-            let mount = VolumeMount {
-                name: "etcd-tls".into(),
-                mount_path: ETCD_TLS_DIR.into(),
-                read_only: Some(true),
-                ..Default::default()
-            };
-            (Some(vec![volume]), Some(vec![mount]))
-        }
-        None => (None, None),
-    };
-    // The worker container also gets the template's volumes, and a writable /tmp
-    // when it runs multilang subprocesses (their pidDir; the root file system is
-    // read-only).
+    // Multilang subprocesses need a writable /tmp for their pidDir.
     let shells = spec.components().any(|(_, c)| c.shell.is_some());
-    let mut pod_volumes = volumes.unwrap_or_default();
-    let mut worker_mounts = mounts.clone().unwrap_or_default();
-    // Mutual TLS between workers: the worker container alone reads it.
-    pod_volumes.push(Volume {
-        name: "transport-tls".into(),
-        secret: Some(SecretVolumeSource {
-            secret_name: Some(transport_tls_secret(&name)),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
-    worker_mounts.push(VolumeMount {
-        name: "transport-tls".into(),
-        mount_path: TRANSPORT_TLS_DIR.into(),
-        read_only: Some(true),
-        ..Default::default()
-    });
-    if shells {
-        pod_volumes.push(Volume {
-            name: SHELL_TMP_VOLUME.into(),
-            empty_dir: Some(Default::default()),
-            ..Default::default()
-        });
-        worker_mounts.push(VolumeMount {
-            name: SHELL_TMP_VOLUME.into(),
-            mount_path: "/tmp".into(),
-            ..Default::default()
-        });
-    }
-    pod_volumes.extend(template.volumes.iter().cloned());
-    worker_mounts.extend(template.volume_mounts.iter().cloned());
+    let PodVolumes {
+        volumes: pod_volumes,
+        worker_mounts,
+        supervisor_mounts,
+        etcd_tls,
+    } = volumes::pod_volumes(
+        &name,
+        settings.etcd_tls_secret.as_deref(),
+        shells,
+        &template,
+    );
     let common_env = vec![
         field_env(POD_NAME_ENV, "metadata.name"),
         field_env(POD_NAMESPACE_ENV, "metadata.namespace"),
@@ -266,7 +206,7 @@ pub fn worker_pod(topo: &Topology, slot: u32, settings: &PodSettings) -> Pod {
         env: Some(common_env),
         // The supervisor exits non-zero when it cannot do its job (etcd gone past
         // its deadline), and the kubelet restarts it; it needs no probe.
-        volume_mounts: mounts,
+        volume_mounts: supervisor_mounts,
         security_context: Some(container_security()),
         ..Default::default()
     };

@@ -8,10 +8,10 @@
 //!   and heartbeats, watches the subprocess's health and restarts it;
 //! - the writer thread writes the queued tuples, ticks and heartbeats to the
 //!   subprocess's stdin;
-//! - the reader thread reads the subprocess's stdout and acts on it at once: emits
-//!   go out through the executor's emitter (shared under a mutex), and it writes the
-//!   task ids of an emit to stdin itself, so `storm.py`, which waits for them after
-//!   every emit, is answered without a hop to another thread.
+//! - the reader thread (in [`reader`]) reads the subprocess's stdout and acts on it
+//!   at once: emits go out through the executor's emitter (shared under a mutex),
+//!   and it writes the task ids of an emit to stdin itself, so `storm.py`, which
+//!   waits for them after every emit, is answered without a hop to another thread.
 //!
 //! Both writers share stdin under a mutex, each writing whole messages. The writer
 //! may block on a full pipe while holding it; that cannot deadlock the reader,
@@ -31,17 +31,21 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
-use squall_api::{DEFAULT_STREAM, ShellSpec, TaskId};
+use squall_api::{ShellSpec, TaskId};
 
 use super::colocate::Colocation;
-use super::process::{Backoff, ShellProcess, Who, count_metric, log_line};
-use super::protocol::{self, ShellMsg};
+use super::process::{Backoff, ShellProcess, Who};
+use super::protocol;
 use crate::collector::{BoltCollector, Emitter};
 use crate::component::{ComponentError, TopologyContext};
 use crate::executor::{ExecutorCore, WorkerControl};
 use crate::metrics::{MetricsSlot, now_ns};
 use crate::transfer::{Batch, Msg};
 use crate::tuple::{SYSTEM_COMPONENT, TICK_STREAM, Tuple};
+
+mod reader;
+
+use reader::read_loop;
 
 /// Input tuples queued for a subprocess but not yet written (Storm's
 /// `topology.shellbolt.max.pending` is 100): beyond this the executor waits, which
@@ -504,126 +508,4 @@ fn write_now<'a>(s: &Shared, items: impl Iterator<Item = &'a [u8]>) -> std::io::
         w.write_all(b)?;
     }
     w.flush()
-}
-
-fn read_loop(
-    s: &Shared,
-    stdout: &mut std::io::BufReader<std::process::ChildStdout>,
-    mut colocation: Option<Colocation>,
-) {
-    let mut metrics_refused = 0;
-    loop {
-        let msg = match protocol::read_message(stdout).and_then(protocol::parse) {
-            Ok(m) => m,
-            Err(e) => {
-                s.mark_broken(e.to_string());
-                s.out.close();
-                return;
-            }
-        };
-        s.last_heard_ns.store(now_ns(), Ordering::Relaxed);
-        // Emits are sent on when the tuple that caused them is acked or failed (one
-        // batch per input rather than one per emit), or once they linger.
-        let emit = matches!(msg, ShellMsg::Emit(_));
-        if let (Some(c), ShellMsg::Emit(e)) = (colocation.as_mut(), &msg) {
-            c.emit(e.waits_for_task_ids(), &s.who);
-        }
-        handle(s, msg, &mut metrics_refused);
-        if stdout.buffer().is_empty() {
-            let mut em = lock(&s.emitter);
-            if emit {
-                em.outbox.flush_if_lingering(now_ns());
-            } else {
-                em.outbox.flush(now_ns());
-            }
-        }
-    }
-}
-
-/// Resolve an input tuple id as the subprocess wrote it (storm.py keeps the string
-/// it was given; other libraries may turn it into a number).
-fn tuple_id(id: &Json) -> Option<u64> {
-    match id {
-        Json::String(s) => s.parse().ok(),
-        Json::Number(n) => n.as_u64(),
-        _ => None,
-    }
-}
-
-/// Act on one message; `metrics_refused` counts the `metrics` commands refused
-/// so far (see [`count_metric`]).
-fn handle(s: &Shared, msg: ShellMsg, metrics_refused: &mut u64) {
-    match msg {
-        ShellMsg::Emit(e) => {
-            let waits = e.waits_for_task_ids();
-            let stream = e.stream.as_deref().unwrap_or(DEFAULT_STREAM);
-            let targets = {
-                let mut em = lock(&s.emitter);
-                let inflight = lock(&s.inflight);
-                let anchors: Vec<&Tuple> = e
-                    .anchors
-                    .iter()
-                    .filter_map(|a| tuple_id(a).and_then(|id| inflight.get(&id)))
-                    .collect();
-                let mut out = BoltCollector {
-                    em: &mut em,
-                    task: s.task,
-                    exec_start_ns: 0,
-                    acked_current: 0,
-                    sample_weight: 1,
-                };
-                out.emit_inner(stream, e.task, &anchors, e.values)
-            };
-            let targets = targets.unwrap_or_else(|err| {
-                tracing::error!(component = %s.who.component, task = s.task, error = %err, "multilang emit dropped");
-                Default::default()
-            });
-            if waits {
-                let reply = Json::Array(targets.iter().map(|&t| Json::from(t)).collect());
-                if let Err(e) = write_now(s, std::iter::once(protocol::frame(&reply).as_slice())) {
-                    s.mark_broken(format!("writing to the subprocess: {e}"));
-                    s.out.close();
-                }
-            }
-        }
-        ShellMsg::Ack { id } => finish(s, &id, true),
-        ShellMsg::Fail { id } => finish(s, &id, false),
-        ShellMsg::Sync => {}
-        ShellMsg::Log { msg, level } => log_line(&s.who, level, &msg),
-        ShellMsg::Error { msg } => {
-            tracing::error!(component = %s.who.component, task = s.task, error = %msg, "multilang bolt reported an error");
-            lock(&s.emitter).metrics.note_error(s.task, &msg);
-        }
-        ShellMsg::Metrics { name, params } => count_metric(
-            &s.who,
-            &mut lock(&s.emitter).metrics,
-            &name,
-            &params,
-            metrics_refused,
-        ),
-        ShellMsg::Pid(_) | ShellMsg::TaskIds | ShellMsg::Unknown(_) => {
-            tracing::warn!(component = %s.who.component, message = ?msg, "unexpected multilang message; ignored")
-        }
-    }
-}
-
-/// The subprocess acked or failed an input tuple.
-fn finish(s: &Shared, id: &Json, ack: bool) {
-    let Some(tuple) = tuple_id(id).and_then(|id| lock(&s.inflight).remove(&id)) else {
-        // A tick, a heartbeat, or an id from before a restart.
-        return;
-    };
-    let mut em = lock(&s.emitter);
-    let mut out = BoltCollector {
-        em: &mut em,
-        task: s.task,
-        exec_start_ns: 0,
-        acked_current: 0,
-        sample_weight: 1,
-    };
-    if ack {
-        out.ack(&tuple);
-    } else {
-        out.fail(&tuple);
-    }
 }
