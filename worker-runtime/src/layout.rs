@@ -1,6 +1,9 @@
 //! The resolved topology: the plan joined with the binary's declarations.
 //!
-//! Built once per plan version and shared read-only by every executor.
+//! Built once per plan version and shared read-only by every executor. What it
+//! knows of the binary's components is their [`ComponentCatalog`] (kinds and
+//! declared output fields), not the registry, so this module depends on
+//! neither the component API nor the collectors that use it.
 
 use std::sync::Arc;
 
@@ -9,7 +12,6 @@ use squall_api::{
     ValidationErrors, validate,
 };
 
-use crate::component::Registry;
 use crate::grouping::Grouper;
 use crate::tuple::Fields;
 
@@ -67,15 +69,16 @@ pub enum LayoutError {
 }
 
 impl Layout {
-    /// Validate `spec` against the registry and resolve `plan`.
+    /// Validate `spec` against the components the binary declares
+    /// ([`Registry::catalog`](crate::component::Registry::catalog)) and
+    /// resolve `plan`.
     pub fn new(
         topology: &str,
         spec: TopologySpec,
         plan: PhysicalPlan,
-        registry: &Registry,
+        catalog: &ComponentCatalog,
     ) -> Result<Layout, LayoutError> {
-        let catalog: ComponentCatalog = registry.catalog();
-        validate(&spec, Some(&catalog))?;
+        validate(&spec, Some(catalog))?;
 
         let n = plan.components.len();
         let mut implementations = vec![String::new(); n];
@@ -95,7 +98,7 @@ impl Layout {
             tick_ns[ci] = cs
                 .tick_frequency_seconds
                 .map(|s| u64::from(s) * 1_000_000_000);
-            let Some(outputs) = squall_api::validate::declared_outputs(cs, Some(&catalog)) else {
+            let Some(outputs) = squall_api::validate::declared_outputs(cs, Some(catalog)) else {
                 continue;
             };
             for (stream, names) in outputs {

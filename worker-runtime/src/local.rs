@@ -81,9 +81,10 @@ pub fn run(
 ) -> Result<Summary, LocalError> {
     // Validate before computing the plan: a manifest over the limits must not
     // get to allocate one.
-    squall_api::validate(&spec, Some(&registry.catalog())).map_err(LayoutError::from)?;
+    let catalog = registry.catalog();
+    squall_api::validate(&spec, Some(&catalog)).map_err(LayoutError::from)?;
     let plan = PhysicalPlan::compute(&spec);
-    let layout = Arc::new(Layout::new(name, spec, plan, registry)?);
+    let layout = Arc::new(Layout::new(name, spec, plan, &catalog)?);
     let hub = MetricsHub::new();
     let slots: Vec<u32> = (0..layout.plan.workers).collect();
     let worker = Worker::start(

@@ -152,7 +152,7 @@ fn spec(yaml: &str) -> TopologySpec {
 
 fn start(r: &Registry, spec: TopologySpec) -> Worker {
     let plan = PhysicalPlan::compute(&spec);
-    let layout = Arc::new(Layout::new("t", spec, plan.clone(), r).expect("valid"));
+    let layout = Arc::new(Layout::new("t", spec, plan.clone(), &r.catalog()).expect("valid"));
     let slots: Vec<u32> = (0..plan.workers).collect();
     Worker::start(
         layout,
@@ -314,7 +314,7 @@ fn direct_emits_reach_the_chosen_task() {
 /// Start `s` as one worker, which must fail; its error.
 fn start_error(r: &Registry, s: TopologySpec) -> StartError {
     let plan = PhysicalPlan::compute(&s);
-    let layout = Arc::new(Layout::new("t", s, plan, r).unwrap());
+    let layout = Arc::new(Layout::new("t", s, plan, &r.catalog()).unwrap());
     Worker::start(
         layout,
         r,
@@ -450,7 +450,7 @@ fn a_carried_spout_task_is_opened_anew_when_its_config_changes() {
     };
     let carry = |spec: TopologySpec, parked| {
         let plan = PhysicalPlan::compute(&spec);
-        let layout = Arc::new(Layout::new("t", spec, plan.clone(), &r).expect("valid"));
+        let layout = Arc::new(Layout::new("t", spec, plan.clone(), &r.catalog()).expect("valid"));
         let slots: Vec<u32> = (0..plan.workers).collect();
         Worker::start_carrying(
             layout,

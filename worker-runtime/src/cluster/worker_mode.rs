@@ -186,7 +186,7 @@ impl State {
             &a.topology.name,
             a.spec,
             a.plan,
-            &self.registry,
+            &self.registry.catalog(),
         )?);
         let schema = Arc::new(Schema::new(&layout));
         let links = Links::start(
