@@ -478,16 +478,19 @@ fn assign(obs: &Observed<'_>, census: PodCensus, actions: &mut Vec<Action>) -> (
                         && let Some(replaced) = r.replaced_ms
                     {
                         let off = now.saturating_sub(r.deactivated_ms);
+                        let secs = |ms: u64| ms as f64 / 1000.0;
                         let note = if census.settled {
                             format!(
-                                "every worker pod runs the new template; spouts were off for {:.1} s",
-                                off as f64 / 1000.0
+                                "every worker pod runs the new template; spouts were off for {:.1} s ({:.1} s draining, {:.1} s for the new pods)",
+                                secs(off),
+                                secs(replaced.saturating_sub(r.deactivated_ms)),
+                                secs(now.saturating_sub(replaced))
                             )
                         } else {
                             format!(
                                 "the new worker pods are not all ready {} s after the old ones were deleted; spouts back on anyway (off for {:.1} s)",
                                 now.saturating_sub(replaced) / 1000,
-                                off as f64 / 1000.0
+                                secs(off)
                             )
                         };
                         events.push(event(!census.settled, "Rolled", note));

@@ -683,7 +683,10 @@ fn a_roll_deactivates_drains_replaces_every_pod_and_reactivates_once_all_are_rea
     );
     let rolled = w.events();
     let (_, note) = rolled.iter().find(|(r, _)| *r == "Rolled").unwrap();
-    assert!(note.contains("spouts were off for 25.0 s"), "{note}");
+    assert!(
+        note.contains("spouts were off for 25.0 s (21.0 s draining, 4.0 s for the new pods)"),
+        "{note}"
+    );
     assert_eq!(w.phase(), Some(Phase::Running));
     assert_eq!(w.version(), 1, "an image is not a new plan");
 }
