@@ -163,13 +163,6 @@ pub fn kubectl_stdin(env: &Env, args: &[&str], input: &str) -> std::process::Out
     child.wait_with_output().unwrap()
 }
 
-/// `text` with `from` replaced by `to`; `from` must be there, so that an
-/// example that changes cannot silently turn a test's manifest into another.
-pub fn replaced(text: &str, from: &str, to: &str) -> String {
-    assert!(text.contains(from), "{from:?} is not in:\n{text}");
-    text.replace(from, to)
-}
-
 /// `kubectl apply -f -` of `manifest`, which must succeed.
 pub fn apply_ok(env: &Env, manifest: &str) {
     let out = kubectl_stdin(env, &["apply", "-f", "-"], manifest);
