@@ -8,6 +8,7 @@
 //! them with `--tls-dir`.
 
 use std::path::Path;
+use std::time::SystemTime;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -29,11 +30,22 @@ pub const SERVER_NAME: &str = "squall-worker";
 pub enum TlsError {
     #[error("cannot generate the transport certificates: {0}")]
     Generate(#[from] rcgen::Error),
+    #[error("{0} s after 1970 is out of the range of a certificate's validity")]
+    Time(i64),
     #[error("cannot write {path}: {source}")]
     Write {
         path: String,
         source: std::io::Error,
     },
+}
+
+/// `t` as a certificate's time (whole seconds).
+fn datetime(t: SystemTime) -> Result<time::OffsetDateTime, TlsError> {
+    let secs = match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+    };
+    time::OffsetDateTime::from_unix_timestamp(secs).map_err(|_| TlsError::Time(secs))
 }
 
 /// A topology's transport PKI, in PEM.
@@ -58,8 +70,31 @@ impl TopologyPki {
     ///
     /// When rcgen cannot make a key or a certificate.
     pub fn generate(topology: &str) -> Result<TopologyPki, TlsError> {
+        Self::generate_valid(topology, None)
+    }
+
+    /// As [`TopologyPki::generate`], with both certificates valid from
+    /// `validity.0` to `validity.1` (peers refuse them outside it); `None`
+    /// keeps rcgen's default, which does not expire in practice.
+    ///
+    /// # Errors
+    ///
+    /// When rcgen cannot make a key or a certificate, or a time is out of
+    /// the range a certificate can hold.
+    pub fn generate_valid(
+        topology: &str,
+        validity: Option<(SystemTime, SystemTime)>,
+    ) -> Result<TopologyPki, TlsError> {
+        let window = |p: &mut CertificateParams| -> Result<(), TlsError> {
+            if let Some((from, to)) = validity {
+                p.not_before = datetime(from)?;
+                p.not_after = datetime(to)?;
+            }
+            Ok(())
+        };
         let ca_key = KeyPair::generate()?;
         let mut ca = CertificateParams::new(Vec::<String>::new())?;
+        window(&mut ca)?;
         ca.distinguished_name.push(
             DnType::CommonName,
             format!("squall transport CA {topology}"),
@@ -71,6 +106,7 @@ impl TopologyPki {
 
         let key = KeyPair::generate()?;
         let mut leaf = CertificateParams::new(vec![SERVER_NAME.to_string()])?;
+        window(&mut leaf)?;
         leaf.distinguished_name
             .push(DnType::CommonName, format!("squall worker {topology}"));
         leaf.key_usages = vec![
@@ -130,6 +166,50 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    /// Whether a peer that trusts `pki`'s CA accepts its certificate at `at`.
+    fn verify_at(pki: &TopologyPki, at: SystemTime) -> Result<(), rustls::Error> {
+        use rustls::client::danger::ServerCertVerifier;
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+        use std::sync::Arc;
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(pki.ca_pem.as_bytes()).unwrap())
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .unwrap();
+        let leaf = CertificateDer::from_pem_slice(pki.cert_pem.as_bytes()).unwrap();
+        let at = UnixTime::since_unix_epoch(at.duration_since(std::time::UNIX_EPOCH).unwrap());
+        verifier
+            .verify_server_cert(
+                &leaf,
+                &[],
+                &ServerName::try_from(SERVER_NAME).unwrap(),
+                &[],
+                at,
+            )
+            .map(|_| ())
+    }
+
+    #[test]
+    fn certificates_are_refused_outside_their_validity() {
+        use std::time::Duration;
+        let now = SystemTime::now();
+        let day = Duration::from_secs(86_400);
+        let pki = TopologyPki::generate_valid("ns/a", Some((now - day, now + day))).unwrap();
+        verify_at(&pki, now).unwrap();
+        let expired = verify_at(&pki, now + 2 * day).unwrap_err();
+        assert!(format!("{expired:?}").contains("Expired"), "{expired:?}");
+        let early = verify_at(&pki, now - 2 * day).unwrap_err();
+        assert!(format!("{early:?}").contains("NotValidYet"), "{early:?}");
+        // Without a window: valid for decades.
+        let lasting = TopologyPki::generate("ns/a").unwrap();
+        verify_at(&lasting, now + 3650 * day).unwrap();
+    }
 
     #[test]
     fn each_topology_gets_its_own_ca_and_files_are_written() {

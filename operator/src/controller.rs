@@ -233,22 +233,27 @@ fn key_of(topo: &Topology) -> String {
     )
 }
 
-/// Create the topology's transport TLS Secret (a CA of its own and the
-/// workers' identity, see `squall_coord::tls`) unless it exists, once per
-/// topology and operator process. It is owned
-/// by the Topology, so it goes with it.
+/// Create the topology's transport TLS Secret of rotation period `epoch` (a
+/// CA of its own and the workers' identity, see `squall_coord::tls`) unless
+/// it exists, once per period and operator process. It is owned by the
+/// Topology, so it goes with it.
 async fn ensure_transport_tls(
     ctx: &Context,
     topo: &Topology,
-    ns: &str,
-    name: &str,
+    (ns, name): (&str, &str),
+    epoch: u64,
+    validity: Option<(u64, u64)>,
 ) -> Result<(), Error> {
     // Create only (a conflict means it exists): the operator needs no right to
     // read Secrets.
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let secret_name = pods::transport_tls_secret(name);
-    let pki = squall_coord::tls::TopologyPki::generate(&format!("{ns}/{name}"))
-        .map_err(|e| Error::Tls(e.to_string()))?;
+    let secret_name = pods::transport_tls_secret(name, epoch);
+    let at = |ms: u64| std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    let pki = squall_coord::tls::TopologyPki::generate_valid(
+        &format!("{ns}/{name}"),
+        validity.map(|(from, to)| (at(from), at(to))),
+    )
+    .map_err(|e| Error::Tls(e.to_string()))?;
     let secret = Secret {
         metadata: kube::api::ObjectMeta {
             name: Some(secret_name.clone()),
@@ -319,9 +324,9 @@ async fn apply(topo: &Topology, ctx: &Context) -> Result<Action, Error> {
             decide::Action::PutAssignment(a) => store.put_assignment(&a).await?,
             decide::Action::DeleteStats(slot) => store.delete_stats(slot).await?,
             decide::Action::PutControl(c) => store.put_control(&c).await?,
-            decide::Action::EnsureTransportTls => {
-                ensure_transport_tls(ctx, topo, &ns, &name).await?;
-                ctx.memory().entry(key.clone()).or_default().transport_tls = true;
+            decide::Action::EnsureTransportTls { epoch, validity } => {
+                ensure_transport_tls(ctx, topo, (&ns, &name), epoch, validity).await?;
+                ctx.memory().entry(key.clone()).or_default().transport_tls = Some(epoch);
             }
             decide::Action::CreatePod(pod) => {
                 let slot = pods::slot_of(&pod);

@@ -65,8 +65,8 @@ pub struct TopologyMemory {
     pub rates: Option<Rates>,
     /// Counters carried across worker restarts.
     pub ledger: StatsLedger,
-    /// Whether the transport TLS Secret is known to exist.
-    pub transport_tls: bool,
+    /// The rotation period whose transport TLS Secret is known to exist.
+    pub transport_tls: Option<u64>,
     /// When a deletion started.
     pub killing_since: Option<std::time::Instant>,
 }
@@ -78,8 +78,13 @@ pub enum Action {
     /// Remove a slot's stats record (a slot the new plan no longer has).
     DeleteStats(u32),
     PutControl(Control),
-    /// Create the transport TLS Secret unless it exists.
-    EnsureTransportTls,
+    /// Create the transport TLS Secret of rotation period `epoch` unless it
+    /// exists, its certificates valid for `validity` (unix ms; `None`: no
+    /// practical expiry).
+    EnsureTransportTls {
+        epoch: u64,
+        validity: Option<(u64, u64)>,
+    },
     CreatePod(Box<Pod>),
     /// Delete a pod by name.
     DeletePod(String),
@@ -147,6 +152,14 @@ pub struct PodCensus {
     pub settled: bool,
 }
 
+/// The pod this pass wants in `slot`: the spec's, with the transport
+/// certificates of the rotation period current at the pass's time.
+pub fn wanted_pod(obs: &Observed<'_>, slot: u32) -> Pod {
+    let epoch =
+        pods::transport_tls_epoch(obs.topo, obs.settings.transport_tls_rotation, obs.now_ms);
+    pods::worker_pod(obs.topo, slot, obs.settings, epoch)
+}
+
 impl PodCensus {
     pub fn of(obs: &Observed<'_>) -> PodCensus {
         let topo = obs.topo;
@@ -166,7 +179,7 @@ impl PodCensus {
             if slot >= workers || pods::is_finished(pod) {
                 continue;
             }
-            if pods::template_changed(pod, &pods::worker_pod(topo, slot, obs.settings)) {
+            if pods::template_changed(pod, &wanted_pod(obs, slot)) {
                 stale = true;
             } else if pods::is_ready(pod)
                 && obs.workers.get(&slot).is_some_and(|w| {
@@ -296,8 +309,14 @@ pub fn decide(obs: &Observed<'_>, memory: &mut TopologyMemory) -> Plan {
     let (version, transition) = assign(obs, census, &mut actions);
 
     // The workers' mutual-TLS certificates, before any pod that mounts them.
-    if !memory.transport_tls {
-        actions.push(Action::EnsureTransportTls);
+    // A new rotation period changes the pods' Secret, so they roll to it.
+    let rotation = obs.settings.transport_tls_rotation;
+    let epoch = pods::transport_tls_epoch(topo, rotation, obs.now_ms);
+    if memory.transport_tls != Some(epoch) {
+        actions.push(Action::EnsureTransportTls {
+            epoch,
+            validity: pods::transport_tls_validity(topo, rotation, epoch),
+        });
     }
     let live = pod_actions(obs, memory, transition, &mut actions);
 
@@ -563,7 +582,7 @@ fn pod_actions(
                 format!("pod {pod_name} (slot {slot}) ended; replacing it"),
             ))
         } else if transition == (Transition::Roll { replacing: true })
-            && pods::template_changed(pod, &pods::worker_pod(topo, slot, obs.settings))
+            && pods::template_changed(pod, &wanted_pod(obs, slot))
         {
             Some((
                 false,
@@ -596,11 +615,7 @@ fn pod_actions(
     }
     for slot in 0..spec.workers {
         if !by_slot.contains_key(&slot) {
-            actions.push(Action::CreatePod(Box::new(pods::worker_pod(
-                topo,
-                slot,
-                obs.settings,
-            ))));
+            actions.push(Action::CreatePod(Box::new(wanted_pod(obs, slot))));
         }
     }
     by_slot

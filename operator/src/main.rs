@@ -73,6 +73,12 @@ struct Args {
     /// A ready worker pod without a heartbeat for this long is replaced.
     #[arg(long, env = "SQUALL_HEARTBEAT_GRACE_SECONDS", default_value_t = 15)]
     heartbeat_grace_seconds: u64,
+    /// Renew each topology's transport certificates this often, counted from
+    /// its creation, by rolling its worker pods (no tree fails); a
+    /// certificate is valid for two periods. 0: never (certificates that do
+    /// not expire in practice).
+    #[arg(long, env = "SQUALL_TRANSPORT_TLS_ROTATION_SECONDS", default_value_t = 30 * 86_400)]
+    transport_tls_rotation_seconds: u64,
     /// Log lines as `text` or `json`.
     #[arg(long, env = logging::LOG_FORMAT_ENV, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -122,6 +128,8 @@ async fn main() -> anyhow::Result<()> {
         etcd_prefix: args.etcd_prefix.clone(),
         image_pull_policy: args.image_pull_policy.clone(),
         etcd_tls_secret: args.etcd_tls_secret.clone(),
+        transport_tls_rotation: (args.transport_tls_rotation_seconds > 0)
+            .then(|| Duration::from_secs(args.transport_tls_rotation_seconds)),
     };
     let ctx = Context::new(
         client,

@@ -19,7 +19,10 @@ use squall_api::records::TopologyRef;
 mod volumes;
 
 use volumes::PodVolumes;
-pub use volumes::{ETCD_TLS_DIR, TRANSPORT_TLS_DIR, transport_tls_secret};
+pub use volumes::{
+    ETCD_TLS_DIR, TRANSPORT_TLS_DIR, transport_tls_epoch, transport_tls_secret,
+    transport_tls_validity,
+};
 
 /// Label holding the topology name (also the scale selector).
 pub const TOPOLOGY_LABEL: &str = "squall.dev/topology";
@@ -48,6 +51,9 @@ pub struct PodSettings {
     pub image_pull_policy: Option<String>,
     /// A Secret with `ca.crt`, `tls.crt` and `tls.key` for reaching etcd over TLS.
     pub etcd_tls_secret: Option<String>,
+    /// How often each topology's transport certificates are renewed (which
+    /// rolls its pods); `None`: never.
+    pub transport_tls_rotation: Option<std::time::Duration>,
 }
 
 /// The pod name of a slot; deterministic, so a restarted operator can never create a duplicate.
@@ -111,8 +117,9 @@ fn http_probe(port: i32, path: &str, period: i32, failures: i32) -> Probe {
     }
 }
 
-/// The pod for one slot of a topology.
-pub fn worker_pod(topo: &Topology, slot: u32, settings: &PodSettings) -> Pod {
+/// The pod for one slot of a topology, mounting the transport certificates
+/// of rotation period `tls_epoch`.
+pub fn worker_pod(topo: &Topology, slot: u32, settings: &PodSettings, tls_epoch: u64) -> Pod {
     let name = topo.name_any();
     let namespace = topo.namespace().unwrap_or_default();
     let spec = &topo.spec;
@@ -127,6 +134,7 @@ pub fn worker_pod(topo: &Topology, slot: u32, settings: &PodSettings) -> Pod {
     } = volumes::pod_volumes(
         &name,
         settings.etcd_tls_secret.as_deref(),
+        tls_epoch,
         shells,
         &template,
     );
@@ -359,12 +367,13 @@ mod tests {
             etcd_prefix: "/p".into(),
             image_pull_policy: None,
             etcd_tls_secret: tls.map(Into::into),
+            transport_tls_rotation: None,
         }
     }
 
     #[test]
     fn a_worker_pod_carries_its_slot_owner_and_bindings() {
-        let pod = worker_pod(&topo(), 1, &settings(None));
+        let pod = worker_pod(&topo(), 1, &settings(None), 0);
         assert_eq!(pod.metadata.name.as_deref(), Some("wc-worker-1"));
         assert_eq!(slot_of(&pod), Some(1));
         let owner = &pod.metadata.owner_references.as_ref().unwrap()[0];
@@ -413,7 +422,7 @@ mod tests {
     /// worker pods by these labels and scrapes the port named `metrics`.
     #[test]
     fn a_worker_pod_has_what_the_charts_pod_monitor_selects() {
-        let pod = worker_pod(&topo(), 0, &settings(None));
+        let pod = worker_pod(&topo(), 0, &settings(None), 0);
         let labels = pod.metadata.labels.clone().unwrap();
         for (k, v) in [
             ("app.kubernetes.io/name", "squall-worker"),
@@ -455,7 +464,7 @@ mod tests {
             )
             .unwrap(),
         ];
-        let spec = worker_pod(&t, 0, &settings(None)).spec.unwrap();
+        let spec = worker_pod(&t, 0, &settings(None), 0).spec.unwrap();
         let names: Vec<_> = spec
             .volumes
             .unwrap()
@@ -476,7 +485,7 @@ mod tests {
 
     #[test]
     fn a_worker_pod_fits_the_restricted_pod_security_profile() {
-        let spec = worker_pod(&topo(), 0, &settings(None)).spec.unwrap();
+        let spec = worker_pod(&topo(), 0, &settings(None), 0).spec.unwrap();
         assert_eq!(spec.automount_service_account_token, Some(false));
         let psc = spec.security_context.unwrap();
         assert_eq!(psc.run_as_non_root, Some(true));
@@ -494,15 +503,15 @@ mod tests {
 
     #[test]
     fn a_pod_rolls_when_its_template_changes_and_only_then() {
-        let pod = worker_pod(&topo(), 0, &settings(None));
+        let pod = worker_pod(&topo(), 0, &settings(None), 0);
         assert!(!template_changed(
             &pod,
-            &worker_pod(&topo(), 0, &settings(None))
+            &worker_pod(&topo(), 0, &settings(None), 0)
         ));
         let with = |edit: fn(&mut Topology)| {
             let mut t = topo();
             edit(&mut t);
-            worker_pod(&t, 0, &settings(None))
+            worker_pod(&t, 0, &settings(None), 0)
         };
         // The image, any worker setting, and the supervisor image roll it.
         assert!(template_changed(
@@ -521,7 +530,7 @@ mod tests {
         ));
         let mut sup2 = settings(None);
         sup2.supervisor_image = "sup:2".into();
-        assert!(template_changed(&pod, &worker_pod(&topo(), 0, &sup2)));
+        assert!(template_changed(&pod, &worker_pod(&topo(), 0, &sup2, 0)));
         // What only the plan sees does not.
         assert!(!template_changed(
             &pod,
@@ -547,7 +556,7 @@ mod tests {
 
     #[test]
     fn an_etcd_tls_secret_is_mounted_and_named_in_flags_for_both_containers() {
-        let pod = worker_pod(&topo(), 0, &settings(Some("etcd-client")));
+        let pod = worker_pod(&topo(), 0, &settings(Some("etcd-client")), 0);
         let spec = pod.spec.unwrap();
         let vol = &spec.volumes.as_ref().unwrap()[0];
         assert_eq!(

@@ -841,3 +841,108 @@ async fn an_image_roll_under_load_fails_and_replays_no_tree() {
     let plan = store.assignment().await.unwrap().unwrap();
     assert_eq!(plan.version, 1, "an image is not a new plan");
 }
+
+/// Transport certificates are renewed each rotation period by a roll of the
+/// pods onto a new Secret, and no tree fails or replays for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transport_certificates_are_renewed_by_a_roll_under_load() {
+    let cluster = env("run-rotate").await;
+    let ns: &'static str = Box::leak(cluster.ns.clone().into_boxed_str());
+    install_crd(&cluster);
+    let op = Operator::start_with_args(
+        &cluster,
+        "/squall-rotate",
+        &["--transport-tls-rotation-seconds", "45"],
+    );
+    let topos: Api<Topology> = Api::namespaced(cluster.client(), ns);
+    let manifest =
+        std::fs::read_to_string(repo().join("examples/word-count/topology.yaml")).unwrap();
+    apply_ok(
+        &cluster,
+        &manifest.rewrite("config: {rate: 2000}", "config: {rate: 1000}"),
+    );
+    let secret_of = |p: &k8s_openapi::api::core::v1::Pod| {
+        p.spec
+            .as_ref()
+            .and_then(|s| s.volumes.as_ref())
+            .and_then(|v| v.iter().find(|v| v.name == "transport-tls"))
+            .and_then(|v| v.secret.as_ref())
+            .and_then(|s| s.secret_name.clone())
+            .unwrap_or_default()
+    };
+    let first = wait_status(
+        &topos,
+        "word-count",
+        "Running 3/3 with acked > 0",
+        90,
+        &op,
+        |s| {
+            s.phase == Some(Phase::Running)
+                && s.workers.ready == 3
+                && s.stats.as_ref().is_some_and(|x| x.acked_total > 0)
+        },
+    )
+    .await;
+    let ps = pods(&cluster.client(), ns, "word-count").await;
+    assert!(
+        ps.iter()
+            .all(|p| secret_of(p) == "word-count-transport-tls"),
+        "the first period's Secret"
+    );
+    let acked_before = first.stats.unwrap().acked_total;
+
+    // 45 s after the creation: the next period's Secret, and a roll onto it.
+    wait_event(&cluster.client(), ns, "Rolled", 120, |m| {
+        m.contains("every worker pod runs the new template")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", op.log()));
+    let ps = pods(&cluster.client(), ns, "word-count").await;
+    let live: Vec<_> = ps
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect();
+    assert_eq!(live.len(), 3);
+    assert!(
+        live.iter()
+            .all(|p| secret_of(p) == "word-count-transport-tls-1"),
+        "{:?}",
+        live.iter().map(|p| secret_of(p)).collect::<Vec<_>>()
+    );
+    let out = kubectl(
+        &cluster,
+        &["get", "secret", "word-count-transport-tls-1", "-o", "name"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = String::from_utf8_lossy(
+        &kubectl(&cluster, &["logs", "word-count-worker-0", "-c", "worker"]).stdout,
+    )
+    .to_string();
+    assert!(log.contains("tuple transport: mutual TLS"), "{log}");
+    let after = wait_status(
+        &topos,
+        "word-count",
+        "Running 3/3 on the new certificates, acking more",
+        90,
+        &op,
+        |s| {
+            s.phase == Some(Phase::Running)
+                && s.workers.ready == 3
+                && s.stats
+                    .as_ref()
+                    .is_some_and(|x| x.acked_total > acked_before + 2000)
+        },
+    )
+    .await;
+    let stats = after.stats.unwrap();
+    eprintln!("certificate rotation under load: {stats:?}");
+    assert_eq!(
+        (stats.failed_total, stats.replayed_total),
+        (0, 0),
+        "{stats:?}"
+    );
+}

@@ -19,6 +19,7 @@ fn settings() -> PodSettings {
         etcd_prefix: "/squall".into(),
         image_pull_policy: None,
         etcd_tls_secret: None,
+        transport_tls_rotation: None,
     }
 }
 
@@ -101,7 +102,9 @@ impl World {
                     self.stats.remove(slot);
                 }
                 Action::PutControl(c) => self.control = Some(c.clone()),
-                Action::EnsureTransportTls => self.memory.transport_tls = true,
+                Action::EnsureTransportTls { epoch, .. } => {
+                    self.memory.transport_tls = Some(*epoch)
+                }
                 Action::CreatePod(p) => {
                     assert!(
                         !self.pods.iter().any(|q| q.metadata.name == p.metadata.name),
@@ -265,7 +268,7 @@ fn the_first_pass_assigns_in_etcd_before_any_pod_and_creates_one_pod_per_slot() 
         .map(|a| match a {
             Action::PutAssignment(_) => "assignment",
             Action::PutControl(_) => "control",
-            Action::EnsureTransportTls => "tls",
+            Action::EnsureTransportTls { .. } => "tls",
             Action::CreatePod(_) => "pod",
             Action::PatchStatus(_) => "status",
             _ => "",
@@ -303,7 +306,7 @@ fn the_first_pass_assigns_in_etcd_before_any_pod_and_creates_one_pod_per_slot() 
     assert!(
         !w.last
             .iter()
-            .any(|a| matches!(a, Action::EnsureTransportTls))
+            .any(|a| matches!(a, Action::EnsureTransportTls { .. }))
     );
 }
 
@@ -826,4 +829,61 @@ fn a_ready_pod_without_a_heartbeat_is_replaced_after_the_grace() {
     assert_eq!(w.deleted(), ["wc-worker-1"]);
     assert!(w.has_event("WorkerLost"));
     assert!(w.memory.missing.is_empty());
+}
+
+#[test]
+fn transport_certificates_are_renewed_each_period_by_a_roll() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    let secret = |p: &Pod| {
+        let volumes = p.spec.as_ref().unwrap().volumes.clone().unwrap_or_default();
+        let v = volumes.iter().find(|v| v.name == "transport-tls").unwrap();
+        v.secret.as_ref().unwrap().secret_name.clone().unwrap()
+    };
+    let ensured = |w: &World| {
+        w.last
+            .iter()
+            .filter_map(|a| match a {
+                Action::EnsureTransportTls { epoch, validity } => Some((*epoch, *validity)),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    const HOUR: u64 = 3_600_000;
+    let mut w = World::new(2);
+    w.settings.transport_tls_rotation = Some(Duration::from_secs(100));
+    w.topo.metadata.creation_timestamp = Some(Time(
+        k8s_openapi::jiff::Timestamp::from_millisecond(T0 as i64).unwrap(),
+    ));
+    // Period 0: valid from an hour before the creation to an hour after the
+    // next period ends.
+    w.pass();
+    assert_eq!(ensured(&w), [(0, Some((T0 - HOUR, T0 + 200_000 + HOUR)))]);
+    assert!(w.pods.iter().all(|p| secret(p) == "wc-transport-tls"));
+    w.pods_ready();
+    w.workers_run();
+    w.pass();
+    assert_eq!(w.phase(), Some(Phase::Running));
+    assert!(ensured(&w).is_empty(), "once per period");
+    w.now_ms = T0 + 99_999;
+    w.pass();
+    assert!(ensured(&w).is_empty() && w.etcd_writes().is_empty());
+
+    // Period 1: its Secret, then a roll onto it.
+    w.now_ms = T0 + 100_000;
+    w.pass();
+    assert_eq!(
+        ensured(&w),
+        [(1, Some((T0 + 100_000 - HOUR, T0 + 300_000 + HOUR)))]
+    );
+    assert!(w.has_event("Rolling"));
+    assert!(w.deleted().is_empty(), "the spouts go off first");
+    w.now_ms += 1_000;
+    w.pass();
+    assert_eq!(w.deleted().len(), 2);
+    assert!(w.pods.iter().all(|p| secret(p) == "wc-transport-tls-1"));
+    w.pods_ready();
+    w.workers_run();
+    w.pass();
+    assert!(w.control().active && w.control().rebalance.is_none());
+    assert_eq!(w.phase(), Some(Phase::Running));
 }

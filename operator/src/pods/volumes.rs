@@ -5,6 +5,9 @@
 
 use k8s_openapi::api::core::v1::{SecretVolumeSource, Volume, VolumeMount};
 use squall_api::invocation::EtcdTlsFiles;
+use std::time::Duration;
+
+use squall_api::Topology;
 use squall_api::topology::WorkerTemplate;
 
 /// Where worker pods mount the etcd TLS Secret.
@@ -17,9 +20,51 @@ pub const TRANSPORT_TLS_DIR: &str = "/etc/squall/transport-tls";
 const SHELL_TMP_VOLUME: &str = "squall-tmp";
 
 /// The Secret with a topology's transport TLS files (`ca.crt`, `tls.crt`,
-/// `tls.key`), which the operator creates before its first pod.
-pub fn transport_tls_secret(topology: &str) -> String {
-    format!("{topology}-transport-tls")
+/// `tls.key`) for rotation period `epoch` (see [`transport_tls_epoch`]), which
+/// the operator creates before the first pod that mounts it. Period 0 keeps
+/// the name of the operators before rotation, so their pods do not roll.
+pub fn transport_tls_secret(topology: &str, epoch: u64) -> String {
+    match epoch {
+        0 => format!("{topology}-transport-tls"),
+        n => format!("{topology}-transport-tls-{n}"),
+    }
+}
+
+/// Slack on both ends of a certificate's validity, for clocks that disagree.
+const CLOCK_SKEW_MS: u64 = 3_600_000;
+
+/// The rotation period of `topo`'s transport certificates at `now_ms`: the
+/// periods count from the Topology's creation. Always 0 without rotation, or
+/// for an object without a creation time.
+pub fn transport_tls_epoch(topo: &Topology, rotation: Option<Duration>, now_ms: u64) -> u64 {
+    match (rotation, created_ms(topo)) {
+        (Some(every), Some(created)) if every.as_millis() > 0 => {
+            now_ms.saturating_sub(created) / every.as_millis() as u64
+        }
+        _ => 0,
+    }
+}
+
+/// When period `epoch`'s certificates are valid (unix ms): from an hour before
+/// the period starts to an hour after the next one ends, so the pods on them
+/// have a whole period to roll to the next ones. `None` without rotation:
+/// certificates that do not expire in practice.
+pub fn transport_tls_validity(
+    topo: &Topology,
+    rotation: Option<Duration>,
+    epoch: u64,
+) -> Option<(u64, u64)> {
+    let every = rotation.filter(|d| d.as_millis() > 0)?.as_millis() as u64;
+    let start = created_ms(topo)? + epoch * every;
+    Some((
+        start.saturating_sub(CLOCK_SKEW_MS),
+        start + 2 * every + CLOCK_SKEW_MS,
+    ))
+}
+
+fn created_ms(topo: &Topology) -> Option<u64> {
+    let t = topo.metadata.creation_timestamp.as_ref()?;
+    u64::try_from(t.0.as_millisecond()).ok()
 }
 
 /// A worker pod's volumes, the mounts of each container, and the etcd TLS
@@ -39,6 +84,7 @@ pub(super) struct PodVolumes {
 pub(super) fn pod_volumes(
     name: &str,
     etcd_tls_secret: Option<&str>,
+    transport_tls_epoch: u64,
     shells: bool,
     template: &WorkerTemplate,
 ) -> PodVolumes {
@@ -75,7 +121,7 @@ pub(super) fn pod_volumes(
     pod_volumes.push(Volume {
         name: "transport-tls".into(),
         secret: Some(SecretVolumeSource {
-            secret_name: Some(transport_tls_secret(name)),
+            secret_name: Some(transport_tls_secret(name, transport_tls_epoch)),
             ..Default::default()
         }),
         ..Default::default()

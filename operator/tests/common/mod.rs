@@ -60,6 +60,21 @@ impl Operator {
     /// With topology state in its own etcd (so a test can stop it without the
     /// API server): `etcd` from this host, `worker_etcd` from pods.
     pub fn start_with_etcd(env: &Env, etcd: &str, worker_etcd: &str, prefix: &str) -> Operator {
+        Self::start_with(env, etcd, worker_etcd, prefix, &[])
+    }
+
+    /// As [`Operator::start`], with more flags.
+    pub fn start_with_args(env: &Env, prefix: &str, extra: &[&str]) -> Operator {
+        Self::start_with(env, env.etcd_url(), env.etcd_url_from_pods(), prefix, extra)
+    }
+
+    fn start_with(
+        env: &Env,
+        etcd: &str,
+        worker_etcd: &str,
+        prefix: &str,
+        extra: &[&str],
+    ) -> Operator {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = std::env::temp_dir().join(format!(
@@ -98,6 +113,7 @@ impl Operator {
                 "--ui-addr",
                 &ui,
             ])
+            .args(extra)
             .stdout(file.try_clone().unwrap())
             .stderr(file)
             .spawn()

@@ -229,6 +229,24 @@ fn more_than_one_replica_turns_leader_election_on() {
 }
 
 #[test]
+fn transport_certificate_rotation_is_set_only_when_given_zero_included() {
+    let flag = |m: &Manifest| {
+        args(m)
+            .into_iter()
+            .filter(|a| a.starts_with("--transport-tls-rotation-seconds"))
+            .collect::<Vec<_>>()
+    };
+    assert!(flag(&render("default", &[])).is_empty(), "the operator's default");
+    for (value, expect) in [("0", "=0"), ("2592000", "=2592000")] {
+        let m = render(
+            "default",
+            &[&format!("operator:\n  transportTlsRotationSeconds: {value}\n")],
+        );
+        assert_eq!(flag(&m), [format!("--transport-tls-rotation-seconds{expect}")]);
+    }
+}
+
+#[test]
 fn rbac_is_least_privilege() {
     let m = render("default", &[]);
     let role = m.get("ClusterRole", "squall-operator").unwrap();
