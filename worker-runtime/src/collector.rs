@@ -19,7 +19,7 @@ use crate::idmap::IdSet;
 use crate::layout::Layout;
 use crate::metrics::{ExecMetrics, now_ns};
 use crate::spout_trees::SpoutTrees;
-use crate::transfer::{Msg, Outbox};
+use crate::transfer::{AckerMsg, Msg, Outbox};
 use crate::tuple::{Anchors, Tuple, Values};
 
 /// A small, fast, non-cryptographic generator for edge and root ids (xorshift64*).
@@ -307,11 +307,11 @@ impl SpoutCollector<'_> {
         let acker = em.acker_for(root);
         em.outbox.push(
             acker,
-            Msg::AckInit {
+            Msg::Acker(AckerMsg::Init {
                 root,
                 val: xor,
                 spout_task: task,
-            },
+            }),
         );
         let now = now_ns();
         let deadline_ns = now + em.layout.timeout_ns;
@@ -416,10 +416,10 @@ impl BoltCollector<'_> {
             let acker = self.em.acker_for(root);
             self.em.outbox.push(
                 acker,
-                Msg::Ack {
+                Msg::Acker(AckerMsg::Ack {
                     root,
                     val: edge ^ extra,
-                },
+                }),
             );
         }
     }
@@ -433,7 +433,9 @@ impl BoltCollector<'_> {
         }
         for &(root, _) in &input.anchors {
             let acker = self.em.acker_for(root);
-            self.em.outbox.push(acker, Msg::Fail { root });
+            self.em
+                .outbox
+                .push(acker, Msg::Acker(AckerMsg::Fail { root }));
         }
     }
 
@@ -444,7 +446,9 @@ impl BoltCollector<'_> {
         }
         for &(root, _) in &input.anchors {
             let acker = self.em.acker_for(root);
-            self.em.outbox.push(acker, Msg::Reset { root });
+            self.em
+                .outbox
+                .push(acker, Msg::Acker(AckerMsg::Reset { root }));
         }
     }
 

@@ -11,7 +11,7 @@ use crate::acker::{AckerOutcome, AckerState};
 use crate::collector::{BoltCollector, Emitter, SpoutCollector, SpoutTaskState};
 use crate::component::{Bolt, Spout};
 use crate::metrics::{MetricsSlot, now_ns};
-use crate::transfer::{Batch, Msg};
+use crate::transfer::{AckerMsg, Batch, Msg, SpoutMsg};
 use crate::tuple::Tuple;
 
 use crate::control::SpoutMaking;
@@ -182,30 +182,12 @@ impl SpoutExecutor {
         let now = now_ns();
         let first = self.core.first_task;
         for env in batch {
-            let Some((spout, st)) = self.tasks.get_mut(env.task.wrapping_sub(first) as usize)
-            else {
-                continue;
-            };
-            let em = &mut self.core.emitter;
-            match env.msg {
-                Msg::SpoutAck { root } => {
-                    if let Some(p) = st.trees.complete(root) {
-                        em.metrics.acked += 1;
-                        em.metrics.record_complete(now.saturating_sub(p.start_ns));
-                        let mut out = SpoutCollector { em, st, emitted: 0 };
-                        spout.ack_emitting(p.msg_id, &mut out);
-                    }
+            let idx = env.task.wrapping_sub(first) as usize;
+            match (env.msg, self.tasks.get_mut(idx)) {
+                (Msg::Spout(msg), Some((spout, st))) => {
+                    spout_step(&mut self.core.emitter, spout.as_mut(), st, msg, now);
                 }
-                Msg::SpoutFail { root } => {
-                    if let Some(p) = st.trees.fail(root) {
-                        fail_to_spout(em, spout.as_mut(), st, p.msg_id);
-                    }
-                }
-                Msg::SpoutReset { root } => {
-                    st.trees
-                        .reset(root, now + self.core.emitter.layout.timeout_ns);
-                }
-                _ => {}
+                (msg, _) => misrouted(&mut self.core.emitter, first, env.task, &msg, "spout"),
             }
         }
     }
@@ -273,6 +255,35 @@ impl SpoutExecutor {
             spout.close();
         }
         self.core.publish(now_ns());
+    }
+}
+
+/// What an acker says about a tree of `st`, at `now`.
+#[inline]
+fn spout_step(
+    em: &mut Emitter,
+    spout: &mut dyn Spout,
+    st: &mut SpoutTaskState,
+    msg: SpoutMsg,
+    now: u64,
+) {
+    match msg {
+        SpoutMsg::Ack { root } => {
+            if let Some(p) = st.trees.complete(root) {
+                em.metrics.acked += 1;
+                em.metrics.record_complete(now.saturating_sub(p.start_ns));
+                let mut out = SpoutCollector { em, st, emitted: 0 };
+                spout.ack_emitting(p.msg_id, &mut out);
+            }
+        }
+        SpoutMsg::Fail { root } => {
+            if let Some(p) = st.trees.fail(root) {
+                fail_to_spout(em, spout, st, p.msg_id);
+            }
+        }
+        SpoutMsg::Reset { root } => {
+            st.trees.reset(root, now + em.layout.timeout_ns);
+        }
     }
 }
 
@@ -357,11 +368,10 @@ impl BoltExecutor {
             if self.core.stopping() {
                 return;
             }
-            if let Msg::Tuple(tuple) = env.msg {
-                let idx = env.task.wrapping_sub(first) as usize;
-                if idx < self.bolts.len() {
-                    self.execute(idx, tuple);
-                }
+            let idx = env.task.wrapping_sub(first) as usize;
+            match env.msg {
+                Msg::Tuple(tuple) if idx < self.bolts.len() => self.execute(idx, tuple),
+                msg => misrouted(&mut self.core.emitter, first, env.task, &msg, "bolt"),
             }
         }
         self.core.emitter.outbox.flush_if_lingering(now_ns());
@@ -475,47 +485,86 @@ impl AckerExecutor {
         let start = now_ns();
         let n = batch.len() as u64;
         for env in batch {
-            let Some(state) = self.states.get_mut(env.task.wrapping_sub(first) as usize) else {
-                continue;
-            };
-            let outcome = match env.msg {
-                Msg::AckInit {
-                    root,
-                    val,
-                    spout_task,
-                } => state.init(root, val, spout_task),
-                Msg::Ack { root, val } => state.ack(root, val),
-                Msg::Fail { root } => state.fail(root),
-                Msg::Reset { root } => state.reset(root),
-                _ => None,
+            let idx = env.task.wrapping_sub(first) as usize;
+            let outcome = match (env.msg, self.states.get_mut(idx)) {
+                (Msg::Acker(msg), Some(state)) => acker_step(state, msg),
+                (msg, _) => {
+                    misrouted(&mut self.core.emitter, first, env.task, &msg, "acker");
+                    None
+                }
             };
             let m = &mut self.core.emitter.metrics;
-            match outcome {
+            let (spout_task, msg) = match outcome {
                 None => continue,
                 Some(AckerOutcome::Complete { root, spout_task }) => {
                     m.acked += 1;
-                    self.core
-                        .emitter
-                        .outbox
-                        .push(spout_task, Msg::SpoutAck { root });
+                    (spout_task, SpoutMsg::Ack { root })
                 }
                 Some(AckerOutcome::Failed { root, spout_task }) => {
                     m.failed += 1;
-                    self.core
-                        .emitter
-                        .outbox
-                        .push(spout_task, Msg::SpoutFail { root });
+                    (spout_task, SpoutMsg::Fail { root })
                 }
                 Some(AckerOutcome::Reset { root, spout_task }) => {
-                    self.core
-                        .emitter
-                        .outbox
-                        .push(spout_task, Msg::SpoutReset { root });
+                    (spout_task, SpoutMsg::Reset { root })
                 }
-            }
+            };
+            self.core.emitter.outbox.push(spout_task, Msg::Spout(msg));
         }
         let m = &mut self.core.emitter.metrics;
         m.executed += n;
         m.busy_ns += now_ns().saturating_sub(start);
     }
+}
+
+/// One message to an acker task.
+#[inline]
+fn acker_step(state: &mut AckerState, msg: AckerMsg) -> Option<AckerOutcome> {
+    match msg {
+        AckerMsg::Init {
+            root,
+            val,
+            spout_task,
+        } => state.init(root, val, spout_task),
+        AckerMsg::Ack { root, val } => state.ack(root, val),
+        AckerMsg::Fail { root } => state.fail(root),
+        AckerMsg::Reset { root } => state.reset(root),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Misrouted messages
+
+/// A message reached an executor that does not take it: one for another kind
+/// of recipient than `takes` (the kind of this executor's tasks), or for a
+/// task this executor (whose first task is `first`) does not run. Nothing
+/// sends such a message unless the engine or a peer has a bug, so it is
+/// dropped, counted in the executor's `misrouted` metric, and the first is
+/// logged and reported as an error of the component.
+#[cold]
+#[inline(never)]
+pub(crate) fn misrouted(
+    em: &mut Emitter,
+    first: TaskId,
+    task: TaskId,
+    msg: &Msg,
+    takes: &'static str,
+) {
+    em.metrics.misrouted += 1;
+    if em.metrics.misrouted > 1 {
+        return;
+    }
+    let kind = msg.recipient();
+    let what = if kind == takes {
+        format!("{kind} message to task {task}, which this executor does not run")
+    } else {
+        format!("{kind} message to task {task}, at a {takes}'s executor")
+    };
+    let component = em.layout.component_id(em.component);
+    tracing::error!(
+        component,
+        task = first,
+        "misrouted: {what}; dropped (more are only counted, in squall_misrouted_total)"
+    );
+    em.metrics
+        .note_error(first, &format!("misrouted message dropped: {what}"));
 }

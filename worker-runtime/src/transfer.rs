@@ -20,28 +20,57 @@ use squall_api::TaskId;
 
 use crate::tuple::Tuple;
 
-/// A message for one task.
+/// A message for one task, as queues and the wire carry it: one variant per
+/// kind of recipient. Each executor hands on only its own kind (a bolt's
+/// executor the [`Tuple`], an acker's the [`AckerMsg`], a spout's the
+/// [`SpoutMsg`]); a message of another kind is misrouted, which the executor
+/// counts (`misrouted` in its metrics) and logs the first time.
 pub enum Msg {
     /// A data tuple for a bolt task.
     Tuple(Tuple),
-    /// To an acker: a spout started the tree `root` with these edges.
-    AckInit {
+    /// For an acker task, from a spout or a bolt.
+    Acker(AckerMsg),
+    /// For a spout task, from an acker.
+    Spout(SpoutMsg),
+}
+
+/// What spouts and bolts tell an acker about the tree `root`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckerMsg {
+    /// A spout started the tree with these edges.
+    Init {
         root: u64,
         val: u64,
         spout_task: TaskId,
     },
-    /// To an acker: a tuple of the tree was acked.
+    /// A tuple of the tree was acked.
     Ack { root: u64, val: u64 },
-    /// To an acker: a tuple of the tree was failed.
+    /// A tuple of the tree was failed.
     Fail { root: u64 },
-    /// To an acker: a bolt asked for more time.
+    /// A bolt asked for more time.
     Reset { root: u64 },
-    /// To a spout task: the tree completed.
-    SpoutAck { root: u64 },
-    /// To a spout task: the tree failed.
-    SpoutFail { root: u64 },
-    /// To a spout task: restart the tree's timeout.
-    SpoutReset { root: u64 },
+}
+
+/// What an acker tells a spout task about the tree `root`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpoutMsg {
+    /// The tree completed.
+    Ack { root: u64 },
+    /// The tree failed.
+    Fail { root: u64 },
+    /// Restart the tree's timeout.
+    Reset { root: u64 },
+}
+
+impl Msg {
+    /// The kind of recipient the message is for, for logs.
+    pub fn recipient(&self) -> &'static str {
+        match self {
+            Msg::Tuple(_) => "bolt",
+            Msg::Acker(_) => "acker",
+            Msg::Spout(_) => "spout",
+        }
+    }
 }
 
 /// A message and the task it is for.

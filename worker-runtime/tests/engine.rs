@@ -12,7 +12,8 @@ use squall_api::{PhysicalPlan, TopologySpec};
 use squall_runtime::layout::Layout;
 use squall_runtime::local::{self, LocalOptions};
 use squall_runtime::metrics::MetricsHub;
-use squall_runtime::transfer::TransferConfig;
+use squall_runtime::net::codec::{self, Schema};
+use squall_runtime::transfer::{AckerMsg, Dest, Envelope, Msg, SpoutMsg, TransferConfig};
 use squall_runtime::worker::{StartError, Worker};
 use squall_runtime::{
     Bolt, BoltCollector, ComponentError, Outputs, Registry, Spout, SpoutCollector, TopologyContext,
@@ -308,6 +309,78 @@ fn direct_emits_reach_the_chosen_task() {
         let n: u32 = v.parse().unwrap();
         assert_eq!(task, 3 + n % 3, "value {n} went to the task the bolt chose");
     }
+    w.shutdown();
+}
+
+/// A message that reaches the wrong kind of executor (here decoded from a
+/// peer's bytes and handed to the worker's queues, as the transport does) is
+/// dropped, counted, and the first at each executor is reported as its
+/// component's error: nothing drops them silently.
+#[test]
+fn messages_at_the_wrong_kind_of_executor_are_counted_and_reported() {
+    let (r, shared) = registry(0);
+    let w = start(
+        &r,
+        spec(
+            "spouts: [{id: s, component: Counter}]\n\
+             bolts: [{id: r, component: Recorder}]\n\
+             streams: [{from: s, to: r, grouping: {type: SHUFFLE}}]",
+        ),
+    );
+    let component = |id: &str| {
+        let plan = &w.layout.plan;
+        let i = plan.components.iter().position(|c| c.id == id).unwrap();
+        (i, plan.components[i].tasks().next().unwrap())
+    };
+    let ((s, spout), (_, bolt)) = (component("s"), component("r"));
+    let acker = w.layout.acker_tasks[0];
+    let schema = Schema::new(&w.layout);
+    let mut bytes = Vec::new();
+    let control = [
+        Envelope {
+            task: spout,
+            msg: Msg::Acker(AckerMsg::Ack { root: 1, val: 2 }),
+        },
+        Envelope {
+            task: bolt,
+            msg: Msg::Spout(SpoutMsg::Ack { root: 1 }),
+        },
+    ];
+    assert_eq!(codec::encode(&schema, &control, &mut bytes), 0);
+    // Two tuples of s's default stream for the acker (tag 0: component,
+    // stream 0, source task, no anchors, one value: the int 7).
+    for _ in 0..2 {
+        bytes.extend([acker as u8, 0, s as u8, 0, spout as u8, 0, 1, 3, 14]);
+    }
+    let batch = codec::decode(&schema, &bytes).unwrap();
+    assert_eq!(batch.len(), 4);
+    let inbound = w.inbound();
+    for env in batch {
+        let Dest::Local(q) = inbound.dest[env.task as usize] else {
+            panic!("task {} runs here", env.task)
+        };
+        inbound.queues[q].send(vec![env]).unwrap();
+    }
+    wait_for(
+        "the misrouted messages counted",
+        Duration::from_secs(5),
+        || {
+            let m = w.metrics.collect();
+            [("s", 1), ("r", 1), ("__acker", 2)]
+                .iter()
+                .all(|&(c, n)| m[c].metrics.misrouted == n)
+        },
+    );
+    let m = w.metrics.collect();
+    for c in ["s", "r", "__acker"] {
+        assert_eq!(m[c].metrics.errors, 1, "{c}: the first is reported, once");
+        let error = m[c].metrics.last_error.as_ref().unwrap();
+        assert!(error.message.contains("misrouted"), "{c}: {error:?}");
+    }
+    assert!(
+        shared.seen.lock().unwrap().is_empty(),
+        "the bolt executed nothing"
+    );
     w.shutdown();
 }
 

@@ -34,6 +34,9 @@ pub struct ExecMetrics {
     pub roots: u64,
     /// Nanoseconds spent inside `execute` (for capacity).
     pub busy_ns: u64,
+    /// Messages that reached this executor but are not for it (of another
+    /// kind of recipient, or for a task it does not run); dropped.
+    pub misrouted: u64,
     /// Time in `execute` per tuple (bolts).
     pub execute_ns: Histogram<u64>,
     /// Time from a tuple's arrival at a bolt until the bolt acked it.
@@ -71,6 +74,7 @@ impl Default for ExecMetrics {
             replayed: 0,
             roots: 0,
             busy_ns: 0,
+            misrouted: 0,
             execute_ns: histogram(),
             process_ns: histogram(),
             complete_ns: histogram(),
@@ -199,6 +203,7 @@ impl ExecMetrics {
         self.replayed += other.replayed;
         self.roots += other.roots;
         self.busy_ns += other.busy_ns;
+        self.misrouted += other.misrouted;
         self.merge_inputs(other);
         squall_api::records::add_counts(&mut self.metrics, &other.metrics);
         // Same bounds on both sides, so adding cannot fail.
@@ -258,6 +263,7 @@ impl ExecMetrics {
         d.roots -= earlier.roots.min(d.roots);
         d.errors -= earlier.errors.min(d.errors);
         d.busy_ns -= earlier.busy_ns.min(d.busy_ns);
+        d.misrouted -= earlier.misrouted.min(d.misrouted);
         for (name, n) in d.metrics.iter_mut() {
             *n -= earlier.metrics.get(name).copied().unwrap_or(0).min(*n);
         }

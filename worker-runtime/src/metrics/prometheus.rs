@@ -44,7 +44,7 @@ impl MetricsHub {
             .collect();
         let mut out = String::new();
         type Counter = (&'static str, &'static str, fn(&ExecMetrics) -> u64);
-        let counters: [Counter; 7] = [
+        let counters: [Counter; 8] = [
             ("squall_emitted_total", "Tuples emitted.", |m| m.emitted),
             (
                 "squall_transferred_total",
@@ -73,6 +73,11 @@ impl MetricsHub {
                 "squall_roots_total",
                 "Tuple trees started by spouts.",
                 |m| m.roots,
+            ),
+            (
+                "squall_misrouted_total",
+                "Messages dropped because they reached an executor that does not take them.",
+                |m| m.misrouted,
             ),
         ];
         for (name, help, get) in counters {

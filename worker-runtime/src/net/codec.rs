@@ -12,6 +12,7 @@
 //! tag 1 ack_init   = root:u64 val:u64 spout_task:varint
 //! tag 2 ack        = root:u64 val:u64
 //! tag 3..=7        = root:u64   (fail, reset, spout_ack, spout_fail, spout_reset)
+//!   (tags 1-4 are a `Msg::Acker`, 5-7 a `Msg::Spout`)
 //! value = 0 null | 1 false | 2 true | 3 int:zigzag varint | 4 float:u64
 //!       | 5 str: len:varint utf8 | 6 bytes: len:varint bytes
 //! ```
@@ -22,7 +23,7 @@
 use squall_api::TaskId;
 
 use crate::layout::Layout;
-use crate::transfer::{Batch, Envelope, Msg};
+use crate::transfer::{AckerMsg, Batch, Envelope, Msg, SpoutMsg};
 use crate::tuple::{Anchors, Fields, SmolStr, Tuple, Value, Values};
 
 /// A payload that cannot be decoded (or a tuple that cannot be encoded).
@@ -136,26 +137,26 @@ pub fn encode_envelope(schema: &Schema, env: &Envelope, out: &mut Vec<u8>) -> bo
                 encode_value(v, out);
             }
         }
-        Msg::AckInit {
+        Msg::Acker(AckerMsg::Init {
             root,
             val,
             spout_task,
-        } => {
+        }) => {
             out.push(1);
             put_u64(out, *root);
             put_u64(out, *val);
             put_varint(out, u64::from(*spout_task));
         }
-        Msg::Ack { root, val } => {
+        Msg::Acker(AckerMsg::Ack { root, val }) => {
             out.push(2);
             put_u64(out, *root);
             put_u64(out, *val);
         }
-        Msg::Fail { root } => root_only(out, 3, *root),
-        Msg::Reset { root } => root_only(out, 4, *root),
-        Msg::SpoutAck { root } => root_only(out, 5, *root),
-        Msg::SpoutFail { root } => root_only(out, 6, *root),
-        Msg::SpoutReset { root } => root_only(out, 7, *root),
+        Msg::Acker(AckerMsg::Fail { root }) => root_only(out, 3, *root),
+        Msg::Acker(AckerMsg::Reset { root }) => root_only(out, 4, *root),
+        Msg::Spout(SpoutMsg::Ack { root }) => root_only(out, 5, *root),
+        Msg::Spout(SpoutMsg::Fail { root }) => root_only(out, 6, *root),
+        Msg::Spout(SpoutMsg::Reset { root }) => root_only(out, 7, *root),
     }
     true
 }
@@ -306,20 +307,20 @@ pub fn decode(schema: &Schema, buf: &[u8]) -> Result<Batch, CodecError> {
                 }
                 Msg::Tuple(Tuple::new(values, fields, source, anchors))
             }
-            1 => Msg::AckInit {
+            1 => Msg::Acker(AckerMsg::Init {
                 root: r.u64()?,
                 val: r.u64()?,
                 spout_task: r.task()?,
-            },
-            2 => Msg::Ack {
+            }),
+            2 => Msg::Acker(AckerMsg::Ack {
                 root: r.u64()?,
                 val: r.u64()?,
-            },
-            3 => Msg::Fail { root: r.u64()? },
-            4 => Msg::Reset { root: r.u64()? },
-            5 => Msg::SpoutAck { root: r.u64()? },
-            6 => Msg::SpoutFail { root: r.u64()? },
-            7 => Msg::SpoutReset { root: r.u64()? },
+            }),
+            3 => Msg::Acker(AckerMsg::Fail { root: r.u64()? }),
+            4 => Msg::Acker(AckerMsg::Reset { root: r.u64()? }),
+            5 => Msg::Spout(SpoutMsg::Ack { root: r.u64()? }),
+            6 => Msg::Spout(SpoutMsg::Fail { root: r.u64()? }),
+            7 => Msg::Spout(SpoutMsg::Reset { root: r.u64()? }),
             t => return Err(CodecError::BadTag(t)),
         };
         batch.push(Envelope { task, msg });
@@ -401,35 +402,35 @@ mod tests {
             },
             Envelope {
                 task: 300,
-                msg: Msg::AckInit {
+                msg: Msg::Acker(AckerMsg::Init {
                     root: 1,
                     val: u64::MAX,
                     spout_task: 2,
-                },
+                }),
             },
             Envelope {
                 task: 1,
-                msg: Msg::Ack { root: 5, val: 6 },
+                msg: Msg::Acker(AckerMsg::Ack { root: 5, val: 6 }),
             },
             Envelope {
                 task: 1,
-                msg: Msg::Fail { root: 5 },
+                msg: Msg::Acker(AckerMsg::Fail { root: 5 }),
             },
             Envelope {
                 task: 1,
-                msg: Msg::Reset { root: 5 },
+                msg: Msg::Acker(AckerMsg::Reset { root: 5 }),
             },
             Envelope {
                 task: 1,
-                msg: Msg::SpoutAck { root: 5 },
+                msg: Msg::Spout(SpoutMsg::Ack { root: 5 }),
             },
             Envelope {
                 task: 1,
-                msg: Msg::SpoutFail { root: 5 },
+                msg: Msg::Spout(SpoutMsg::Fail { root: 5 }),
             },
             Envelope {
                 task: 1,
-                msg: Msg::SpoutReset { root: 5 },
+                msg: Msg::Spout(SpoutMsg::Reset { root: 5 }),
             },
         ]
     }
@@ -439,17 +440,8 @@ mod tests {
             .map(|e| {
                 let m = match &e.msg {
                     Msg::Tuple(t) => format!("{t:?} {:?}", t.anchors),
-                    Msg::AckInit {
-                        root,
-                        val,
-                        spout_task,
-                    } => format!("init {root} {val} {spout_task}"),
-                    Msg::Ack { root, val } => format!("ack {root} {val}"),
-                    Msg::Fail { root } => format!("fail {root}"),
-                    Msg::Reset { root } => format!("reset {root}"),
-                    Msg::SpoutAck { root } => format!("sack {root}"),
-                    Msg::SpoutFail { root } => format!("sfail {root}"),
-                    Msg::SpoutReset { root } => format!("sreset {root}"),
+                    Msg::Acker(m) => format!("acker {m:?}"),
+                    Msg::Spout(m) => format!("spout {m:?}"),
                 };
                 format!("{}:{m}", e.task)
             })
@@ -472,6 +464,67 @@ mod tests {
             },
             f
         ));
+    }
+
+    /// The bytes of every acker's and spout's message, as the module's
+    /// grammar gives them: what peers of other builds decode.
+    #[test]
+    fn control_messages_have_their_documented_bytes() {
+        let (s, _) = schema();
+        let root = 0x0102_0304_0506_0708_u64.to_le_bytes();
+        let val = 9u64.to_le_bytes();
+        let cases: [(Msg, Vec<u8>); 7] = [
+            (
+                Msg::Acker(AckerMsg::Init {
+                    root: 0x0102_0304_0506_0708,
+                    val: 9,
+                    spout_task: 300,
+                }),
+                [&[1][..], &root, &val, &[0xac, 0x02]].concat(),
+            ),
+            (
+                Msg::Acker(AckerMsg::Ack {
+                    root: 0x0102_0304_0506_0708,
+                    val: 9,
+                }),
+                [&[2][..], &root, &val].concat(),
+            ),
+            (
+                Msg::Acker(AckerMsg::Fail {
+                    root: 0x0102_0304_0506_0708,
+                }),
+                [&[3][..], &root].concat(),
+            ),
+            (
+                Msg::Acker(AckerMsg::Reset {
+                    root: 0x0102_0304_0506_0708,
+                }),
+                [&[4][..], &root].concat(),
+            ),
+            (
+                Msg::Spout(SpoutMsg::Ack {
+                    root: 0x0102_0304_0506_0708,
+                }),
+                [&[5][..], &root].concat(),
+            ),
+            (
+                Msg::Spout(SpoutMsg::Fail {
+                    root: 0x0102_0304_0506_0708,
+                }),
+                [&[6][..], &root].concat(),
+            ),
+            (
+                Msg::Spout(SpoutMsg::Reset {
+                    root: 0x0102_0304_0506_0708,
+                }),
+                [&[7][..], &root].concat(),
+            ),
+        ];
+        for (msg, body) in cases {
+            let mut buf = Vec::new();
+            assert!(encode_envelope(&s, &Envelope { task: 1, msg }, &mut buf));
+            assert_eq!(buf, [&[1][..], &body].concat());
+        }
     }
 
     #[test]

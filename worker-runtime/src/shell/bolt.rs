@@ -38,7 +38,7 @@ use super::process::{Backoff, ShellProcess, Who};
 use super::protocol;
 use crate::collector::{BoltCollector, Emitter};
 use crate::component::{ComponentError, TopologyContext};
-use crate::executor::{ExecutorCore, WorkerControl};
+use crate::executor::{ExecutorCore, WorkerControl, misrouted};
 use crate::metrics::{MetricsSlot, now_ns};
 use crate::transfer::{Batch, Msg};
 use crate::tuple::{SYSTEM_COMPONENT, TICK_STREAM, Tuple};
@@ -353,10 +353,10 @@ impl ShellBoltExecutor {
             if self.control.shutdown.load(Ordering::Relaxed) {
                 return;
             }
-            let Msg::Tuple(tuple) = env.msg else { continue };
             let idx = env.task.wrapping_sub(first) as usize;
-            if idx < self.tasks.len() {
-                self.send_tuple(idx, tuple);
+            match env.msg {
+                Msg::Tuple(tuple) if idx < self.tasks.len() => self.send_tuple(idx, tuple),
+                msg => misrouted(&mut lock(&self.emitter), first, env.task, &msg, "bolt"),
             }
         }
     }
