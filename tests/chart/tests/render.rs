@@ -236,13 +236,21 @@ fn transport_certificate_rotation_is_set_only_when_given_zero_included() {
             .filter(|a| a.starts_with("--transport-tls-rotation-seconds"))
             .collect::<Vec<_>>()
     };
-    assert!(flag(&render("default", &[])).is_empty(), "the operator's default");
+    assert!(
+        flag(&render("default", &[])).is_empty(),
+        "the operator's default"
+    );
     for (value, expect) in [("0", "=0"), ("2592000", "=2592000")] {
         let m = render(
             "default",
-            &[&format!("operator:\n  transportTlsRotationSeconds: {value}\n")],
+            &[&format!(
+                "operator:\n  transportTlsRotationSeconds: {value}\n"
+            )],
         );
-        assert_eq!(flag(&m), [format!("--transport-tls-rotation-seconds{expect}")]);
+        assert_eq!(
+            flag(&m),
+            [format!("--transport-tls-rotation-seconds{expect}")]
+        );
     }
 }
 
