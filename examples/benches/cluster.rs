@@ -31,7 +31,12 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_squall-examples");
+/// The topology binary: this build's, or `SQUALL_BENCH_BIN` (another build
+/// of `squall-examples`, to compare two commits run alternately).
+fn bin() -> String {
+    std::env::var("SQUALL_BENCH_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_squall-examples").to_string())
+}
 
 #[derive(Parser, Debug)]
 #[command(about = "Throughput vs latency over two worker processes, and recovery from kill -9")]
@@ -149,7 +154,7 @@ fn run(
     std::fs::write(&path, manifest).unwrap();
     let logs = dir.join("logs");
     let _ = std::fs::remove_dir_all(&logs);
-    let mut child = Command::new(BIN)
+    let mut child = Command::new(bin())
         .args(["local", "--processes", "--json", "--report-interval", "1s"])
         .args(["--etcd", etcd, "--duration"])
         .arg(format!("{}s", duration.as_secs()))
