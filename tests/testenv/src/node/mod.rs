@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod host;
+mod images;
 pub mod netns;
 pub mod relay;
 pub mod storage;
@@ -28,6 +29,9 @@ use crate::process::ManagedProcess;
 use host::HostSnapshot;
 use netns::{NODE_IP, NetNs};
 use relay::Dialer;
+
+use images::import_images;
+pub use images::{ROLL_FROM, ROLL_TO, default_images_dir};
 
 /// Where node state directories live (not under the temp dir, whose sweep
 /// would recurse into a crashed node's mounts).
@@ -90,19 +94,6 @@ impl std::fmt::Debug for RealCluster {
             .field("info", &self.info)
             .finish()
     }
-}
-
-/// The default directory of image archives (`make images`).
-pub fn default_images_dir() -> PathBuf {
-    std::env::var_os("SQUALL_IMAGES_DIR")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../target/images")
-                .components()
-                .collect()
-        })
 }
 
 fn need_tool(name: &str) -> Result<()> {
@@ -505,69 +496,6 @@ fn delete_all_pods(cp: &ControlPlane) {
         std::thread::sleep(Duration::from_millis(300));
     }
     tracing::warn!("pods still present after 60 s; tearing down anyway");
-}
-
-/// The examples image, and the extra tag the node gives it (see [`import_images`]).
-pub const ROLL_FROM: &str = "docker.io/library/squall-examples:0.1.0";
-/// `squall-examples:0.1.1`: the same image under the next tag.
-pub const ROLL_TO: &str = "docker.io/library/squall-examples:0.1.1";
-
-/// Imports every `*.tar` in `dir` into the node's containerd (`k8s.io`
-/// namespace, where the CRI looks) and returns the image names it now has.
-fn import_images(sock: &Path, dir: &Path) -> Result<Vec<String>> {
-    let mut archives: Vec<PathBuf> = std::fs::read_dir(dir)
-        .ctx(|| {
-            format!(
-                "read image archives in {} (run `make images`)",
-                dir.display()
-            )
-        })?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "tar"))
-        .collect();
-    archives.sort();
-    if archives.is_empty() {
-        return Err(Error::Invalid(format!(
-            "no image archives in {} (run `make images`)",
-            dir.display()
-        )));
-    }
-    for a in &archives {
-        let out = Command::new("ctr")
-            .arg("-a")
-            .arg(sock)
-            .args(["-n", "k8s.io", "images", "import"])
-            .arg(a)
-            .output()
-            .ctx(|| "run ctr".into())?;
-        if !out.status.success() {
-            return Err(Error::Invalid(format!(
-                "ctr images import {}: {}",
-                a.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-    }
-    // A second tag of the examples image, so that tests can roll worker pods
-    // to a "new" image as a user would after pushing one.
-    let _ = Command::new("ctr")
-        .arg("-a")
-        .arg(sock)
-        .args(["-n", "k8s.io", "images", "tag", "--force"])
-        .args([ROLL_FROM, ROLL_TO])
-        .output();
-    let out = Command::new("ctr")
-        .arg("-a")
-        .arg(sock)
-        .args(["-n", "k8s.io", "images", "ls", "-q"])
-        .output()
-        .ctx(|| "run ctr".into())?;
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.starts_with("sha256:"))
-        .map(str::to_owned)
-        .collect())
 }
 
 /// The pid of a running cluster's owner, if any.
