@@ -1,27 +1,60 @@
-//! Memory per open tuple tree, measured: the resident memory (`VmRSS`) that
-//! `n` open trees add to a spout task's `SpoutTrees` and to an acker's
+//! Memory per open tuple tree, measured: the heap bytes that `n` open trees
+//! hold in a spout task's `SpoutTrees` and, separately, in an acker's
 //! `AckerState`, for several `n` (hash maps double, so the cost per tree
-//! swings with where `n` falls in a growth cycle). Each structure is built,
-//! measured and dropped on its own; glibc returns tables this large to the
-//! system when they are freed, so one measurement does not hide the next.
+//! swings with where `n` falls in a growth cycle). A counting allocator
+//! gives the bytes allocated and not freed, capacity included: an upper
+//! bound on what the trees keep resident. (Reading `VmRSS` instead, as this
+//! bench first did, undercounts a structure built where an earlier one's
+//! freed memory was still mapped.)
 //!
 //! `cargo bench -p squall-examples --bench open_trees`
 //!
 //! Prints a table, then one JSON line per figure (see `make bench`).
 
+// A global allocator is unsafe to write; this one only forwards to the
+// system allocator and counts.
+#![allow(unsafe_code)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use squall_examples::bench::figure;
 use squall_runtime::acker::AckerState;
 use squall_runtime::spout_trees::SpoutTrees;
 
-/// Resident bytes of this process.
-fn rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
+/// The system allocator, counting the bytes live.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded to `System` unchanged; the counter only
+// observes the sizes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        // SAFETY: the caller's contract, passed on.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: the caller's contract, passed on.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: the caller's contract, passed on.
+        let new = unsafe { System.realloc(ptr, layout, new_size) };
+        if !new.is_null() {
+            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+            LIVE.fetch_add(new_size, Ordering::Relaxed);
+        }
+        new
+    }
 }
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
 
 /// Roots as the engine draws them: random 64-bit ids.
 fn roots(n: usize) -> impl Iterator<Item = u64> {
@@ -34,11 +67,11 @@ fn roots(n: usize) -> impl Iterator<Item = u64> {
     })
 }
 
-/// Bytes per tree that `build(n)` keeps resident.
+/// Heap bytes per tree that `build(n)` holds.
 fn per_tree<T>(n: usize, build: impl FnOnce(usize) -> T, len: impl Fn(&T) -> usize) -> f64 {
-    let before = rss();
+    let before = LIVE.load(Ordering::Relaxed);
     let held = build(n);
-    let after = rss();
+    let after = LIVE.load(Ordering::Relaxed);
     assert_eq!(len(&held), n, "every tree is open");
     drop(held);
     after.saturating_sub(before) as f64 / n as f64
