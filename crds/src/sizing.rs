@@ -32,9 +32,11 @@ pub const EXECUTOR_BYTES: u64 =
     (64 << 10) + (QUEUE_BATCHES as u64) * (BATCH_SIZE as u64) * BYTES_PER_QUEUED_TUPLE;
 
 /// One open tuple tree: the spout's pending entry and deadline, and the
-/// acker's entry. Measured resident (`cargo bench -p squall-examples --bench
-/// open_trees`): 115–173 bytes, depending on where each hash map is in its
-/// growth cycle; this is the high end.
+/// acker's entry. Measured (`cargo bench -p squall-examples --bench
+/// open_trees`, heap bytes): 92–122 bytes for trees opened at once, depending
+/// on where each hash map is in its growth cycle. Under load, completed
+/// trees' stale deadlines and the acker's second bucket add to that, so the
+/// estimate keeps a margin above the snapshot.
 pub const OPEN_TREE_BYTES: u64 = 176;
 
 /// Memory a worker needs with `executors` executors and `open_trees` open

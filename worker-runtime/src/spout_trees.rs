@@ -11,6 +11,14 @@
 //! outnumber live ones (with some slack), so memory follows the open trees,
 //! not the emit rate times the message timeout (at 100k roots/s and a 30 s
 //! timeout, stale entries alone used to hold 48 MB).
+//!
+//! A tree does not store its deadline, so that a map slot is 24 bytes (root,
+//! message id, start): a tree that was never reset has exactly one queue
+//! entry, which is its deadline, and the few trees that were reset keep
+//! their current deadline in a side map. This relies on roots being unique
+//! over the structure's life, as the engine's random 64-bit roots are: a
+//! root tracked again would take the stale entry of its first life as its
+//! own, and could expire early, which replays it (nothing is lost).
 
 use std::collections::VecDeque;
 
@@ -23,7 +31,6 @@ pub(crate) struct OpenTree {
     pub(crate) msg_id: u64,
     /// When the tree started (for complete latency).
     pub(crate) start_ns: u64,
-    deadline_ns: u64,
 }
 
 /// Stale deadline entries tolerated before a compaction, beyond twice the open trees.
@@ -35,6 +42,8 @@ pub struct SpoutTrees {
     open: IdMap<OpenTree>,
     /// (deadline, root) in the order deadlines were set; may hold stale entries.
     deadlines: VecDeque<(u64, u64)>,
+    /// The current deadline of each open tree that was reset.
+    reset: IdMap<u64>,
 }
 
 impl SpoutTrees {
@@ -49,36 +58,42 @@ impl SpoutTrees {
 
     /// A tree rooted at `root` started at `start_ns`; it expires at `deadline_ns`.
     pub fn track(&mut self, root: u64, msg_id: u64, start_ns: u64, deadline_ns: u64) {
-        self.open.insert(
-            root,
-            OpenTree {
-                msg_id,
-                start_ns,
-                deadline_ns,
-            },
-        );
+        self.open.insert(root, OpenTree { msg_id, start_ns });
         self.push_deadline(deadline_ns, root);
     }
 
     /// The acker says the tree completed: it is no longer open.
     pub(crate) fn complete(&mut self, root: u64) -> Option<OpenTree> {
-        self.open.remove(&root)
+        self.close(root)
     }
 
     /// The acker says the tree failed: it is no longer open.
     pub(crate) fn fail(&mut self, root: u64) -> Option<OpenTree> {
-        self.open.remove(&root)
+        self.close(root)
+    }
+
+    fn close(&mut self, root: u64) -> Option<OpenTree> {
+        let t = self.open.remove(&root)?;
+        if !self.reset.is_empty() {
+            self.reset.remove(&root);
+        }
+        Some(t)
     }
 
     /// A bolt asked for more time: the tree now expires at `deadline_ns`.
     /// `false` when the tree is not open.
     pub(crate) fn reset(&mut self, root: u64, deadline_ns: u64) -> bool {
-        let Some(t) = self.open.get_mut(&root) else {
+        if !self.open.contains_key(&root) {
             return false;
-        };
-        t.deadline_ns = deadline_ns;
+        }
+        self.reset.insert(root, deadline_ns);
         self.push_deadline(deadline_ns, root);
         true
+    }
+
+    /// Whether `deadline` is the open tree `root`'s current one.
+    fn is_current(open: &IdMap<OpenTree>, reset: &IdMap<u64>, root: u64, deadline: u64) -> bool {
+        open.contains_key(&root) && reset.get(&root).is_none_or(|&d| d == deadline)
     }
 
     /// The next tree whose deadline is at or before `now_ns`, removed; `None`
@@ -90,12 +105,8 @@ impl SpoutTrees {
             }
             self.deadlines.pop_front();
             // Only the tree's current deadline counts; older ones are stale.
-            if self
-                .open
-                .get(&root)
-                .is_some_and(|t| t.deadline_ns == deadline)
-            {
-                return self.open.remove(&root);
+            if Self::is_current(&self.open, &self.reset, root, deadline) {
+                return self.close(root);
             }
         }
         None
@@ -107,14 +118,15 @@ impl SpoutTrees {
         let mut open: Vec<_> = self.open.drain().map(|(_, t)| t).collect();
         open.sort_by_key(|t| t.start_ns);
         self.deadlines.clear();
+        self.reset.clear();
         open
     }
 
     fn push_deadline(&mut self, deadline_ns: u64, root: u64) {
         if self.deadlines.len() >= 2 * self.open.len() + SLACK {
-            let open = &self.open;
+            let (open, reset) = (&self.open, &self.reset);
             self.deadlines
-                .retain(|&(d, r)| open.get(&r).is_some_and(|t| t.deadline_ns == d));
+                .retain(|&(d, r)| Self::is_current(open, reset, r, d));
         }
         self.deadlines.push_back((deadline_ns, root));
     }
@@ -134,7 +146,7 @@ mod tests {
 
     #[derive(Debug, Clone)]
     enum Op {
-        Track(u8),
+        Track,
         Complete(u8),
         Fail(u8),
         Reset(u8),
@@ -144,7 +156,7 @@ mod tests {
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            4 => any::<u8>().prop_map(Op::Track),
+            4 => Just(Op::Track),
             3 => any::<u8>().prop_map(Op::Complete),
             1 => any::<u8>().prop_map(Op::Fail),
             1 => any::<u8>().prop_map(Op::Reset),
@@ -167,20 +179,21 @@ mod tests {
             let mut next_msg = 0u64;
             for op in ops {
                 match op {
-                    Op::Track(r) => {
-                        let root = u64::from(r) + 1;
-                        if model.contains_key(&root) { continue; }
+                    Op::Track => {
+                        // Roots are unique over the structure's life, as the
+                        // engine's random ones are (see the module docs).
+                        let root = next_msg + 1;
                         next_msg += 1;
                         t.track(root, next_msg, now, now + TIMEOUT);
                         model.insert(root, (next_msg, now, now + TIMEOUT));
                     }
                     Op::Complete(r) | Op::Fail(r) => {
-                        let root = u64::from(r) + 1;
+                        let root = u64::from(r) % (next_msg + 1) + 1;
                         let got = t.complete(root).map(|o| o.msg_id);
                         prop_assert_eq!(got, model.remove(&root).map(|m| m.0));
                     }
                     Op::Reset(r) => {
-                        let root = u64::from(r) + 1;
+                        let root = u64::from(r) % (next_msg + 1) + 1;
                         let d = now + TIMEOUT;
                         prop_assert_eq!(t.reset(root, d), model.contains_key(&root));
                         if let Some(m) = model.get_mut(&root) { m.2 = d; }
@@ -225,6 +238,23 @@ mod tests {
             "{} deadline entries for no open tree",
             t.deadline_entries()
         );
+    }
+
+    #[test]
+    fn a_slot_is_root_message_id_and_start() {
+        assert_eq!(std::mem::size_of::<(u64, OpenTree)>(), 24);
+    }
+
+    #[test]
+    fn a_root_tracked_again_may_expire_early_but_is_not_lost() {
+        let mut t = SpoutTrees::default();
+        t.track(7, 70, 0, 100);
+        assert!(t.complete(7).is_some());
+        t.track(7, 71, 50, 150);
+        // The first life's deadline is taken for the second's: early, not lost.
+        assert_eq!(t.expire(100).map(|o| o.msg_id), Some(71));
+        assert_eq!(t.expire(150), None);
+        assert!(t.is_empty());
     }
 
     #[test]
