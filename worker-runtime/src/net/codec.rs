@@ -15,6 +15,7 @@
 //!   (tags 1-4 are a `Msg::Acker`, 5-7 a `Msg::Spout`)
 //! value = 0 null | 1 false | 2 true | 3 int:zigzag varint | 4 float:u64
 //!       | 5 str: len:varint utf8 | 6 bytes: len:varint bytes
+//!       | 7 json: len:varint utf8 (a JSON document, as multilang components emit)
 //! ```
 //!
 //! Decoding never trusts the input: every length is checked against what is
