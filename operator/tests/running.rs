@@ -31,6 +31,23 @@ async fn wait_status(
     .unwrap_or_else(|e| panic!("{e}\n{}", op.log()))
 }
 
+/// Wait up to 90 s until `name` is Running with all `workers` ready and
+/// trees acked.
+async fn running_and_acking(
+    topos: &Api<Topology>,
+    name: &str,
+    workers: u32,
+    op: &Operator,
+) -> TopologyStatus {
+    let what = format!("Running {workers}/{workers} with acked > 0");
+    wait_status(topos, name, &what, 90, op, |s| {
+        s.phase == Some(Phase::Running)
+            && s.workers.ready == workers
+            && s.stats.as_ref().is_some_and(|x| x.acked_total > 0)
+    })
+    .await
+}
+
 fn status(t: &Topology) -> TopologyStatus {
     t.status.clone().unwrap_or_default()
 }
@@ -57,19 +74,7 @@ async fn word_count_runs_recovers_and_obeys_activation() {
     apply_ok(&cluster, &manifest);
 
     // Running with every worker ready, and trees acked.
-    let st = wait_status(
-        &topos,
-        "word-count",
-        "Running 3/3 with acked > 0",
-        90,
-        &op,
-        |s| {
-            s.phase == Some(Phase::Running)
-                && s.workers.ready == 3
-                && s.stats.as_ref().is_some_and(|x| x.acked_total > 0)
-        },
-    )
-    .await;
+    let st = running_and_acking(&topos, "word-count", 3, &op).await;
     eprintln!(
         "kubectl apply → Running with trees acked: {:?}",
         applied.elapsed()
@@ -590,12 +595,7 @@ async fn a_rebalance_completes_across_operator_and_etcd_restarts() {
     // the window in which the restarts happen.
     let manifest = "apiVersion: squall.dev/v1alpha1\nkind: Topology\nmetadata: {name: slow}\nspec:\n  image: squall-examples:0.1.0\n  workers: 2\n  messageTimeoutSeconds: 10\n  maxSpoutPending: 200\n  spouts: [{id: s, component: RandomSentenceSpout, config: {rate: 200}}]\n  bolts: [{id: slow, component: Flaky, parallelism: 2, config: {sleep_ms: 50}}]\n  streams: [{from: s, to: slow, grouping: {type: SHUFFLE}}]\n";
     apply_ok(&cluster, manifest);
-    wait_status(&topos, "slow", "Running 2/2 with acked > 0", 90, &op, |s| {
-        s.phase == Some(Phase::Running)
-            && s.workers.ready == 2
-            && s.stats.as_ref().is_some_and(|x| x.acked_total > 0)
-    })
-    .await;
+    running_and_acking(&topos, "slow", 2, &op).await;
 
     let control = |url: String| {
         let k = keys.control();
@@ -708,19 +708,7 @@ async fn an_image_roll_under_load_fails_and_replays_no_tree() {
     assert_eq!(spec.message_timeout_seconds, 30);
     let spouts: Vec<String> = spec.spouts.iter().map(|s| s.id.clone()).collect();
     apply_ok(&cluster, &manifest);
-    wait_status(
-        &topos,
-        "word-count",
-        "Running 3/3 with acked > 0",
-        90,
-        &op,
-        |s| {
-            s.phase == Some(Phase::Running)
-                && s.workers.ready == 3
-                && s.stats.as_ref().is_some_and(|x| x.acked_total > 0)
-        },
-    )
-    .await;
+    running_and_acking(&topos, "word-count", 3, &op).await;
 
     // Acks as the workers publish them, banked across their restarts.
     let store = squall_coord::TopologyStore::new(
@@ -870,19 +858,7 @@ async fn transport_certificates_are_renewed_by_a_roll_under_load() {
             .and_then(|s| s.secret_name.clone())
             .unwrap_or_default()
     };
-    let first = wait_status(
-        &topos,
-        "word-count",
-        "Running 3/3 with acked > 0",
-        90,
-        &op,
-        |s| {
-            s.phase == Some(Phase::Running)
-                && s.workers.ready == 3
-                && s.stats.as_ref().is_some_and(|x| x.acked_total > 0)
-        },
-    )
-    .await;
+    let first = running_and_acking(&topos, "word-count", 3, &op).await;
     let ps = pods(&cluster.client(), ns, "word-count").await;
     assert!(
         ps.iter()
