@@ -17,8 +17,9 @@
 pub mod bench;
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasherDefault;
 
-use squall_runtime::tuple::SmolStr;
+use squall_runtime::tuple::{KeyHasher, SmolStr};
 use squall_runtime::{
     Bolt, BoltCollector, ComponentError, Outputs, Registry, Spout, SpoutCollector, TopologyContext,
     Tuple, Value, values,
@@ -101,9 +102,14 @@ pub struct ReplayingSpout {
     limit: u64,
     /// New roots emitted so far (message ids are 0..emitted).
     emitted: u64,
-    in_flight: HashMap<u64, u32>,
+    in_flight: FastMap<u64, u32>,
     replay: VecDeque<u64>,
 }
+
+/// The examples' maps: keyed by words and ids from tuples, so hashed with
+/// the runtime's [`KeyHasher`] rather than SipHash (as Storm's Java bolts
+/// hash with `String.hashCode`).
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<KeyHasher>>;
 
 impl ReplayingSpout {
     fn new(ctx: &TopologyContext, items: Vec<SmolStr>) -> Result<Self, ComponentError> {
@@ -122,7 +128,7 @@ impl ReplayingSpout {
             next_at_ns: 0,
             limit,
             emitted: 0,
-            in_flight: HashMap::new(),
+            in_flight: FastMap::default(),
             replay: VecDeque::new(),
         })
     }
@@ -211,7 +217,7 @@ impl Bolt for SplitSentence {
 /// Counts words (field 0) and emits the running count.
 #[derive(Default)]
 pub struct WordCount {
-    counts: HashMap<SmolStr, u64>,
+    counts: FastMap<SmolStr, u64>,
 }
 
 impl Bolt for WordCount {

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use smallvec::SmallVec;
 use squall_api::{DEFAULT_STREAM, GroupingType, TaskId};
 
+use crate::executor::HostedAcker;
 use crate::grouping::{Grouper, Targets};
 use crate::idmap::IdSet;
 use crate::layout::Layout;
@@ -70,6 +71,12 @@ pub(crate) struct Emitter {
     pub(crate) metrics: ExecMetrics,
     /// Emit errors so far (logged once each kind).
     pub(crate) errors: u64,
+    /// The acker executor a spout's executor hosts, if any
+    /// ([`Emitter::host`]).
+    pub(crate) hosted: Option<Box<HostedAcker>>,
+    /// The index in the layout's acker tasks of the hosted acker's first
+    /// task: where this executor's spouts root their trees.
+    root_acker: Option<u64>,
 }
 
 impl Emitter {
@@ -93,6 +100,29 @@ impl Emitter {
             rng: Rng::seeded(seed),
             metrics: ExecMetrics::default(),
             errors: 0,
+            hosted: None,
+            root_acker: None,
+        }
+    }
+
+    /// Run the acker executor `acker` here, and root this executor's trees
+    /// at its first task.
+    pub(crate) fn host(&mut self, acker: HostedAcker) {
+        let first = self.layout.acker_tasks.first().copied().unwrap_or(0);
+        self.root_acker = Some(u64::from(acker.first_task().wrapping_sub(first)));
+        self.hosted = Some(Box::new(acker));
+    }
+
+    /// A new random root. Bolts find a tree's acker from its root alone
+    /// ([`Emitter::acker_for`]), so an executor that hosts an acker draws
+    /// roots that lead there (62 random bits instead of 64).
+    #[inline]
+    fn new_root(&mut self) -> u64 {
+        let r = self.rng.id();
+        let n = self.layout.acker_tasks.len() as u64;
+        match self.root_acker {
+            Some(k) if n > 1 => (((r >> 1) / n) | 1) * n + k,
+            _ => r,
         }
     }
 
@@ -139,10 +169,14 @@ impl Emitter {
         Ok(out)
     }
 
+    /// The acker task that tracks the tree `root` (a division per ack, so
+    /// one acker, the common case in one process, skips it).
     #[inline]
     fn acker_for(&self, root: u64) -> TaskId {
-        let a = &self.layout.acker_tasks;
-        a[(root % a.len() as u64) as usize]
+        match self.layout.acker_tasks.as_slice() {
+            [one] => *one,
+            a => a[(root % a.len() as u64) as usize],
+        }
     }
 
     fn note_error(&mut self, e: &EmitError) {
@@ -297,7 +331,7 @@ impl SpoutCollector<'_> {
             self.st.immediate_acks.push(msg_id);
             return Ok(targets);
         }
-        let root = em.rng.id();
+        let root = em.new_root();
         let mut xor = 0u64;
         em.send_tuples(stream, &targets, values, task, |rng| {
             let edge = rng.id();
@@ -305,14 +339,19 @@ impl SpoutCollector<'_> {
             smallvec::smallvec![(root, edge)]
         });
         let acker = em.acker_for(root);
-        em.outbox.push(
-            acker,
-            Msg::Acker(AckerMsg::Init {
-                root,
-                val: xor,
-                spout_task: task,
-            }),
-        );
+        let init = AckerMsg::Init {
+            root,
+            val: xor,
+            spout_task: task,
+        };
+        match &mut em.hosted {
+            Some(h) if h.tasks.owns(acker) => {
+                if let Some(said) = h.tasks.step(acker, init, &mut h.metrics) {
+                    h.said.push(said);
+                }
+            }
+            _ => em.outbox.push(acker, Msg::Acker(init)),
+        }
         let now = now_ns();
         let deadline_ns = now + em.layout.timeout_ns;
         self.st

@@ -5,17 +5,19 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::Duration;
 
-use squall_api::TaskId;
+use squall_api::{ACKER_ID, TaskId};
 
-use crate::acker::{AckerOutcome, AckerState};
 use crate::collector::{BoltCollector, Emitter, SpoutCollector, SpoutTaskState};
 use crate::component::{Bolt, Spout};
-use crate::metrics::{MetricsSlot, now_ns};
-use crate::transfer::{AckerMsg, Batch, Msg, SpoutMsg};
+use crate::metrics::{ExecMetrics, MetricsSlot, now_ns};
+use crate::transfer::{Batch, Msg, SpoutMsg};
 use crate::tuple::Tuple;
 
 use crate::control::SpoutMaking;
 pub use crate::control::{Crash, ParkedSpout, SpoutProgress, WorkerControl};
+
+mod acker;
+pub(crate) use acker::{AckerExecutor, AckerTasks, HostedAcker, fusing_enabled};
 
 const PUBLISH_NS: u64 = 1_000_000_000;
 /// Longest a waiting executor sleeps before it looks at its control flags again.
@@ -62,6 +64,10 @@ impl ExecutorCore {
         self.emitter.metrics.at_ns = now;
         let mut slot = self.metrics.lock().unwrap_or_else(|p| p.into_inner());
         slot.clone_from(&self.emitter.metrics);
+        drop(slot);
+        if let Some(h) = &mut self.emitter.hosted {
+            h.publish(now);
+        }
     }
 
     fn stopping(&self) -> bool {
@@ -113,6 +119,9 @@ impl SpoutExecutor {
             }
             let now = now_ns();
             self.expire(now);
+            if let Some(h) = &mut self.core.emitter.hosted {
+                h.tasks.rotate_if_due(now);
+            }
 
             let mut emitted = 0;
             if active && !self.core.emitter.outbox.congested() {
@@ -145,6 +154,7 @@ impl SpoutExecutor {
                     }
                 }
             }
+            self.hand_over_said();
             self.report_progress(active);
             let now = now_ns();
             self.core.publish_if_due(now);
@@ -181,13 +191,56 @@ impl SpoutExecutor {
     fn handle(&mut self, batch: Batch) {
         let now = now_ns();
         let first = self.core.first_task;
+        let spouts = self.tasks.len();
         for env in batch {
-            let idx = env.task.wrapping_sub(first) as usize;
-            match (env.msg, self.tasks.get_mut(idx)) {
-                (Msg::Spout(msg), Some((spout, st))) => {
-                    spout_step(&mut self.core.emitter, spout.as_mut(), st, msg, now);
+            let mine = (env.task.wrapping_sub(first) as usize) < spouts;
+            let em = &mut self.core.emitter;
+            let said = match (env.msg, &mut em.hosted) {
+                (Msg::Spout(msg), _) if mine => Some((env.task, msg)),
+                // For the acker this executor hosts.
+                (msg, Some(h)) if h.tasks.owns(env.task) => match msg {
+                    Msg::Acker(msg) => h.tasks.step(env.task, msg, &mut h.metrics),
+                    msg => {
+                        let first = h.first_task();
+                        count_misrouted(&mut h.metrics, ACKER_ID, first, env.task, &msg, "acker");
+                        None
+                    }
+                },
+                (msg, _) => {
+                    misrouted(em, first, env.task, &msg, "spout");
+                    None
                 }
-                (msg, _) => misrouted(&mut self.core.emitter, first, env.task, &msg, "spout"),
+            };
+            if let Some((task, msg)) = said {
+                self.tell_spout(task, msg, now);
+            }
+        }
+        self.hand_over_said();
+    }
+
+    /// What an acker says about a tree of spout task `task`: handled here
+    /// when the task is this executor's, sent on otherwise (from a hosted
+    /// acker, about a tree of a spout elsewhere).
+    #[inline]
+    fn tell_spout(&mut self, task: TaskId, msg: SpoutMsg, now: u64) {
+        let idx = task.wrapping_sub(self.core.first_task) as usize;
+        match self.tasks.get_mut(idx) {
+            Some((spout, st)) => spout_step(&mut self.core.emitter, spout.as_mut(), st, msg, now),
+            None => self.core.emitter.outbox.push(task, Msg::Spout(msg)),
+        }
+    }
+
+    /// Hand over what the hosted acker said while a spout was emitting (and
+    /// what that made the spout emit in turn, until nothing is left).
+    fn hand_over_said(&mut self) {
+        loop {
+            let said = match &mut self.core.emitter.hosted {
+                Some(h) if !h.said.is_empty() => std::mem::take(&mut h.said),
+                _ => return,
+            };
+            let now = now_ns();
+            for (task, msg) in said {
+                self.tell_spout(task, msg, now);
             }
         }
     }
@@ -436,102 +489,6 @@ impl BoltExecutor {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Ackers
-
-pub(crate) struct AckerExecutor {
-    pub(crate) core: ExecutorCore,
-    pub(crate) states: Vec<AckerState>,
-}
-
-impl AckerExecutor {
-    pub(crate) fn run(mut self) {
-        let rotate_every = self.core.emitter.layout.timeout_ns.max(1);
-        let mut next_rotate = now_ns() + rotate_every;
-        loop {
-            if self.core.stopping() {
-                break;
-            }
-            let now = now_ns();
-            if now >= next_rotate {
-                next_rotate = now + rotate_every;
-                for s in &mut self.states {
-                    s.rotate();
-                }
-            }
-            self.core.publish_if_due(now);
-            let wait = if self.core.emitter.outbox.congested() {
-                Duration::from_millis(1)
-            } else {
-                IDLE_WAIT
-            };
-            match self.core.rx.recv_timeout(wait) {
-                Ok(batch) => {
-                    self.process(batch);
-                    while let Ok(batch) = self.core.rx.try_recv() {
-                        self.process(batch);
-                    }
-                    self.core.emitter.outbox.flush(now_ns());
-                }
-                Err(RecvTimeoutError::Timeout) => self.core.emitter.outbox.flush(now_ns()),
-                Err(RecvTimeoutError::Disconnected) => break,
-            }
-        }
-        self.core.emitter.outbox.flush(now_ns());
-        self.core.publish(now_ns());
-    }
-
-    fn process(&mut self, batch: Batch) {
-        let first = self.core.first_task;
-        let start = now_ns();
-        let n = batch.len() as u64;
-        for env in batch {
-            let idx = env.task.wrapping_sub(first) as usize;
-            let outcome = match (env.msg, self.states.get_mut(idx)) {
-                (Msg::Acker(msg), Some(state)) => acker_step(state, msg),
-                (msg, _) => {
-                    misrouted(&mut self.core.emitter, first, env.task, &msg, "acker");
-                    None
-                }
-            };
-            let m = &mut self.core.emitter.metrics;
-            let (spout_task, msg) = match outcome {
-                None => continue,
-                Some(AckerOutcome::Complete { root, spout_task }) => {
-                    m.acked += 1;
-                    (spout_task, SpoutMsg::Ack { root })
-                }
-                Some(AckerOutcome::Failed { root, spout_task }) => {
-                    m.failed += 1;
-                    (spout_task, SpoutMsg::Fail { root })
-                }
-                Some(AckerOutcome::Reset { root, spout_task }) => {
-                    (spout_task, SpoutMsg::Reset { root })
-                }
-            };
-            self.core.emitter.outbox.push(spout_task, Msg::Spout(msg));
-        }
-        let m = &mut self.core.emitter.metrics;
-        m.executed += n;
-        m.busy_ns += now_ns().saturating_sub(start);
-    }
-}
-
-/// One message to an acker task.
-#[inline]
-fn acker_step(state: &mut AckerState, msg: AckerMsg) -> Option<AckerOutcome> {
-    match msg {
-        AckerMsg::Init {
-            root,
-            val,
-            spout_task,
-        } => state.init(root, val, spout_task),
-        AckerMsg::Ack { root, val } => state.ack(root, val),
-        AckerMsg::Fail { root } => state.fail(root),
-        AckerMsg::Reset { root } => state.reset(root),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Misrouted messages
 
 /// A message reached an executor that does not take it: one for another kind
@@ -549,8 +506,23 @@ pub(crate) fn misrouted(
     msg: &Msg,
     takes: &'static str,
 ) {
-    em.metrics.misrouted += 1;
-    if em.metrics.misrouted > 1 {
+    let component = em.layout.component_id(em.component);
+    count_misrouted(&mut em.metrics, component, first, task, msg, takes);
+}
+
+/// [`misrouted`], counted in `m`, the metrics of an executor of `component`.
+#[cold]
+#[inline(never)]
+pub(crate) fn count_misrouted(
+    m: &mut ExecMetrics,
+    component: &str,
+    first: TaskId,
+    task: TaskId,
+    msg: &Msg,
+    takes: &'static str,
+) {
+    m.misrouted += 1;
+    if m.misrouted > 1 {
         return;
     }
     let kind = msg.recipient();
@@ -559,12 +531,10 @@ pub(crate) fn misrouted(
     } else {
         format!("{kind} message to task {task}, at a {takes}'s executor")
     };
-    let component = em.layout.component_id(em.component);
     tracing::error!(
         component,
         task = first,
         "misrouted: {what}; dropped (more are only counted, in squall_misrouted_total)"
     );
-    em.metrics
-        .note_error(first, &format!("misrouted message dropped: {what}"));
+    m.note_error(first, &format!("misrouted message dropped: {what}"));
 }

@@ -1,5 +1,6 @@
 //! Maps and sets keyed by 64-bit ids (tuple-tree roots, message ids), with a
-//! hash that costs one multiply instead of SipHash's rounds.
+//! hash that costs one multiply instead of SipHash's rounds
+//! ([`KeyHasher`]).
 //!
 //! Roots are random, so they need no DoS-resistant hash; message ids come
 //! from the spout and may be sequential, which the multiply spreads over
@@ -9,37 +10,14 @@
 //! profile in `docs/benchmarks.md`).
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 
-/// A hasher for one `u64` key.
-#[derive(Default, Clone, Copy)]
-pub(crate) struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    #[inline]
-    fn finish(&self) -> u64 {
-        let h = self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        h ^ (h >> 32)
-    }
-
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        // Only reached for keys other than u64; fold them in, FNV-style.
-        for b in bytes {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-
-    #[inline]
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
+use crate::tuple::KeyHasher;
 
 /// A map keyed by a 64-bit id.
-pub(crate) type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
+pub(crate) type IdMap<V> = HashMap<u64, V, BuildHasherDefault<KeyHasher>>;
 /// A set of 64-bit ids.
-pub(crate) type IdSet = HashSet<u64, BuildHasherDefault<IdHasher>>;
+pub(crate) type IdSet = HashSet<u64, BuildHasherDefault<KeyHasher>>;
 
 #[cfg(test)]
 mod tests {
@@ -48,7 +26,7 @@ mod tests {
 
     #[test]
     fn sequential_ids_spread_over_buckets_and_control_bytes() {
-        let b = BuildHasherDefault::<IdHasher>::default();
+        let b = BuildHasherDefault::<KeyHasher>::default();
         let mut low = std::collections::HashSet::new();
         let mut high = std::collections::HashSet::new();
         for id in 0..1024u64 {

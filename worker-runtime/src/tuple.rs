@@ -70,7 +70,7 @@ impl Value {
 
     /// A hash that is the same in every process and on every platform, so that a
     /// fields grouping sends a key to the same task wherever it is emitted.
-    pub fn stable_hash(&self, mut h: u64) -> u64 {
+    pub fn stable_hash(&self, h: u64) -> u64 {
         let (tag, bytes): (u8, &[u8]) = match self {
             Value::Null => (0, &[]),
             Value::Bool(b) => (1, if *b { &[1] } else { &[0] }),
@@ -80,17 +80,50 @@ impl Value {
             Value::Bytes(b) => (5, b),
             Value::Json(j) => (6, j.as_bytes()),
         };
-        h = mix(h, u64::from(tag));
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            h = mix(h, u64::from_le_bytes(w));
-        }
-        let rest = chunks.remainder();
+        hash_bytes(mix(h, u64::from(tag)), bytes)
+    }
+}
+
+/// `bytes` folded into the hash `h`, eight at a time: fast, and the same in
+/// every process and on every platform (fields grouping relies on it). Not
+/// for keys an attacker chooses.
+pub fn hash_bytes(mut h: u64, bytes: &[u8]) -> u64 {
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
         let mut w = [0u8; 8];
-        w[..rest.len()].copy_from_slice(rest);
-        mix(h, u64::from_le_bytes(w) ^ ((bytes.len() as u64) << 56))
+        w.copy_from_slice(c);
+        h = mix(h, u64::from_le_bytes(w));
+    }
+    let rest = chunks.remainder();
+    let mut w = [0u8; 8];
+    w[..rest.len()].copy_from_slice(rest);
+    mix(h, u64::from_le_bytes(w) ^ ((bytes.len() as u64) << 56))
+}
+
+/// A [`std::hash::Hasher`] on [`hash_bytes`], for a component's own maps
+/// keyed by words or ids from tuples (`HashMap<SmolStr, u64,
+/// BuildHasherDefault<KeyHasher>>`): several times cheaper than the
+/// standard library's SipHash on short keys, like Java's `String.hashCode`
+/// that a Storm bolt's `HashMap` uses. Not for keys an attacker chooses.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = hash_bytes(self.0, bytes);
+    }
+    #[inline]
+    fn write_u8(&mut self, n: u8) {
+        self.0 = mix(self.0, u64::from(n));
+    }
+    #[inline]
+    fn write_u64(&mut self, n: u64) {
+        self.0 = mix(self.0, n);
     }
 }
 

@@ -9,13 +9,12 @@ use std::thread::JoinHandle;
 
 use squall_api::{PlannedKind, TaskId};
 
-use crate::acker::AckerState;
 use crate::collector::{Emitter, SpoutTaskState};
 use crate::component::{ComponentError, Factory, Registry, Spout, TopologyContext};
 use crate::control::SpoutMaking;
 use crate::executor::{
-    AckerExecutor, BoltExecutor, Crash, ExecutorCore, ParkedSpout, SpoutExecutor, SpoutProgress,
-    WorkerControl,
+    AckerExecutor, AckerTasks, BoltExecutor, Crash, ExecutorCore, HostedAcker, ParkedSpout,
+    SpoutExecutor, SpoutProgress, WorkerControl, fusing_enabled,
 };
 use crate::layout::Layout;
 use crate::metrics::MetricsHub;
@@ -150,10 +149,22 @@ impl Worker {
             senders.push(tx);
             receivers.push(rx);
         }
+        // Each spout executor hosts one acker executor of this worker while
+        // both last (`executor::acker`): by index in `mine`, the host of each
+        // hosted acker executor.
+        let kind_of = |qi: usize| plan.components[plan.executors[mine[qi]].component].kind;
+        let mut host = vec![None; mine.len()];
+        if layout.acking && fusing_enabled() {
+            let spouts = (0..mine.len()).filter(|&qi| kind_of(qi) == PlannedKind::Spout);
+            let ackers = (0..mine.len()).filter(|&qi| kind_of(qi) == PlannedKind::Acker);
+            for (acker, spout) in ackers.zip(spouts) {
+                host[acker] = Some(spout);
+            }
+        }
         let mut dest = vec![Dest::Nowhere; plan.task_count() as usize + 1];
         for (qi, &ei) in mine.iter().enumerate() {
             for t in plan.executors[ei].tasks() {
-                dest[t as usize] = Dest::Local(qi);
+                dest[t as usize] = Dest::Local(host[qi].unwrap_or(qi));
             }
         }
         if remote.is_some() {
@@ -181,7 +192,19 @@ impl Worker {
         // (component, its tasks, the executor's loop)
         type Runnable = (String, (TaskId, TaskId), Box<dyn FnOnce() + Send>);
         let mut runnables: Vec<Runnable> = Vec::new();
-        for (&ei, rx) in mine.iter().zip(receivers) {
+        let mut hosted: Vec<Option<HostedAcker>> = (0..mine.len()).map(|_| None).collect();
+        for (qi, &ei) in mine.iter().enumerate() {
+            let Some(h) = host[qi] else { continue };
+            let ex = &plan.executors[ei];
+            let comp = &plan.components[ex.component];
+            let slot = metrics.register(&comp.id, comp.kind, ex.tasks());
+            let tasks = AckerTasks::new(ex.first_task, ex.tasks().len(), layout.timeout_ns);
+            hosted[h] = Some(HostedAcker::new(tasks, slot));
+        }
+        for (qi, (&ei, rx)) in mine.iter().zip(receivers).enumerate() {
+            if host[qi].is_some() {
+                continue; // its host runs it
+            }
             let ex = &plan.executors[ei];
             let comp = &plan.components[ex.component];
             let mode = if comp.kind == PlannedKind::Bolt {
@@ -190,13 +213,16 @@ impl Worker {
                 SendMode::Overflow
             };
             let outbox = Outbox::new(routes.clone(), mode, transfer);
-            let emitter = Emitter::new(
+            let mut emitter = Emitter::new(
                 layout.clone(),
                 ex.component,
                 ex.slot,
                 outbox,
                 ei as u64 * 7919 + 1,
             );
+            if let Some(acker) = hosted[qi].take() {
+                emitter.host(acker);
+            }
             let slot = metrics.register(&comp.id, comp.kind, ex.tasks());
             let core = ExecutorCore::new(emitter, rx, control.clone(), slot, ex.first_task);
             let span = (ex.first_task, ex.tasks().last().unwrap_or(ex.first_task));
@@ -216,8 +242,8 @@ impl Worker {
             };
             let run: Box<dyn FnOnce() + Send> = match comp.kind {
                 PlannedKind::Acker => {
-                    let states = ex.tasks().map(|_| AckerState::new()).collect();
-                    let exec = AckerExecutor { core, states };
+                    let tasks = AckerTasks::new(ex.first_task, ex.tasks().len(), layout.timeout_ns);
+                    let exec = AckerExecutor { core, tasks };
                     Box::new(move || exec.run())
                 }
                 PlannedKind::Spout => {
