@@ -78,44 +78,75 @@ impl AckerState {
     }
 
     fn entry(&mut self, root: u64) -> &mut Entry {
-        if let Some(e) = self.previous.remove(&root) {
-            self.current.insert(root, e);
-        }
+        self.revive(root);
         self.current.entry(root).or_default()
     }
 
-    fn settle(&mut self, root: u64) -> Option<AckerOutcome> {
-        let e = *self.current.get(&root)?;
+    /// A tree untouched since the last rotation is touched: back to the current bucket.
+    #[inline]
+    fn revive(&mut self, root: u64) {
+        if !self.previous.is_empty()
+            && let Some(e) = self.previous.remove(&root)
+        {
+            self.current.insert(root, e);
+        }
+    }
+
+    /// Change the tree `root` by `change`, and settle it: one lookup in the
+    /// current bucket (this is every ack's path).
+    #[inline]
+    fn update(&mut self, root: u64, change: impl FnOnce(&mut Entry)) -> Option<AckerOutcome> {
+        self.revive(root);
+        match self.current.entry(root) {
+            std::collections::hash_map::Entry::Occupied(mut o) => {
+                change(o.get_mut());
+                let outcome = Self::verdict(root, o.get())?;
+                o.remove();
+                Some(outcome)
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let mut e = Entry::default();
+                change(&mut e);
+                match Self::verdict(root, &e) {
+                    Some(outcome) => Some(outcome),
+                    None => {
+                        v.insert(e);
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// What the spout must hear about a tree in state `e`, if it is settled.
+    #[inline]
+    fn verdict(root: u64, e: &Entry) -> Option<AckerOutcome> {
         let spout_task = e.spout_task()?;
-        let outcome = if e.failed {
-            AckerOutcome::Failed { root, spout_task }
+        if e.failed {
+            Some(AckerOutcome::Failed { root, spout_task })
         } else if e.val == 0 {
-            AckerOutcome::Complete { root, spout_task }
+            Some(AckerOutcome::Complete { root, spout_task })
         } else {
-            return None;
-        };
-        self.current.remove(&root);
-        Some(outcome)
+            None
+        }
     }
 
     /// The spout emitted a tree: `val` is the XOR of the edge ids it sent.
     pub fn init(&mut self, root: u64, val: u64, spout_task: TaskId) -> Option<AckerOutcome> {
-        let e = self.entry(root);
-        e.val ^= val;
-        e.spout_task = spout_task;
-        self.settle(root)
+        self.update(root, |e| {
+            e.val ^= val;
+            e.spout_task = spout_task;
+        })
     }
 
     /// A bolt acked a tuple: `val` is its edge id XOR the edges it created.
     pub fn ack(&mut self, root: u64, val: u64) -> Option<AckerOutcome> {
-        self.entry(root).val ^= val;
-        self.settle(root)
+        self.update(root, |e| e.val ^= val)
     }
 
     /// A bolt failed a tuple of the tree.
     pub fn fail(&mut self, root: u64) -> Option<AckerOutcome> {
-        self.entry(root).failed = true;
-        self.settle(root)
+        self.update(root, |e| e.failed = true)
     }
 
     /// A bolt asked to reset the tree's timeout.

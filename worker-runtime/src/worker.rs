@@ -151,11 +151,15 @@ impl Worker {
         }
         // Each spout executor hosts one acker executor of this worker while
         // both last (`executor::acker`): by index in `mine`, the host of each
-        // hosted acker executor.
-        let kind_of = |qi: usize| plan.components[plan.executors[mine[qi]].component].kind;
+        // hosted acker executor. Not a multilang spout's: its `next_tuple`
+        // waits for a subprocess, and acks must not wait behind it.
+        let component_of = |qi: usize| plan.executors[mine[qi]].component;
+        let kind_of = |qi: usize| plan.components[component_of(qi)].kind;
         let mut host = vec![None; mine.len()];
         if layout.acking && fusing_enabled() {
-            let spouts = (0..mine.len()).filter(|&qi| kind_of(qi) == PlannedKind::Spout);
+            let spouts = (0..mine.len()).filter(|&qi| {
+                kind_of(qi) == PlannedKind::Spout && layout.shells[component_of(qi)].is_none()
+            });
             let ackers = (0..mine.len()).filter(|&qi| kind_of(qi) == PlannedKind::Acker);
             for (acker, spout) in ackers.zip(spouts) {
                 host[acker] = Some(spout);

@@ -2,7 +2,9 @@
 //! hosted by a spout's executor in the same worker ([`HostedAcker`]).
 //!
 //! A spout executor hosts one acker executor of its worker when there is one
-//! to spare, and roots its trees there ([`crate::collector::Emitter`]), so a
+//! to spare (not a multilang spout's executor, whose `next_tuple` waits on a
+//! subprocess; a native spout's must not block, as in Storm), and roots its
+//! trees there ([`crate::collector::Emitter`]), so a
 //! tree's ack-init and the acker's verdict on it are function calls on the
 //! spout's thread instead of two messages through queues (and, across
 //! processes, over the wire). Acks from bolts reach the host's input queue,
