@@ -43,10 +43,12 @@ pub fn registry() -> Registry {
     r.spout(
         "RandomSentenceSpout",
         Outputs::fields(&["sentence"]),
-        |ctx| ReplayingSpout::new(ctx, SENTENCES.iter().map(SmolStr::new).collect()),
+        // Static strings: a clone copies a pointer instead of counting a
+        // reference that the spout's and split's cores would both write.
+        |ctx| ReplayingSpout::new(ctx, SENTENCES.map(SmolStr::new_static).to_vec()),
     )
     .spout("TestWordSpout", Outputs::fields(&["word"]), |ctx| {
-        ReplayingSpout::new(ctx, WORDS.iter().map(SmolStr::new).collect())
+        ReplayingSpout::new(ctx, WORDS.map(SmolStr::new_static).to_vec())
     })
     .bolt("SplitSentence", Outputs::fields(&["word"]), |_| {
         Ok(SplitSentence)
