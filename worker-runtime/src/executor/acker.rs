@@ -103,8 +103,8 @@ impl AckerTasks {
 }
 
 /// An acker executor run by a spout's executor: its tasks, and the metrics it
-/// publishes as the acker executor it stands for (its busy time counts in the
-/// spout's).
+/// publishes as the acker executor it stands for (with no busy time: like
+/// the spout's, it is not timed).
 pub(crate) struct HostedAcker {
     pub(crate) tasks: AckerTasks,
     pub(crate) metrics: ExecMetrics,
