@@ -148,6 +148,11 @@ fn storm_py_and_storm_js_word_count_with_flaky_acks_every_root_once() {
     let own = &sum.components["sentences"].metrics;
     assert_eq!(own.get("acked"), Some(&u64::from(LIMIT)), "{own:?}");
     assert_eq!(own.get("replayed"), Some(&sum.replayed), "{own:?}");
+    // A multilang spout's executor hosts no acker (its `next_tuple` waits on
+    // the subprocess): the acker ran on a thread of its own, which is timed
+    // (a hosted acker reports no busy time).
+    let acker = &sum.components["__acker"];
+    assert!(acker.acked > 0 && acker.capacity > 0.0, "{acker:?}");
     // Every component ran, so the words went through storm.js twice.
     for c in ["split", "flaky", "count"] {
         assert!(
