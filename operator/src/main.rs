@@ -168,9 +168,19 @@ async fn lead(args: &Args, metrics: &Metrics) -> anyhow::Result<squall_coord::Fe
     let me = std::env::var("POD_NAME").unwrap_or_else(|_| format!("pid-{}", std::process::id()));
     metrics.leader.store(false, Ordering::Relaxed);
     let ttl = Duration::from_secs(args.leader_lease_seconds.max(2).unsigned_abs());
-    let leadership = squall_coord::leader::campaign(&args.etcd, &args.etcd_tls, &key, &me, ttl)
-        .await
-        .context("leader election")?;
+    // etcd may come up after the operator (a chart installs both at once):
+    // keep trying, rather than exit and wait out the kubelet's back-off.
+    let mut retry = Duration::from_millis(500);
+    let leadership = loop {
+        match squall_coord::leader::campaign(&args.etcd, &args.etcd_tls, &key, &me, ttl).await {
+            Ok(leadership) => break leadership,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?retry, "leader election: etcd did not answer; trying again");
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(Duration::from_secs(10));
+            }
+        }
+    };
     let fence = leadership.fence();
     tokio::spawn(async move {
         leadership.lost().await;
