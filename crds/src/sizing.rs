@@ -31,12 +31,14 @@ pub const WORKER_BASE_BYTES: u64 = 32 << 20;
 pub const EXECUTOR_BYTES: u64 =
     (64 << 10) + (QUEUE_BATCHES as u64) * (BATCH_SIZE as u64) * BYTES_PER_QUEUED_TUPLE;
 
-/// One open tuple tree: the spout's pending entry and deadline, and the
-/// acker's entry. Measured (`cargo bench -p squall-examples --bench
-/// open_trees`, heap bytes): 92–122 bytes for trees opened at once, depending
-/// on where each hash map is in its growth cycle. Under load, completed
-/// trees' stale deadlines and the acker's second bucket add to that, so the
-/// estimate keeps a margin above the snapshot.
+/// One open tuple tree: the spout's pending entry and the acker's entry, 20
+/// bytes each. Measured (`cargo bench -p squall-examples --bench
+/// open_trees`, heap bytes): 59–96 bytes for trees opened at once, depending
+/// on where each hash map is in its growth cycle (96 just past a doubling).
+/// Under load the trees are spread over several tables (the spout's timeout
+/// buckets, the acker's two), each with its own slack, and a table that
+/// grows holds its old and new arrays for a moment, so the estimate keeps a
+/// margin above the snapshot.
 pub const OPEN_TREE_BYTES: u64 = 176;
 
 /// Memory a worker needs with `executors` executors and `open_trees` open

@@ -78,7 +78,16 @@ fn per_tree<T>(n: usize, build: impl FnOnce(usize) -> T, len: impl Fn(&T) -> usi
 }
 
 fn main() {
-    let sizes = [300_000usize, 600_000, 1_000_000, 1_500_000, 2_000_000];
+    // 1,835,009 is one tree past a table's doubling (7/8 of 2^21 slots
+    // full), where a tree costs the most: the worst case.
+    let sizes = [
+        300_000usize,
+        600_000,
+        1_000_000,
+        1_500_000,
+        1_835_009,
+        2_000_000,
+    ];
     println!("| open trees | spout side (B/tree) | acker side (B/tree) | total |");
     println!("|---|---|---|---|");
     let mut totals = Vec::new();
@@ -86,10 +95,10 @@ fn main() {
         let spout = per_tree(
             n,
             |n| {
-                let mut t = SpoutTrees::default();
+                let mut t = SpoutTrees::new(30_000_000_000);
                 for (i, root) in roots(n).enumerate() {
                     let ns = i as u64;
-                    t.track(root, ns, ns, ns + 30_000_000_000);
+                    t.track(root, ns, ns, ns);
                 }
                 t
             },

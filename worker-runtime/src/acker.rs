@@ -11,7 +11,7 @@
 //! fails within one to two timeouts is dropped here (its spout times it out on its
 //! own), which bounds memory however many acks are lost.
 
-use crate::idmap::IdMap;
+use crate::idmap::{Id, IdMap};
 
 use squall_api::TaskId;
 
@@ -26,33 +26,45 @@ pub enum AckerOutcome {
     Reset { root: u64, spout_task: TaskId },
 }
 
-/// One open tree: 16 bytes, so a map slot with its root is 24 (an
-/// `Option<TaskId>` here made it 32; memory per open tree is measured by
-/// `cargo bench -p squall-examples --bench open_trees`).
+/// One open tree: 12 bytes, so a map slot with its root is 20 (memory per
+/// open tree is measured by `cargo bench -p squall-examples --bench
+/// open_trees`). The spout task and the failed flag share a word.
 #[derive(Debug, Clone, Copy)]
+#[repr(C, packed(4))]
 struct Entry {
     val: u64,
-    /// The spout task, or [`NO_TASK`] until the spout's init arrives.
-    spout_task: TaskId,
-    failed: bool,
+    /// The spout task ([`NO_TASK`] until the spout's init arrives), with
+    /// [`FAILED`] set once a bolt failed a tuple of the tree.
+    task: u32,
 }
 
 /// No spout task yet (task ids are far below it: plans are bounded).
-const NO_TASK: TaskId = TaskId::MAX;
+const NO_TASK: u32 = 0x7fff_ffff;
+/// The flag bit of [`Entry::task`].
+const FAILED: u32 = 0x8000_0000;
 
 impl Default for Entry {
     fn default() -> Self {
         Entry {
             val: 0,
-            spout_task: NO_TASK,
-            failed: false,
+            task: NO_TASK,
         }
     }
 }
 
 impl Entry {
     fn spout_task(&self) -> Option<TaskId> {
-        (self.spout_task != NO_TASK).then_some(self.spout_task)
+        let task = self.task & !FAILED;
+        (task != NO_TASK).then_some(task)
+    }
+
+    fn failed(&self) -> bool {
+        self.task & FAILED != 0
+    }
+
+    fn set_spout_task(&mut self, task: TaskId) {
+        debug_assert!(task < NO_TASK);
+        self.task = (self.task & FAILED) | (task & !FAILED);
     }
 }
 
@@ -79,16 +91,16 @@ impl AckerState {
 
     fn entry(&mut self, root: u64) -> &mut Entry {
         self.revive(root);
-        self.current.entry(root).or_default()
+        self.current.entry(Id(root)).or_default()
     }
 
     /// A tree untouched since the last rotation is touched: back to the current bucket.
     #[inline]
     fn revive(&mut self, root: u64) {
         if !self.previous.is_empty()
-            && let Some(e) = self.previous.remove(&root)
+            && let Some(e) = self.previous.remove(&Id(root))
         {
-            self.current.insert(root, e);
+            self.current.insert(Id(root), e);
         }
     }
 
@@ -97,7 +109,7 @@ impl AckerState {
     #[inline]
     fn update(&mut self, root: u64, change: impl FnOnce(&mut Entry)) -> Option<AckerOutcome> {
         self.revive(root);
-        match self.current.entry(root) {
+        match self.current.entry(Id(root)) {
             std::collections::hash_map::Entry::Occupied(mut o) => {
                 change(o.get_mut());
                 let outcome = Self::verdict(root, o.get())?;
@@ -122,9 +134,9 @@ impl AckerState {
     #[inline]
     fn verdict(root: u64, e: &Entry) -> Option<AckerOutcome> {
         let spout_task = e.spout_task()?;
-        if e.failed {
+        if e.failed() {
             Some(AckerOutcome::Failed { root, spout_task })
-        } else if e.val == 0 {
+        } else if { e.val } == 0 {
             Some(AckerOutcome::Complete { root, spout_task })
         } else {
             None
@@ -135,7 +147,7 @@ impl AckerState {
     pub fn init(&mut self, root: u64, val: u64, spout_task: TaskId) -> Option<AckerOutcome> {
         self.update(root, |e| {
             e.val ^= val;
-            e.spout_task = spout_task;
+            e.set_spout_task(spout_task);
         })
     }
 
@@ -146,7 +158,7 @@ impl AckerState {
 
     /// A bolt failed a tuple of the tree.
     pub fn fail(&mut self, root: u64) -> Option<AckerOutcome> {
-        self.update(root, |e| e.failed = true)
+        self.update(root, |e| e.task |= FAILED)
     }
 
     /// A bolt asked to reset the tree's timeout.
@@ -171,8 +183,20 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
-    fn an_entry_is_16_bytes() {
-        assert_eq!(std::mem::size_of::<Entry>(), 16);
+    fn an_entry_is_12_bytes_and_its_slot_20() {
+        assert_eq!(std::mem::size_of::<Entry>(), 12);
+        assert_eq!(std::mem::size_of::<(Id, Entry)>(), 20);
+    }
+
+    #[test]
+    fn the_failed_flag_and_the_spout_task_share_a_word() {
+        let mut e = Entry::default();
+        assert_eq!(e.spout_task(), None);
+        e.task |= FAILED;
+        assert!(e.failed() && e.spout_task().is_none());
+        e.set_spout_task(65_535);
+        assert!(e.failed());
+        assert_eq!(e.spout_task(), Some(65_535));
     }
 
     /// A random tree: node i > 0 hangs under a parent < i; each node is one tuple

@@ -228,10 +228,11 @@ pub(crate) struct SpoutTaskState {
 const MAX_FAILED_IDS: usize = 1 << 20;
 
 impl SpoutTaskState {
-    pub(crate) fn new(task: TaskId) -> Self {
+    /// The state of spout task `task`, in a topology whose message timeout is `timeout_ns`.
+    pub(crate) fn new(task: TaskId, timeout_ns: u64) -> Self {
         SpoutTaskState {
             task,
-            trees: SpoutTrees::default(),
+            trees: SpoutTrees::new(timeout_ns),
             failed_ids: IdSet::default(),
             immediate_acks: Vec::new(),
         }
@@ -353,10 +354,9 @@ impl SpoutCollector<'_> {
             _ => em.outbox.push(acker, Msg::Acker(init)),
         }
         let now = now_ns();
-        let deadline_ns = now + em.layout.timeout_ns;
         self.st
             .trees
-            .track(root, msg_id, start_ns.unwrap_or(now), deadline_ns);
+            .track(root, msg_id, start_ns.unwrap_or(now), now);
         Ok(targets)
     }
 }

@@ -249,7 +249,7 @@ impl SpoutExecutor {
     fn fail_open_trees(&mut self) {
         let mut failed = 0usize;
         for (spout, st) in &mut self.tasks {
-            for p in st.trees.drain_in_order() {
+            for p in st.trees.drain_in_order(now_ns()) {
                 failed += 1;
                 fail_to_spout(&mut self.core.emitter, spout.as_mut(), st, p.msg_id);
             }
@@ -281,7 +281,7 @@ impl SpoutExecutor {
             let mut parked = Vec::new();
             for (mut spout, mut st) in std::mem::take(&mut self.tasks) {
                 // Fail the open trees in emit order, so that the spout replays them in order.
-                for p in st.trees.drain_in_order() {
+                for p in st.trees.drain_in_order(now_ns()) {
                     self.core.emitter.metrics.failed += 1;
                     st.remember_failed(p.msg_id);
                     spout.fail(p.msg_id);
@@ -322,7 +322,7 @@ fn spout_step(
 ) {
     match msg {
         SpoutMsg::Ack { root } => {
-            if let Some(p) = st.trees.complete(root) {
+            if let Some(p) = st.trees.complete(root, now) {
                 em.metrics.acked += 1;
                 em.metrics.record_complete(now.saturating_sub(p.start_ns));
                 let mut out = SpoutCollector { em, st, emitted: 0 };
@@ -330,12 +330,12 @@ fn spout_step(
             }
         }
         SpoutMsg::Fail { root } => {
-            if let Some(p) = st.trees.fail(root) {
+            if let Some(p) = st.trees.fail(root, now) {
                 fail_to_spout(em, spout, st, p.msg_id);
             }
         }
         SpoutMsg::Reset { root } => {
-            st.trees.reset(root, now + em.layout.timeout_ns);
+            st.trees.reset(root, now);
         }
     }
 }

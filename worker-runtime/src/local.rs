@@ -174,8 +174,9 @@ pub fn run(
     // Deactivate, then let open trees complete or time out.
     worker.set_active(false);
     show("Draining");
-    let drain_deadline =
-        Instant::now() + Duration::from_nanos(layout.timeout_ns) + Duration::from_secs(1);
+    let drain_deadline = Instant::now()
+        + Duration::from_nanos(crate::spout_trees::longest_open_ns(layout.timeout_ns))
+        + Duration::from_secs(1);
     while !worker.drained() && Instant::now() < drain_deadline {
         if stopped_by != "interrupt"
             && opts

@@ -281,7 +281,7 @@ impl Worker {
                             Ok(spout)
                         })
                         .map_err(|e| fail(t, e))?;
-                        tasks.push((spout, SpoutTaskState::new(t)));
+                        tasks.push((spout, SpoutTaskState::new(t, layout.timeout_ns)));
                     }
                     let progress = Arc::new(SpoutProgress::default());
                     spouts.push(progress.clone());
