@@ -271,7 +271,12 @@ impl Worker {
                         if let Some(i) = carried.iter().position(|p| p.task == t) {
                             let p = carried.swap_remove(i);
                             tracing::info!(task = t, "spout task carried over with its state");
-                            tasks.push((p.spout, p.state));
+                            let mut state = p.state;
+                            // Its trees were failed when it was parked; the
+                            // new plan's message timeout applies from here.
+                            debug_assert!(state.trees.is_empty());
+                            state.trees = crate::spout_trees::SpoutTrees::new(layout.timeout_ns);
+                            tasks.push((p.spout, state));
                             continue;
                         }
                         let c = ctx(t);
