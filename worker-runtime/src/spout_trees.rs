@@ -70,9 +70,12 @@ impl Tick {
         (ns >> self.shift) as u32
     }
 
-    /// Ticks since `start`, at `now_ns` (larger is older).
+    /// Ticks since `start`, at `now_ns` (larger is older). A `now_ns` read
+    /// before the tree was tracked (an executor reads the clock once per
+    /// batch) gives 0, not an age that wrapped.
     fn age(self, start: u32, now_ns: u64) -> u32 {
-        self.of(now_ns).wrapping_sub(start)
+        let age = self.of(now_ns).wrapping_sub(start);
+        if age > u32::MAX / 4 * 3 { 0 } else { age }
     }
 
     fn open_tree(self, slot: Slot, now_ns: u64) -> OpenTree {
@@ -384,6 +387,13 @@ mod tests {
             t.expire(1_001 * TIMEOUT + 2 * PERIOD).map(|o| o.msg_id),
             Some(11)
         );
+    }
+
+    #[test]
+    fn a_clock_read_before_the_track_gives_age_zero() {
+        let mut t = SpoutTrees::new(TIMEOUT);
+        t.track(1, 1, 50_000, 50_000);
+        assert_eq!(t.complete(1, 49_000).map(|o| o.start_ns), Some(49_000));
     }
 
     #[test]
