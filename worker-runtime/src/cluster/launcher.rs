@@ -133,7 +133,31 @@ struct Retiring {
     deadline: Instant,
 }
 
+/// A port free now, for a worker to listen on later. It is taken below the
+/// kernel's ephemeral range when it can be: a port from `bind(:0)` is in
+/// that range, where any outgoing connection (a test's, a kubectl's) may
+/// take it before the worker binds it, and the worker then fails to listen
+/// on every restart (seen in CI as "Address already in use").
 fn free_port() -> anyhow::Result<u16> {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if low > 11_000 {
+        let span = u32::from(low - 10_000);
+        let seed = std::process::id()
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+        for i in 0..64u32 {
+            let port =
+                10_000 + (seed.wrapping_mul(2_654_435_761).wrapping_add(i * 7_919) % span) as u16;
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
     Ok(l.local_addr()?.port())
 }
